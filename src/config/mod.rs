@@ -1,0 +1,147 @@
+//! Configuration: read `bext.config.toml`, validate it with errors that name the
+//! file, the key and the reason, and compile it into a [`Plan`] of internal types.
+//! Nothing outside this module sees TOML or user-facing serde types.
+
+mod plan;
+mod summary;
+pub mod units;
+mod user;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use plan::{Plan, ServerPlan, UpstreamPlan};
+
+/// One problem in a config file, rendered as `FILE: KEY: REASON`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file.display(), self.key, self.reason)
+    }
+}
+
+/// Every problem found in one config file (validation keeps going after the first).
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads, validates and compiles the config file at `path`.
+pub fn load(path: &Path) -> Result<Plan, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            key: "(file)".into(),
+            reason: format!("cannot read config file: {e}"),
+        }])
+    })?;
+    load_str(path, &text)
+}
+
+/// Validates and compiles config `text`; `path` names the file in errors and anchors
+/// relative paths (such as `server.error_page`) to the config's directory.
+pub fn load_str(path: &Path, text: &str) -> Result<Plan, ConfigErrors> {
+    let user = parse(path, text).map_err(|e| ConfigErrors(vec![e]))?;
+    plan::compile(path, user)
+}
+
+fn parse(path: &Path, text: &str) -> Result<user::UserConfig, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let location = inner
+            .span()
+            .map(|s| line_col(text, s.start))
+            .map(|(l, c)| format!(" (line {l}, column {c})"))
+            .unwrap_or_default();
+        let message = inner.message().trim().replace('\n', " ");
+        ConfigError {
+            file: path.to_path_buf(),
+            key: if key.is_empty() || key == "." {
+                "(syntax)".into()
+            } else {
+                key
+            },
+            reason: format!("{message}{location}"),
+        }
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(text: &str) -> Vec<String> {
+        match load_str(Path::new("/etc/bext/t.toml"), text) {
+            Ok(_) => panic!("config unexpectedly valid"),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const UP: &str = "[upstreams.phoenix]\nnodes = [\"127.0.0.1:4000\"]\n";
+    const ROUTE: &str = "[[route_rules]]\npattern = \"/*\"\nproxy = \"phoenix\"\n";
+
+    #[test]
+    fn minimal_config_compiles_with_defaults() {
+        let plan = load_str(Path::new("t.toml"), &format!("{UP}{ROUTE}")).unwrap();
+        assert_eq!(plan.server.listen.len(), 1);
+        assert_eq!(plan.routes.len(), 1);
+        assert_eq!(plan.upstreams[0].nodes[0].to_string(), "127.0.0.1:4000");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let e = errs(&format!("[server]\nlisten_on = 1\n{UP}{ROUTE}"));
+        assert!(e[0].starts_with("/etc/bext/t.toml: server.listen_on: unknown field"), "{e:?}");
+        let e = errs(&format!("{UP}{ROUTE}cahce = false\n"));
+        assert!(e[0].contains("route_rules[0].cahce"), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_upstream_is_an_error() {
+        let e = errs(&format!("{UP}[[route_rules]]\npattern = \"/*\"\nproxy = \"phenix\"\n"));
+        assert!(e[0].contains("route_rules[0].proxy: unknown upstream \"phenix\""), "{e:?}");
+    }
+
+    #[test]
+    fn bad_duration_address_and_cidr_are_named() {
+        let e = errs(&format!(
+            "[upstreams.phoenix]\nnodes = [\"127.0.0.1:4000\"]\nconnect_timeout = \"abc\"\n{ROUTE}"
+        ));
+        assert!(e[0].contains("upstreams.phoenix.connect_timeout: invalid duration"), "{e:?}");
+        let e = errs(&format!("[upstreams.phoenix]\nnodes = [\"localhost:abc\"]\n{ROUTE}"));
+        assert!(e[0].contains("upstreams.phoenix.nodes[0]:"), "{e:?}");
+        let e = errs(&format!("[server]\ntrusted_proxies = [\"10.0.0.0/99\"]\n{UP}{ROUTE}"));
+        assert!(e[0].contains("server.trusted_proxies[0]:"), "{e:?}");
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_line() {
+        let e = errs("[server\nlisten = 1");
+        assert!(e[0].contains("line 1"), "{e:?}");
+    }
+}

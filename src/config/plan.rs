@@ -1,0 +1,323 @@
+//! Validation and compilation of the user config into the internal [`Plan`]:
+//! resolved socket addresses, parsed CIDRs, compiled route patterns, loaded
+//! error page, defaults applied. Every error names the key it is about.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+use super::user::{RouteRule, ServerSection, UpstreamSection, UserConfig};
+use super::{ConfigError, ConfigErrors};
+use crate::routing::{HostMatch, Pattern, Route, RouteTable};
+
+/// The largest `server.error_page` we load: it is held in memory and sent on every 5xx.
+const MAX_ERROR_PAGE: u64 = 1 << 20;
+
+/// Everything the proxy needs, validated and compiled. Built once per (re)load.
+#[derive(Debug)]
+pub struct Plan {
+    pub source: PathBuf,
+    pub server: ServerPlan,
+    pub upstreams: Vec<UpstreamPlan>,
+    pub routes: RouteTable,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerPlan {
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads; 0 in the file means one per core, resolved here.
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub shutdown_timeout: Duration,
+    pub client_timeout: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+    /// Custom body for 502/503/504; the built-in page when `None`.
+    pub error_page: Option<Bytes>,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+    pub error_log: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub keepalive_pool_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamPlan {
+    pub name: String,
+    pub nodes: Vec<SocketAddr>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+struct Errors<'a> {
+    file: &'a Path,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.list.push(ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigErrors> {
+    let mut errs = Errors { file, list: vec![] };
+    let base = file.parent().unwrap_or(Path::new("."));
+    let server = compile_server(&mut errs, base, user.server);
+    let upstreams: Vec<UpstreamPlan> = user
+        .upstreams
+        .into_iter()
+        .map(|(name, u)| compile_upstream(&mut errs, name, u))
+        .collect();
+    let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+    if user.route_rules.is_empty() {
+        errs.push(
+            "route_rules",
+            "no [[route_rules]]: every request would get 404; add at least `pattern = \"/*\"` with `proxy = ...`",
+        );
+    }
+    let routes = user
+        .route_rules
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| compile_route(&mut errs, &names, i, r))
+        .collect();
+    if errs.list.is_empty() {
+        Ok(Plan {
+            source: file.to_path_buf(),
+            server,
+            upstreams,
+            routes: RouteTable::new(routes),
+        })
+    } else {
+        Err(ConfigErrors(errs.list))
+    }
+}
+
+fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPlan {
+    let listen_text = s.listen.unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()]);
+    if listen_text.is_empty() {
+        errs.push("server.listen", "at least one listen address is required");
+    }
+    let listen = listen_text
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| match a.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                errs.push(
+                    format!("server.listen[{i}]"),
+                    format!("\"{a}\" is not an IP:port address (e.g. \"0.0.0.0:8080\", \"[::]:8080\")"),
+                );
+                None
+            }
+        })
+        .collect();
+    let trusted_proxies = s
+        .trusted_proxies
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| match parse_cidr(c) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                errs.push(format!("server.trusted_proxies[{i}]"), e);
+                None
+            }
+        })
+        .collect();
+    let error_page = s.error_page.and_then(|p| {
+        let path = base.join(&p);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() > MAX_ERROR_PAGE => {
+                errs.push(
+                    "server.error_page",
+                    format!("{} is larger than 1 MiB", path.display()),
+                );
+                None
+            }
+            _ => match std::fs::read(&path) {
+                Ok(b) => Some(Bytes::from(b)),
+                Err(e) => {
+                    errs.push(
+                        "server.error_page",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            },
+        }
+    });
+    let threads = match s.threads.unwrap_or(0) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    ServerPlan {
+        listen,
+        threads,
+        grace_period: s.grace_period.map_or(Duration::from_secs(30), |d| d.0),
+        shutdown_timeout: s.shutdown_timeout.map_or(Duration::from_secs(5), |d| d.0),
+        client_timeout: s.client_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        trusted_proxies,
+        error_page,
+        pid_file: s.pid_file.unwrap_or_else(|| "/tmp/bext.pid".into()),
+        upgrade_sock: s
+            .upgrade_sock
+            .unwrap_or_else(|| "/tmp/bext_upgrade.sock".into()),
+        error_log: s.error_log,
+        user: s.user,
+        group: s.group,
+        keepalive_pool_size: s.keepalive_pool_size.unwrap_or(128),
+    }
+}
+
+/// `10.0.0.0/8`, `::1/128`, or a bare IP (a /32 or /128).
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Ok(n.trunc());
+    }
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("\"{s}\" is not a CIDR or IP address (e.g. \"10.0.0.0/8\")"))
+}
+
+fn compile_upstream(errs: &mut Errors, name: String, u: UpstreamSection) -> UpstreamPlan {
+    let key = format!("upstreams.{name}");
+    if u.nodes.is_empty() {
+        errs.push(format!("{key}.nodes"), "at least one node address is required");
+    }
+    let nodes = u
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| match resolve_node(a) {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                errs.push(format!("{key}.nodes[{i}]"), e);
+                None
+            }
+        })
+        .collect();
+    UpstreamPlan {
+        name,
+        nodes,
+        connect_timeout: u.connect_timeout.map_or(Duration::from_secs(2), |d| d.0),
+        read_timeout: u.read_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        write_timeout: u.write_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        idle_timeout: u.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+    }
+}
+
+/// Node addresses are resolved once, here: resolving per request would block the
+/// async runtime on DNS. Host names take their first address.
+fn resolve_node(a: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = a.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = a.rsplit_once(':') else {
+        return Err(format!("\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"));
+    }
+    match a.to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .ok_or_else(|| format!("\"{a}\" resolved to no address")),
+        Err(e) => Err(format!("cannot resolve \"{a}\": {e}")),
+    }
+}
+
+fn compile_route(errs: &mut Errors, upstreams: &[&str], i: usize, r: RouteRule) -> Option<Route> {
+    let key = format!("route_rules[{i}]");
+    let before = errs.list.len();
+    let pattern = Pattern::parse(&r.pattern)
+        .map_err(|e| errs.push(format!("{key}.pattern"), e))
+        .ok();
+    let host = match r.host.as_deref().map(HostMatch::parse) {
+        Some(Err(e)) => {
+            errs.push(format!("{key}.host"), e);
+            None
+        }
+        Some(Ok(h)) => Some(h),
+        None => None,
+    };
+    let upstream = match r.proxy.as_deref() {
+        None => {
+            errs.push(
+                format!("{key}.proxy"),
+                "missing: every route must name an upstream with `proxy = \"NAME\"`",
+            );
+            None
+        }
+        Some(name) => {
+            let found = upstreams.iter().position(|u| *u == name);
+            if found.is_none() {
+                errs.push(
+                    format!("{key}.proxy"),
+                    format!(
+                        "unknown upstream \"{name}\" (defined: {})",
+                        if upstreams.is_empty() {
+                            "none".to_string()
+                        } else {
+                            upstreams.join(", ")
+                        }
+                    ),
+                );
+            }
+            found
+        }
+    };
+    let websocket = r.websocket.unwrap_or(false);
+    if websocket && r.cache == Some(true) {
+        errs.push(
+            format!("{key}.cache"),
+            "a websocket route is never cached; remove `cache = true` or set `websocket = false`",
+        );
+    }
+    let mut response_headers = Vec::with_capacity(r.headers.len());
+    for (name, value) in &r.headers {
+        let n = HeaderName::from_bytes(name.as_bytes());
+        let v = HeaderValue::from_str(value);
+        match (n, v) {
+            (Ok(n), Ok(v)) => response_headers.push((n, v)),
+            (Err(_), _) => errs.push(
+                format!("{key}.headers.{name}"),
+                "not a valid HTTP header name",
+            ),
+            (_, Err(_)) => errs.push(
+                format!("{key}.headers.{name}"),
+                "value contains characters not allowed in an HTTP header",
+            ),
+        }
+    }
+    if errs.list.len() != before {
+        return None;
+    }
+    Some(Route {
+        index: i,
+        pattern_text: r.pattern,
+        pattern: pattern?,
+        host,
+        upstream: upstream?,
+        cache: r.cache.unwrap_or(true) && !websocket,
+        websocket,
+        websocket_idle_timeout: r
+            .websocket_idle_timeout
+            .map_or(Duration::from_secs(300), |d| d.0),
+        upstream_read_timeout: r.timeout.map(|d| d.0),
+        response_headers,
+    })
+}

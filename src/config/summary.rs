@@ -1,0 +1,50 @@
+//! The human summary `bext check` prints for a valid plan.
+
+use std::fmt;
+
+use super::Plan;
+use crate::routing::HostMatch;
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.server;
+        writeln!(f, "{}: OK", self.source.display())?;
+        let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
+        writeln!(f, "listen: {} (threads {})", listen.join(", "), s.threads)?;
+        writeln!(f, "upstreams:")?;
+        for u in &self.upstreams {
+            let nodes: Vec<String> = u.nodes.iter().map(|a| a.to_string()).collect();
+            writeln!(
+                f,
+                "  {:<12} {}  (connect {:?}, read {:?})",
+                u.name,
+                nodes.join(", "),
+                u.connect_timeout,
+                u.read_timeout
+            )?;
+        }
+        writeln!(f, "routes (first match wins):")?;
+        for r in self.routes.iter() {
+            let host = match &r.host {
+                None => "(any host)".to_string(),
+                Some(HostMatch::Exact(h)) => h.clone(),
+                Some(HostMatch::Wildcard(suffix)) => format!("*{suffix}"),
+            };
+            let upstream = self.upstreams.get(r.upstream).map_or("?", |u| u.name.as_str());
+            let mut flags = vec![if r.cache { "cache" } else { "no-cache" }];
+            if r.websocket {
+                flags.push("websocket");
+            }
+            writeln!(
+                f,
+                "  [{}] {:<20} {:<16} -> {}  ({})",
+                r.index,
+                host,
+                r.pattern_text,
+                upstream,
+                flags.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,62 @@
+//! The user-facing shape of `bext.config.toml`: plain serde types that mirror the
+//! file one to one. They are never used past `config`: `plan.rs` validates them
+//! into the internal [`Plan`](super::Plan). Unknown keys are refused everywhere.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::units::HumanDuration;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamSection>,
+    #[serde(default)]
+    pub route_rules: Vec<RouteRule>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub listen: Option<Vec<String>>,
+    pub threads: Option<usize>,
+    pub grace_period: Option<HumanDuration>,
+    pub shutdown_timeout: Option<HumanDuration>,
+    pub client_timeout: Option<HumanDuration>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub error_page: Option<String>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub error_log: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub keepalive_pool_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub nodes: Vec<String>,
+    pub connect_timeout: Option<HumanDuration>,
+    pub read_timeout: Option<HumanDuration>,
+    pub write_timeout: Option<HumanDuration>,
+    pub idle_timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    pub pattern: String,
+    pub host: Option<String>,
+    pub proxy: Option<String>,
+    pub cache: Option<bool>,
+    pub websocket: Option<bool>,
+    pub websocket_idle_timeout: Option<HumanDuration>,
+    pub timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}

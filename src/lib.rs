@@ -1,0 +1,13 @@
+//! bext: the edge layer in front of Elixir Phoenix applications, built on Pingora.
+//!
+//! `config` turns `bext.config.toml` into a [`config::Plan`]; `server` runs the
+//! Pingora server for a plan; `proxy` is the request pipeline; `routing` and
+//! `upstream` decide where each request goes.
+
+pub mod config;
+pub mod demo;
+pub mod demo_origin;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod upstream;

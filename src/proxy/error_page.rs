@@ -1,0 +1,159 @@
+//! Responses bext writes itself: the maintenance page for 502/503/504, and short
+//! pages for 4xx errors. Also the mapping from a Pingora error to the status a
+//! client sees. Clients never see error details or stack traces; the request id
+//! on the page ties what they report to the log line.
+
+use bytes::Bytes;
+use http::HeaderValue;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use super::request_id;
+
+/// The page bodies, built once from the plan.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorPages {
+    /// `server.error_page`: used for 502/503/504. `{{status}}` and `{{request_id}}`
+    /// in it are replaced.
+    custom: Option<Bytes>,
+}
+
+impl ErrorPages {
+    pub fn new(custom: Option<Bytes>) -> ErrorPages {
+        ErrorPages { custom }
+    }
+
+    fn body(&self, status: u16, request_id: &str) -> Bytes {
+        if let (Some(page), true) = (&self.custom, is_unavailable(status)) {
+            let text = String::from_utf8_lossy(page);
+            if !text.contains("{{") {
+                return page.clone();
+            }
+            let filled = text
+                .replace("{{status}}", &status.to_string())
+                .replace("{{request_id}}", &html_escape(request_id));
+            return Bytes::from(filled);
+        }
+        let (title, message) = describe(status);
+        Bytes::from(format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{status} {title}</title>\
+<meta name=\"viewport\" content=\"width=device-width\">\
+<style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}}\
+small{{color:#777}}</style></head>\n<body><h1>{title}</h1><p>{message}</p>\
+<p><small>Status {status} &middot; request id {id}</small></p></body></html>\n",
+            id = html_escape(request_id)
+        ))
+    }
+
+    /// Writes a complete error response. Failures to write (client gone) are
+    /// returned; the caller decides whether they matter.
+    pub async fn respond(
+        &self,
+        session: &mut Session,
+        status: u16,
+        request_id: Option<&HeaderValue>,
+    ) -> pingora::Result<()> {
+        let minted;
+        let id = match request_id {
+            Some(id) => id,
+            None => {
+                minted = request_id::mint();
+                &minted
+            }
+        };
+        let body = self.body(status, id.to_str().unwrap_or(""));
+        let mut resp = ResponseHeader::build(status, Some(5))?;
+        resp.insert_header("content-type", "text/html; charset=utf-8")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        resp.insert_header(request_id::HEADER, id.clone())?;
+        if status == 503 {
+            resp.insert_header("retry-after", "5")?;
+        }
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(resp), head_only).await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+}
+
+fn is_unavailable(status: u16) -> bool {
+    matches!(status, 502..=504)
+}
+
+fn describe(status: u16) -> (&'static str, &'static str) {
+    match status {
+        400 => ("Bad Request", "The request could not be understood."),
+        404 => ("Not Found", "Nothing is served at this address."),
+        408 => ("Request Timeout", "The request took too long to arrive."),
+        502 => (
+            "Temporarily Unavailable",
+            "The application is not answering right now. Please try again in a moment.",
+        ),
+        503 => (
+            "Temporarily Unavailable",
+            "The application is briefly unavailable, usually for maintenance. Please try again in a moment.",
+        ),
+        504 => (
+            "Gateway Timeout",
+            "The application took too long to answer. Please try again in a moment.",
+        ),
+        s if s >= 500 => ("Server Error", "Something went wrong on our side."),
+        _ => ("Error", "The request could not be served."),
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The status a client gets for a proxying failure; 0 means the client is gone
+/// and nothing should be written.
+pub fn status_for(e: &Error) -> u16 {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        _ => match e.esource() {
+            ErrorSource::Upstream => match e.etype() {
+                ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => 504,
+                _ => 502,
+            },
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => 0,
+                ReadTimedout => 408,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_failures_map_to_gateway_statuses() {
+        let refused = Error::new_up(ErrorType::ConnectRefused);
+        assert_eq!(status_for(&refused), 502);
+        let slow = Error::new_up(ErrorType::ReadTimedout);
+        assert_eq!(status_for(&slow), 504);
+        let gone = Error::new_down(ErrorType::ConnectionClosed);
+        assert_eq!(status_for(&gone), 0);
+        let bad = Error::new_down(ErrorType::InvalidHTTPHeader);
+        assert_eq!(status_for(&bad), 400);
+    }
+
+    #[test]
+    fn custom_page_is_used_for_unavailability_with_placeholders() {
+        let pages = ErrorPages::new(Some(Bytes::from_static(b"down {{status}} {{request_id}}")));
+        assert_eq!(pages.body(502, "r<1>"), "down 502 r&lt;1&gt;");
+        assert!(String::from_utf8_lossy(&pages.body(404, "x")).contains("Not Found"));
+    }
+}

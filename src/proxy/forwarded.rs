@@ -1,0 +1,190 @@
+//! Forwarding metadata on the upstream request: `X-Forwarded-For`, `-Proto`,
+//! `-Host`, `-Port`, `X-Real-IP` and `Forwarded`. Client-supplied values are
+//! only believed when the TCP peer is one of `server.trusted_proxies`; anyone
+//! else's are dropped so Phoenix (Plug.RewriteOn / remote_ip) never sees a
+//! spoofed client address. `Host` is left exactly as the client sent it.
+
+use std::net::IpAddr;
+
+use http::header::HOST;
+use ipnet::IpNet;
+use pingora::http::RequestHeader;
+
+const XFF: &str = "x-forwarded-for";
+const XFP: &str = "x-forwarded-proto";
+const XFH: &str = "x-forwarded-host";
+const XFPORT: &str = "x-forwarded-port";
+const XRI: &str = "x-real-ip";
+const FORWARDED: &str = "forwarded";
+
+/// What bext knows about the connection the request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// The TCP (or QUIC) peer; `None` only for non-inet sockets.
+    pub peer: Option<IpAddr>,
+    pub scheme: &'static str,
+    /// The local port the client connected to.
+    pub local_port: Option<u16>,
+}
+
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// Rewrites the forwarding headers of `req` for `arrival`.
+pub fn apply(req: &mut RequestHeader, arrival: Arrival, trusted: &[IpNet]) -> pingora::Result<()> {
+    let trusted_peer = arrival.peer.is_some_and(|ip| is_trusted(ip, trusted));
+
+    // The chain the client presented (comma-joined across repeated headers).
+    let prior_chain = if trusted_peer { joined(req, XFF) } else { None };
+    let prior_proto = if trusted_peer { first_value(req, XFP) } else { None };
+    let prior_host = if trusted_peer { first_value(req, XFH) } else { None };
+    let prior_port = if trusted_peer { first_value(req, XFPORT) } else { None };
+    for name in [XFF, XFP, XFH, XFPORT, XRI, FORWARDED] {
+        req.remove_header(name);
+    }
+
+    let peer_text = arrival.peer.map(|ip| ip.to_string());
+    let xff = match (prior_chain, &peer_text) {
+        (Some(chain), Some(peer)) => format!("{chain}, {peer}"),
+        (Some(chain), None) => chain,
+        (None, Some(peer)) => peer.clone(),
+        (None, None) => String::new(),
+    };
+    if !xff.is_empty() {
+        if let Some(real) = real_ip(&xff, trusted) {
+            req.insert_header(XRI, real)?;
+        }
+        req.insert_header(XFF, xff)?;
+    }
+
+    req.insert_header(XFP, prior_proto.as_deref().unwrap_or(arrival.scheme))?;
+
+    if req.headers.get(HOST).is_none() {
+        // HTTP/2 and HTTP/3 carry the authority in the URI; Phoenix needs a Host.
+        if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_string()) {
+            req.insert_header(HOST, authority)?;
+        }
+    }
+    let host = prior_host.or_else(|| {
+        req.headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    });
+    if let Some(host) = host {
+        req.insert_header(XFH, host)?;
+    }
+    match (prior_port, arrival.local_port) {
+        (Some(p), _) => req.insert_header(XFPORT, p)?,
+        (None, Some(p)) => req.insert_header(XFPORT, p.to_string())?,
+        (None, None) => {}
+    }
+    Ok(())
+}
+
+/// The client address: walking the chain from the right, the first hop that is
+/// not a trusted proxy (or the leftmost, if every hop is trusted).
+fn real_ip<'a>(chain: &'a str, trusted: &[IpNet]) -> Option<&'a str> {
+    let mut last = None;
+    for hop in chain.rsplit(',').map(str::trim).filter(|h| !h.is_empty()) {
+        last = Some(hop);
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(ip, trusted) => continue,
+            _ => return Some(hop),
+        }
+    }
+    last
+}
+
+fn joined(req: &RequestHeader, name: &str) -> Option<String> {
+    let mut out = String::new();
+    for v in req.headers.get_all(name) {
+        let Ok(v) = v.to_str() else { continue };
+        let v = v.trim();
+        if v.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(v);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn first_value(req: &RequestHeader, name: &str) -> Option<String> {
+    req.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(',').next().unwrap_or("").trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn get<'a>(r: &'a RequestHeader, k: &str) -> Option<&'a str> {
+        r.headers.get(k).and_then(|v| v.to_str().ok())
+    }
+
+    fn arrival(ip: &str) -> Arrival {
+        Arrival {
+            peer: Some(ip.parse().unwrap()),
+            scheme: "http",
+            local_port: Some(8080),
+        }
+    }
+
+    #[test]
+    fn untrusted_client_cannot_spoof_its_address() {
+        let mut r = req(&[
+            ("host", "app.example.com:8443"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.test"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        apply(&mut r, arrival("203.0.113.9"), &[]).unwrap();
+        assert_eq!(get(&r, "x-forwarded-for"), Some("203.0.113.9"));
+        assert_eq!(get(&r, "x-real-ip"), Some("203.0.113.9"));
+        assert_eq!(get(&r, "x-forwarded-proto"), Some("http"));
+        assert_eq!(get(&r, "x-forwarded-host"), Some("app.example.com:8443"));
+        assert_eq!(get(&r, "x-forwarded-port"), Some("8080"));
+        assert_eq!(get(&r, "host"), Some("app.example.com:8443"));
+        assert_eq!(get(&r, "forwarded"), None);
+    }
+
+    #[test]
+    fn trusted_proxy_chain_is_extended() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut r = req(&[
+            ("host", "a.test"),
+            ("x-forwarded-for", "198.51.100.7, 10.1.1.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        apply(&mut r, arrival("10.2.2.2"), &trusted).unwrap();
+        assert_eq!(get(&r, "x-forwarded-for"), Some("198.51.100.7, 10.1.1.1, 10.2.2.2"));
+        assert_eq!(get(&r, "x-real-ip"), Some("198.51.100.7"));
+        assert_eq!(get(&r, "x-forwarded-proto"), Some("https"));
+    }
+
+    #[test]
+    fn host_is_filled_from_authority_when_absent() {
+        let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
+        r.set_uri("https://a.test/x".parse().unwrap());
+        apply(&mut r, arrival("127.0.0.1"), &[]).unwrap();
+        assert_eq!(get(&r, "host"), Some("a.test"));
+        assert_eq!(get(&r, "x-forwarded-host"), Some("a.test"));
+    }
+}

@@ -1,0 +1,240 @@
+//! The compiled route table: `host` + path pattern → [`Route`]. First match wins,
+//! in config order. Matching allocates nothing; it runs on every request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+
+/// Index of an upstream pool in the plan (`Plan::upstreams[id]`).
+pub type UpstreamId = usize;
+
+/// A path pattern from `route_rules[].pattern`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    /// `/*`: every path.
+    Any,
+    /// `/live/*`: `/live` itself and everything below `/live/`. Holds `/live`.
+    Prefix(String),
+    /// `/health`: exactly that path.
+    Exact(String),
+}
+
+impl Pattern {
+    pub fn parse(s: &str) -> Result<Pattern, String> {
+        if !s.starts_with('/') {
+            return Err(format!("pattern \"{s}\" must start with \"/\""));
+        }
+        if s.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return Err(format!("pattern \"{s}\" contains whitespace or control characters"));
+        }
+        if s == "/*" {
+            return Ok(Pattern::Any);
+        }
+        if let Some(prefix) = s.strip_suffix("/*") {
+            if prefix.contains('*') {
+                return Err(format!(
+                    "pattern \"{s}\": only a trailing \"/*\" wildcard is supported"
+                ));
+            }
+            return Ok(Pattern::Prefix(prefix.to_string()));
+        }
+        if s.contains('*') {
+            return Err(format!(
+                "pattern \"{s}\": only a trailing \"/*\" wildcard is supported"
+            ));
+        }
+        Ok(Pattern::Exact(s.to_string()))
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Pattern::Any => true,
+            Pattern::Exact(p) => path == p,
+            Pattern::Prefix(p) => match path.strip_prefix(p.as_str()) {
+                Some(rest) => rest.is_empty() || rest.starts_with('/'),
+                None => false,
+            },
+        }
+    }
+}
+
+/// A `host` from a route rule: exact (`example.com`) or a wildcard (`*.example.com`,
+/// one or more labels). Stored lower-case; compared case-insensitively, port ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    /// Holds the suffix including the dot: `.example.com`.
+    Wildcard(String),
+}
+
+impl HostMatch {
+    pub fn parse(s: &str) -> Result<HostMatch, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        let valid = |h: &str| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        };
+        if let Some(suffix) = lower.strip_prefix("*.") {
+            if valid(suffix) {
+                return Ok(HostMatch::Wildcard(format!(".{suffix}")));
+            }
+        } else if valid(&lower) {
+            return Ok(HostMatch::Exact(lower));
+        }
+        Err(format!(
+            "host \"{s}\" is not a host name (expected e.g. \"example.com\" or \"*.example.com\", no port)"
+        ))
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
+        let host = strip_port(host);
+        match self {
+            HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
+            HostMatch::Wildcard(suffix) => {
+                host.len() > suffix.len()
+                    && host.is_char_boundary(host.len() - suffix.len())
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+        }
+    }
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`.
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    match host.rfind(':') {
+        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        _ => host,
+    }
+}
+
+/// One compiled route rule.
+#[derive(Debug)]
+pub struct Route {
+    /// Position in the config (`route_rules[index]`), for logs and metrics.
+    pub index: usize,
+    /// The pattern as the user wrote it.
+    pub pattern_text: String,
+    pub pattern: Pattern,
+    pub host: Option<HostMatch>,
+    pub upstream: UpstreamId,
+    pub cache: bool,
+    pub websocket: bool,
+    pub websocket_idle_timeout: Duration,
+    /// Overrides the upstream's `read_timeout` for this route.
+    pub upstream_read_timeout: Option<Duration>,
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Route {
+    fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        if let Some(h) = &self.host {
+            match host {
+                Some(host) if h.matches(host) => {}
+                _ => return false,
+            }
+        }
+        self.pattern.matches(path)
+    }
+}
+
+/// Routes in config order.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> RouteTable {
+        RouteTable {
+            routes: routes.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    /// The first route matching `host` (the request's Host, may carry a port) and `path`.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.matches(host, path))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(index: usize, pattern: &str, host: Option<&str>) -> Route {
+        Route {
+            index,
+            pattern_text: pattern.into(),
+            pattern: Pattern::parse(pattern).unwrap(),
+            host: host.map(|h| HostMatch::parse(h).unwrap()),
+            upstream: 0,
+            cache: true,
+            websocket: false,
+            websocket_idle_timeout: Duration::from_secs(300),
+            upstream_read_timeout: None,
+            response_headers: vec![],
+        }
+    }
+
+    #[test]
+    fn prefix_matches_itself_and_below_but_not_siblings() {
+        let p = Pattern::parse("/live/*").unwrap();
+        assert!(p.matches("/live"));
+        assert!(p.matches("/live/websocket"));
+        assert!(!p.matches("/liveview"));
+        assert!(!p.matches("/"));
+    }
+
+    #[test]
+    fn first_match_wins_and_no_match_is_none() {
+        let t = RouteTable::new(vec![route(0, "/live/*", None), route(1, "/health", None)]);
+        assert_eq!(t.find(None, "/live/websocket").unwrap().index, 0);
+        assert_eq!(t.find(None, "/health").unwrap().index, 1);
+        assert!(t.find(None, "/health/x").is_none());
+        let t = RouteTable::new(vec![route(0, "/*", None), route(1, "/live/*", None)]);
+        assert_eq!(t.find(None, "/live/websocket").unwrap().index, 0);
+    }
+
+    #[test]
+    fn host_rules_ignore_case_and_port() {
+        let t = RouteTable::new(vec![
+            route(0, "/*", Some("a.example.com")),
+            route(1, "/*", Some("*.example.com")),
+        ]);
+        assert_eq!(t.find(Some("A.Example.COM:8443"), "/").unwrap().index, 0);
+        assert_eq!(t.find(Some("b.example.com"), "/").unwrap().index, 1);
+        assert!(t.find(Some("example.com"), "/").is_none());
+        assert!(t.find(None, "/").is_none());
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        assert!(Pattern::parse("live/*").is_err());
+        assert!(Pattern::parse("/a/*/b").is_err());
+        assert!(Pattern::parse("/a*").is_err());
+        assert!(HostMatch::parse("example.com:80").is_err());
+    }
+
+    #[test]
+    fn strip_port_handles_ipv6() {
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("example.com:80"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+    }
+}

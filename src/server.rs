@@ -1,0 +1,88 @@
+//! Builds and runs the Pingora server from a [`Plan`]: listeners, the proxy
+//! service, process options (daemon, graceful upgrade, pid file, grace period).
+//! Everything here runs before Pingora forks for `-d`, so it starts no threads
+//! and no runtimes.
+
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+
+use crate::config::Plan;
+use crate::proxy::BextProxy;
+
+/// Process-level switches from the command line (Pingora's `-d`, `-u`, `-t`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    pub daemon: bool,
+    pub upgrade: bool,
+    pub test: bool,
+}
+
+fn server_conf(plan: &Plan, opts: RunOptions) -> ServerConf {
+    let s = &plan.server;
+    ServerConf {
+        daemon: opts.daemon,
+        threads: s.threads,
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.as_secs()),
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        error_log: s.error_log.clone(),
+        user: s.user.clone(),
+        group: s.group.clone(),
+        upstream_keepalive_pool_size: s.keepalive_pool_size,
+        // Retries across nodes are decided by the upstream module; Pingora's own
+        // bound stays as a safety net.
+        max_retries: 2,
+        ..ServerConf::default()
+    }
+}
+
+/// Runs bext until it is told to stop. Only returns on a start-up failure.
+pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
+    raise_nofile_limit();
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        nocapture: false,
+        test: opts.test,
+        conf: None,
+    };
+    let conf = server_conf(&plan, opts);
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    // With -u this receives the listening sockets from the running process;
+    // with -t it exits here once the configuration is known to load.
+    server.bootstrap();
+
+    let listen = plan.server.listen.clone();
+    let mut proxy =
+        http_proxy_service_with_name(&server.configuration, BextProxy::new(plan), "bext proxy");
+    for addr in &listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+    log::info!(
+        "bext {} listening on {}",
+        env!("CARGO_PKG_VERSION"),
+        listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    server.run_forever()
+}
+
+/// An edge proxy holds two sockets per proxied connection (and long-lived
+/// websocket tunnels); the default soft limit of 1024 is far too low.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                log::warn!("could not raise the open-files limit to {}", lim.rlim_max);
+            }
+        }
+    }
+}
