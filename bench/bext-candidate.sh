@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Candidate for ../shared/bench/peers.sh: writes a bext config from the harness's
+# BENCH_* environment and execs the release binary (so the measured process is bext).
+#   peers.sh --only nginx,candidate --scenarios small,big --candidate "exec $PWD/bench/bext-candidate.sh"
+set -euo pipefail
+: "${BENCH_PORT:?} ${BENCH_BACKEND:?}"
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin=${BEXT_BIN:-$here/target/release/bext}
+d=${BENCH_TMP:-$(mktemp -d)}
+cat >"$d/bext.toml" <<CONF
+[server]
+listen = ["127.0.0.1:$BENCH_PORT"]
+threads = ${BENCH_WORKERS:-1}
+grace_period = "1s"
+shutdown_timeout = "1s"
+client_timeout = "120s"
+pid_file = "$d/bext.pid"
+upgrade_sock = "$d/bext-upgrade.sock"
+
+[upstreams.origin]
+nodes = ["$BENCH_BACKEND"]
+idle_timeout = "300s"
+
+[[route_rules]]
+pattern = "/*"
+proxy = "origin"
+CONF
+RUST_LOG=${RUST_LOG:-warn} exec "$bin" serve -c "$d/bext.toml"
