@@ -252,6 +252,7 @@ enum Page<'a> {
 
 /// Dispatches one request.
 fn route(req: Request<Incoming>, shutdown: &watch::Receiver<()>) -> DemoResponse {
+    let is_head = req.method() == Method::HEAD;
     let path = req.uri().path();
     let page = match path {
         "/" => Page::Home,
@@ -259,13 +260,12 @@ fn route(req: Request<Incoming>, shutdown: &watch::Receiver<()>) -> DemoResponse
         "/live/websocket" => Page::LiveSocket,
         _ => match path.strip_prefix("/posts/").and_then(parse_post_id) {
             Some(id) => Page::Post(id),
-            None => return text_response(StatusCode::NOT_FOUND, false, "not found\n"),
+            None => return text_response(StatusCode::NOT_FOUND, is_head, "not found\n"),
         },
     };
 
     let head = match *req.method() {
-        Method::GET => false,
-        Method::HEAD => true,
+        Method::GET | Method::HEAD => is_head,
         _ => {
             let mut resp = text_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -999,6 +999,10 @@ mod tests {
         assert_eq!(missing.body, "not found\n");
         let missing_post = request(addr, "POST", "/nope", "localhost").await;
         assert_eq!(missing_post.status, 404);
+        let missing_head = request(addr, "HEAD", "/nope", "localhost").await;
+        assert_eq!(missing_head.status, 404);
+        assert!(missing_head.body.is_empty());
+        assert_eq!(missing_head.header("content-length"), Some("10"));
 
         let plain = request(addr, "GET", "/live/websocket", "localhost").await;
         assert_eq!(plain.status, 400);
