@@ -4,6 +4,7 @@
 //! Pingora server for a plan; `proxy` is the request pipeline; `routing` and
 //! `upstream` decide where each request goes.
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod demo_origin;

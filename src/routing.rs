@@ -101,6 +101,14 @@ impl HostMatch {
     }
 }
 
+/// The host a request is for: its `Host` header, or the URI authority (HTTP/2, absolute-form).
+pub fn request_host(req: &pingora::http::RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
 /// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`.
 pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {

@@ -10,7 +10,7 @@ mod user;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use plan::{Plan, ServerPlan, UpstreamPlan};
+pub use plan::{resolve_secret, Plan, ServerPlan, UpstreamPlan};
 
 /// One problem in a config file, rendered as `FILE: KEY: REASON`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-use super::user::{RouteRule, ServerSection, UpstreamSection, UserConfig};
+use super::user::{AdminSection, RouteRule, ServerSection, UpstreamSection, UserConfig};
+use crate::admin::AdminAccess;
 use super::{ConfigError, ConfigErrors};
 use crate::routing::{HostMatch, Pattern, Route, RouteTable};
 
@@ -24,6 +25,7 @@ pub struct Plan {
     pub server: ServerPlan,
     pub upstreams: Vec<UpstreamPlan>,
     pub routes: RouteTable,
+    pub admin: AdminAccess,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +83,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .into_iter()
         .map(|(name, u)| compile_upstream(&mut errs, name, u))
         .collect();
+    let admin = compile_admin(&mut errs, user.admin);
     let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     if user.route_rules.is_empty() {
         errs.push(
@@ -100,6 +103,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             server,
             upstreams,
             routes: RouteTable::new(routes),
+            admin,
         })
     } else {
         Err(ConfigErrors(errs.list))
@@ -125,19 +129,7 @@ fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPla
             }
         })
         .collect();
-    let trusted_proxies = s
-        .trusted_proxies
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| match parse_cidr(c) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                errs.push(format!("server.trusted_proxies[{i}]"), e);
-                None
-            }
-        })
-        .collect();
+    let trusted_proxies = compile_cidrs(errs, "server.trusted_proxies", s.trusted_proxies);
     let error_page = s.error_page.and_then(|p| {
         let path = base.join(&p);
         match std::fs::metadata(&path) {
@@ -180,6 +172,49 @@ fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPla
         user: s.user,
         group: s.group,
         keepalive_pool_size: s.keepalive_pool_size.unwrap_or(128),
+    }
+}
+
+fn compile_cidrs(errs: &mut Errors, key: &str, list: Option<Vec<String>>) -> Vec<IpNet> {
+    list.unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| match parse_cidr(c) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                errs.push(format!("{key}[{i}]"), e);
+                None
+            }
+        })
+        .collect()
+}
+
+fn compile_admin(errs: &mut Errors, a: AdminSection) -> AdminAccess {
+    let allow = compile_cidrs(errs, "admin.allow", a.allow);
+    let token = a.token.and_then(|t| match resolve_secret(&t) {
+        Ok(t) if t.len() >= 16 => Some(t),
+        Ok(_) => {
+            errs.push("admin.token", "too short: use at least 16 characters");
+            None
+        }
+        Err(e) => {
+            errs.push("admin.token", e);
+            None
+        }
+    });
+    AdminAccess { allow, token }
+}
+
+/// A secret value: `"env:VAR"` reads the environment variable VAR (so secrets
+/// stay out of config files); anything else is the literal secret.
+pub fn resolve_secret(value: &str) -> Result<String, String> {
+    match value.strip_prefix("env:") {
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(v),
+            Ok(_) => Err(format!("environment variable {var} is empty")),
+            Err(_) => Err(format!("environment variable {var} is not set")),
+        },
+        None => Ok(value.to_string()),
     }
 }
 

@@ -17,6 +17,17 @@ pub struct UserConfig {
     pub upstreams: BTreeMap<String, UpstreamSection>,
     #[serde(default)]
     pub route_rules: Vec<RouteRule>,
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// CIDRs allowed to call `/__bext/*` besides loopback.
+    pub allow: Option<Vec<String>>,
+    /// Bearer token; `"env:VAR"` reads it from the environment.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

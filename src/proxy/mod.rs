@@ -13,7 +13,6 @@ mod tunnel;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use http::header::HOST;
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -24,8 +23,9 @@ pub use ctx::Ctx;
 use error_page::ErrorPages;
 use forwarded::Arrival;
 
+use crate::admin::{self, AdminAccess, Endpoint};
 use crate::config::Plan;
-use crate::routing::RouteTable;
+use crate::routing::{request_host, RouteTable};
 use crate::upstream::Pool;
 
 pub struct BextProxy {
@@ -34,6 +34,7 @@ pub struct BextProxy {
     trusted_proxies: Vec<IpNet>,
     client_timeout: Duration,
     pages: ErrorPages,
+    admin: AdminAccess,
 }
 
 impl BextProxy {
@@ -44,6 +45,26 @@ impl BextProxy {
             trusted_proxies: plan.server.trusted_proxies,
             client_timeout: plan.server.client_timeout,
             pages: ErrorPages::new(plan.server.error_page),
+            admin: plan.admin,
+        }
+    }
+
+    /// Answers a `/__bext/*` request (or 404s it when the caller is not allowed).
+    async fn admin_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let peer = Self::arrival(session).peer;
+        if !self.admin.permits(peer, admin::authorization(session)) {
+            return self.pages.respond(session, 404, ctx.request_id.as_ref()).await;
+        }
+        let req = session.req_header();
+        match admin::endpoint(&req.method, req.uri.path()) {
+            Endpoint::Health => {
+                let body = serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") });
+                admin::respond_json(session, 200, &body, ctx.request_id.as_ref()).await
+            }
+            Endpoint::NotFound => {
+                let body = admin::error_body("no such admin endpoint");
+                admin::respond_json(session, 404, &body, ctx.request_id.as_ref()).await
+            }
         }
     }
 
@@ -70,12 +91,11 @@ impl ProxyHttp for BextProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
         ctx.request_id = Some(request_id::from_client(req.headers.get(request_id::HEADER)));
-        let host = req
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()));
-        let Some(route) = self.routes.find(host, req.uri.path()).cloned() else {
+        if admin::is_admin_path(req.uri.path()) {
+            self.admin_request(session, ctx).await?;
+            return Ok(true);
+        }
+        let Some(route) = self.routes.find(request_host(req), req.uri.path()).cloned() else {
             self.pages.respond(session, 404, ctx.request_id.as_ref()).await?;
             return Ok(true);
         };

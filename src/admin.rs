@@ -1,0 +1,155 @@
+//! The admin API under `/__bext/` on the main listener: who may use it, and the
+//! dispatch to the module that owns each endpoint. Anyone not allowed gets the
+//! ordinary 404 page, so the API is invisible from the internet.
+//!
+//! Allowed: loopback peers, peers in `admin.allow`, or a request carrying
+//! `Authorization: Bearer <admin.token>`. Handlers live with their concern
+//! (cache purge in `cache`, node state in `upstream`); this module only routes
+//! and writes JSON.
+
+use std::net::IpAddr;
+
+use bytes::{Bytes, BytesMut};
+use http::header::AUTHORIZATION;
+use ipnet::IpNet;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+use crate::proxy::request_id;
+
+pub const PREFIX: &str = "/__bext/";
+
+/// Largest admin request body read (purge requests are tiny JSON documents).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Who may call the admin API.
+#[derive(Debug, Clone, Default)]
+pub struct AdminAccess {
+    pub allow: Vec<IpNet>,
+    pub token: Option<String>,
+}
+
+impl AdminAccess {
+    pub fn permits(&self, peer: Option<IpAddr>, authorization: Option<&[u8]>) -> bool {
+        if let Some(ip) = peer {
+            if ip.is_loopback() || self.allow.iter().any(|n| n.contains(&ip)) {
+                return true;
+            }
+        }
+        match (&self.token, authorization) {
+            (Some(token), Some(header)) => header
+                .strip_prefix(b"Bearer ")
+                .is_some_and(|given| constant_time_eq(given, token.as_bytes())),
+            _ => false,
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether `path` belongs to the admin API.
+pub fn is_admin_path(path: &str) -> bool {
+    path.starts_with(PREFIX) || path == "/__bext"
+}
+
+/// The admin endpoints known to this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Health,
+    NotFound,
+}
+
+pub fn endpoint(method: &http::Method, path: &str) -> Endpoint {
+    match (method.as_str(), path) {
+        ("GET" | "HEAD", "/__bext/health") => Endpoint::Health,
+        _ => Endpoint::NotFound,
+    }
+}
+
+/// The `Authorization` header's raw bytes, for [`AdminAccess::permits`].
+pub fn authorization(session: &Session) -> Option<&[u8]> {
+    session
+        .req_header()
+        .headers
+        .get(AUTHORIZATION)
+        .map(|v| v.as_bytes())
+}
+
+/// Reads the request body up to [`MAX_BODY`]; `Err(413)` when it is larger.
+pub async fn read_body(session: &mut Session) -> Result<Bytes, u16> {
+    let mut buf = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > MAX_BODY {
+                    return Err(413);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(_) => return Err(400),
+        }
+    }
+}
+
+/// Writes a JSON response.
+pub async fn respond_json(
+    session: &mut Session,
+    status: u16,
+    body: &serde_json::Value,
+    request_id: Option<&http::HeaderValue>,
+) -> pingora::Result<()> {
+    let mut text = body.to_string();
+    text.push('\n');
+    let body = Bytes::from(text);
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    if let Some(id) = request_id {
+        resp.insert_header(request_id::HEADER, id.clone())?;
+    }
+    let head = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(resp), head).await?;
+    if !head {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// A JSON error body: `{"error": "..."}`.
+pub fn error_body(message: &str) -> serde_json::Value {
+    serde_json::json!({ "error": message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_allowlist_and_token() {
+        let access = AdminAccess {
+            allow: vec!["10.0.0.0/8".parse().unwrap()],
+            token: Some("s3cret".into()),
+        };
+        assert!(access.permits(Some("127.0.0.1".parse().unwrap()), None));
+        assert!(access.permits(Some("::1".parse().unwrap()), None));
+        assert!(access.permits(Some("10.1.2.3".parse().unwrap()), None));
+        assert!(!access.permits(Some("203.0.113.1".parse().unwrap()), None));
+        assert!(access.permits(Some("203.0.113.1".parse().unwrap()), Some(b"Bearer s3cret")));
+        assert!(!access.permits(Some("203.0.113.1".parse().unwrap()), Some(b"Bearer s3cre")));
+        assert!(!access.permits(Some("203.0.113.1".parse().unwrap()), Some(b"s3cret")));
+        let no_token = AdminAccess::default();
+        assert!(!no_token.permits(Some("203.0.113.1".parse().unwrap()), Some(b"Bearer ")));
+    }
+
+    #[test]
+    fn endpoints_are_matched_by_method_and_path() {
+        assert_eq!(endpoint(&http::Method::GET, "/__bext/health"), Endpoint::Health);
+        assert_eq!(endpoint(&http::Method::POST, "/__bext/health"), Endpoint::NotFound);
+        assert!(is_admin_path("/__bext/cache/purge"));
+        assert!(!is_admin_path("/__bextra"));
+    }
+}
