@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
@@ -53,12 +54,16 @@ impl BextProxy {
     async fn admin_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let peer = Self::arrival(session).peer;
         if !self.admin.permits(peer, admin::authorization(session)) {
-            return self.pages.respond(session, 404, ctx.request_id.as_ref()).await;
+            return self
+                .pages
+                .respond(session, 404, ctx.request_id.as_ref())
+                .await;
         }
         let req = session.req_header();
         match admin::endpoint(&req.method, req.uri.path()) {
             Endpoint::Health => {
-                let body = serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") });
+                let body =
+                    serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") });
                 admin::respond_json(session, 200, &body, ctx.request_id.as_ref()).await
             }
             Endpoint::NotFound => {
@@ -75,7 +80,10 @@ impl BextProxy {
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip().to_canonical()),
             scheme: "http",
-            local_port: session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()),
+            local_port: session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port()),
         }
     }
 }
@@ -88,6 +96,10 @@ impl ProxyHttp for BextProxy {
         Ctx::default()
     }
 
+    /// No downstream modules: Pingora's default adds a (disabled) compression
+    /// module whose per-request context costs CPU for nothing.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
         ctx.request_id = Some(request_id::from_client(req.headers.get(request_id::HEADER)));
@@ -96,7 +108,9 @@ impl ProxyHttp for BextProxy {
             return Ok(true);
         }
         let Some(route) = self.routes.find(request_host(req), req.uri.path()).cloned() else {
-            self.pages.respond(session, 404, ctx.request_id.as_ref()).await?;
+            self.pages
+                .respond(session, 404, ctx.request_id.as_ref())
+                .await?;
             return Ok(true);
         };
         ctx.websocket = tunnel::admit(session, &route, self.client_timeout);
@@ -124,7 +138,11 @@ impl ProxyHttp for BextProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        forwarded::apply(upstream_request, Self::arrival(session), &self.trusted_proxies)?;
+        forwarded::apply(
+            upstream_request,
+            Self::arrival(session),
+            &self.trusted_proxies,
+        )?;
         if let Some(id) = &ctx.request_id {
             upstream_request.insert_header(request_id::HEADER, id.clone())?;
         }
@@ -151,8 +169,16 @@ impl ProxyHttp for BextProxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = error_page::status_for(e);
+        // Pingora 0.9 closes the client connection after a failed proxy attempt
+        // whatever this hook returns, so the page must say `Connection: close`
+        // rather than promise a keep-alive the client would then find dead.
+        session.set_keepalive(None);
         if code > 0 && session.response_written().is_none() {
-            if let Err(write_err) = self.pages.respond(session, code, ctx.request_id.as_ref()).await {
+            if let Err(write_err) = self
+                .pages
+                .respond(session, code, ctx.request_id.as_ref())
+                .await
+            {
                 log::debug!("could not send the {code} page: {write_err}");
             }
         }
@@ -167,7 +193,10 @@ impl ProxyHttp for BextProxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         log::warn!(
             "request_id={} route={} node={} status={} error={}",
-            ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            ctx.request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
             ctx.route.as_ref().map_or("-", |r| r.pattern_text.as_str()),
             ctx.node.map_or_else(|| "-".to_string(), |n| n.to_string()),
             status,
