@@ -58,12 +58,18 @@ pub fn is_admin_path(path: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Health,
+    /// `GET /__bext/upstreams`: node state of every pool.
+    Upstreams,
+    /// `POST /__bext/upstreams/NAME/nodes/ID/drain|undrain` (path parsed by the handler).
+    UpstreamNode,
     NotFound,
 }
 
 pub fn endpoint(method: &http::Method, path: &str) -> Endpoint {
     match (method.as_str(), path) {
         ("GET" | "HEAD", "/__bext/health") => Endpoint::Health,
+        ("GET" | "HEAD", "/__bext/upstreams") => Endpoint::Upstreams,
+        ("POST", p) if p.starts_with("/__bext/upstreams/") => Endpoint::UpstreamNode,
         _ => Endpoint::NotFound,
     }
 }
@@ -147,8 +153,14 @@ mod tests {
 
     #[test]
     fn endpoints_are_matched_by_method_and_path() {
-        assert_eq!(endpoint(&http::Method::GET, "/__bext/health"), Endpoint::Health);
-        assert_eq!(endpoint(&http::Method::POST, "/__bext/health"), Endpoint::NotFound);
+        assert_eq!(
+            endpoint(&http::Method::GET, "/__bext/health"),
+            Endpoint::Health
+        );
+        assert_eq!(
+            endpoint(&http::Method::POST, "/__bext/health"),
+            Endpoint::NotFound
+        );
         assert!(is_admin_path("/__bext/cache/purge"));
         assert!(!is_admin_path("/__bextra"));
     }

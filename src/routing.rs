@@ -25,8 +25,12 @@ impl Pattern {
         if !s.starts_with('/') {
             return Err(format!("pattern \"{s}\" must start with \"/\""));
         }
-        if s.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-            return Err(format!("pattern \"{s}\" contains whitespace or control characters"));
+        if s.bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(format!(
+                "pattern \"{s}\" contains whitespace or control characters"
+            ));
         }
         if s == "/*" {
             return Ok(Pattern::Any);
@@ -135,6 +139,8 @@ pub struct Route {
     pub websocket_idle_timeout: Duration,
     /// Overrides the upstream's `read_timeout` for this route.
     pub upstream_read_timeout: Option<Duration>,
+    /// `sticky = true|false` on the rule; `None` follows the upstream's `sticky`.
+    pub sticky: Option<bool>,
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -196,6 +202,7 @@ mod tests {
             websocket: false,
             websocket_idle_timeout: Duration::from_secs(300),
             upstream_read_timeout: None,
+            sticky: None,
             response_headers: vec![],
         }
     }

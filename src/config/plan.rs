@@ -10,9 +10,10 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+use super::upstream::{compile_nodes, compile_policy, NodePlan, PoolPolicy};
 use super::user::{AdminSection, RouteRule, ServerSection, UpstreamSection, UserConfig};
-use crate::admin::AdminAccess;
 use super::{ConfigError, ConfigErrors};
+use crate::admin::AdminAccess;
 use crate::routing::{HostMatch, Pattern, Route, RouteTable};
 
 /// The largest `server.error_page` we load: it is held in memory and sent on every 5xx.
@@ -50,11 +51,13 @@ pub struct ServerPlan {
 #[derive(Debug, Clone)]
 pub struct UpstreamPlan {
     pub name: String,
-    pub nodes: Vec<SocketAddr>,
+    pub nodes: Vec<NodePlan>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Balancing, health, retries, affinity (`config/upstream.rs`).
+    pub policy: PoolPolicy,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -96,7 +99,18 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .into_iter()
         .enumerate()
         .filter_map(|(i, r)| compile_route(&mut errs, &names, i, r))
-        .collect();
+        .collect::<Vec<Route>>();
+    for r in routes.iter().filter(|r| r.sticky == Some(true)) {
+        if upstreams
+            .get(r.upstream)
+            .is_some_and(|u| u.policy.sticky.is_none())
+        {
+            errs.push(
+                format!("route_rules[{}].sticky", r.index),
+                "the upstream has no `sticky = { cookie, secret }` to use",
+            );
+        }
+    }
     if errs.list.is_empty() {
         Ok(Plan {
             source: file.to_path_buf(),
@@ -123,7 +137,9 @@ fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPla
             Err(_) => {
                 errs.push(
                     format!("server.listen[{i}]"),
-                    format!("\"{a}\" is not an IP:port address (e.g. \"0.0.0.0:8080\", \"[::]:8080\")"),
+                    format!(
+                        "\"{a}\" is not an IP:port address (e.g. \"0.0.0.0:8080\", \"[::]:8080\")"
+                    ),
                 );
                 None
             }
@@ -231,20 +247,13 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
 fn compile_upstream(errs: &mut Errors, name: String, u: UpstreamSection) -> UpstreamPlan {
     let key = format!("upstreams.{name}");
     if u.nodes.is_empty() {
-        errs.push(format!("{key}.nodes"), "at least one node address is required");
+        errs.push(
+            format!("{key}.nodes"),
+            "at least one node address is required",
+        );
     }
-    let nodes = u
-        .nodes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, a)| match resolve_node(a) {
-            Ok(addr) => Some(addr),
-            Err(e) => {
-                errs.push(format!("{key}.nodes[{i}]"), e);
-                None
-            }
-        })
-        .collect();
+    let nodes = compile_nodes(&key, &u.nodes, resolve_node, &mut |k, r| errs.push(k, r));
+    let policy = compile_policy(&key, &u, resolve_secret, &mut |k, r| errs.push(k, r));
     UpstreamPlan {
         name,
         nodes,
@@ -252,6 +261,7 @@ fn compile_upstream(errs: &mut Errors, name: String, u: UpstreamSection) -> Upst
         read_timeout: u.read_timeout.map_or(Duration::from_secs(30), |d| d.0),
         write_timeout: u.write_timeout.map_or(Duration::from_secs(30), |d| d.0),
         idle_timeout: u.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        policy,
     }
 }
 
@@ -262,10 +272,14 @@ fn resolve_node(a: &str) -> Result<SocketAddr, String> {
         return Ok(addr);
     }
     let Some((host, port)) = a.rsplit_once(':') else {
-        return Err(format!("\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"));
+        return Err(format!(
+            "\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"
+        ));
     };
     if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"));
+        return Err(format!(
+            "\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"
+        ));
     }
     match a.to_socket_addrs() {
         Ok(mut it) => it
@@ -353,6 +367,7 @@ fn compile_route(errs: &mut Errors, upstreams: &[&str], i: usize, r: RouteRule) 
             .websocket_idle_timeout
             .map_or(Duration::from_secs(300), |d| d.0),
         upstream_read_timeout: r.timeout.map(|d| d.0),
+        sticky: r.sticky,
         response_headers,
     })
 }
