@@ -64,7 +64,22 @@ async fn least_conn_sends_new_requests_to_the_idle_node() {
     for _ in 0..30 {
         let (status, node, _) = get(&cl, &bext.url("/x"), None).await;
         assert_eq!(status, 200);
-        assert_eq!(node, idle, "least_conn picked a busy node");
+        let held: Vec<usize> = [&a, &b, &c].iter().map(|n| n.held()).collect();
+        if node != idle {
+            let st = cl
+                .get(bext.url("/__bext/upstreams"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            eprintln!("{st}");
+        }
+        assert_eq!(
+            node, idle,
+            "least_conn picked a busy node (held per node: {held:?})"
+        );
     }
     for n in [&a, &b, &c] {
         n.release();
