@@ -448,3 +448,105 @@ fn compile_sticky(
         max_age,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::load_str;
+
+    const ROUTE: &str = "[[route_rules]]\npattern = \"/*\"\nproxy = \"app\"\n";
+
+    fn errs(upstream: &str) -> Vec<String> {
+        let text = format!("[upstreams.app]\n{upstream}\n{ROUTE}");
+        match load_str(Path::new("b.toml"), &text) {
+            Ok(_) => panic!("config unexpectedly valid: {upstream}"),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn nodes_accept_strings_and_tables_with_defaults() {
+        let text = format!(
+            "[upstreams.app]\nnodes = [\"127.0.0.1:4000\", {{ addr = \"127.0.0.1:4001\", id = \"web-2\", weight = 3, drain = true }}]\n\
+             balance = \"hash\"\nhash_on = \"cookie:_app_key\"\n\
+             health = {{ path = \"/health\", interval = \"2s\", expect_status = 204 }}\n\
+             sticky = {{ secret = \"0123456789abcdef\" }}\n{ROUTE}"
+        );
+        let plan = load_str(Path::new("b.toml"), &text).unwrap();
+        let u = &plan.upstreams[0];
+        assert_eq!(u.nodes[0].id, default_node_id(&u.nodes[0].addr));
+        assert!(!u.nodes[0].id.contains("4000"));
+        assert_eq!(
+            (
+                u.nodes[1].id.as_str(),
+                u.nodes[1].weight,
+                u.nodes[1].drained
+            ),
+            ("web-2", 3, true)
+        );
+        assert_eq!(
+            u.policy.balance,
+            Balance::Hash(HashOn::Cookie("_app_key".into()))
+        );
+        assert_eq!(u.policy.health.interval, Duration::from_secs(2));
+        assert_eq!(
+            u.policy.health.probe,
+            HealthProbe::Http {
+                path: "/health".into(),
+                expect_status: Some(204)
+            }
+        );
+        assert_eq!(u.policy.retries, 2);
+        let sticky = u.policy.sticky.as_ref().unwrap();
+        assert_eq!(sticky.cookie, "_bext_node");
+        assert!(
+            !format!("{sticky:?}").contains("0123456789abcdef"),
+            "secret in Debug"
+        );
+    }
+
+    #[test]
+    fn bad_pool_keys_are_named() {
+        let e = errs("nodes = [{ addr = \"127.0.0.1:1\", wieght = 2 }]");
+        assert!(
+            e[0].contains("upstreams.app.nodes[0]") && e[0].contains("unknown field"),
+            "{e:?}"
+        );
+        let e = errs("nodes = [\"127.0.0.1:1\"]\nbalance = \"random\"");
+        assert!(
+            e[0].contains("b.toml: upstreams.app.balance: unknown balance"),
+            "{e:?}"
+        );
+        let e = errs("nodes = [\"127.0.0.1:1\"]\nhash_on = \"client_ip\"");
+        assert!(e[0].contains("upstreams.app.hash_on"), "{e:?}");
+        let e = errs("nodes = [{ addr = \"127.0.0.1:1\", id = \"a b\" }]");
+        assert!(e[0].contains("upstreams.app.nodes[0].id"), "{e:?}");
+        let e = errs("nodes = [{ addr = \"127.0.0.1:1\", id = \"x\" }, { addr = \"127.0.0.1:2\", id = \"x\" }]");
+        assert!(e[0].contains("used twice"), "{e:?}");
+        let e = errs("nodes = [\"127.0.0.1:1\"]\nsticky = { secret = \"short\" }");
+        assert!(
+            e[0].contains("upstreams.app.sticky.secret: too short"),
+            "{e:?}"
+        );
+        let e = errs(
+            "nodes = [\"127.0.0.1:1\"]\nsticky = { secret = \"env:BEXT_TEST_UNSET_VAR_XYZ\" }",
+        );
+        assert!(e[0].contains("BEXT_TEST_UNSET_VAR_XYZ is not set"), "{e:?}");
+        let e = errs("nodes = [\"127.0.0.1:1\"]\nhealth = { interval = \"10ms\" }");
+        assert!(e[0].contains("upstreams.app.health.interval"), "{e:?}");
+        let e = errs("nodes = [\"127.0.0.1:1\"]\nhealth = { unhealthy_after = 0 }");
+        assert!(
+            e[0].contains("upstreams.app.health.unhealthy_after"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn route_sticky_needs_an_upstream_cookie() {
+        let text = "[upstreams.app]\nnodes = [\"127.0.0.1:1\"]\n[[route_rules]]\npattern = \"/*\"\nproxy = \"app\"\nsticky = true\n";
+        let e = load_str(Path::new("b.toml"), text).unwrap_err().to_string();
+        assert!(e.contains("route_rules[0].sticky"), "{e}");
+    }
+}
