@@ -58,12 +58,18 @@ pub fn is_admin_path(path: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Health,
+    /// `GET /__bext/upstreams`: node state of every pool.
+    Upstreams,
+    /// `POST /__bext/upstreams/NAME/nodes/ID/drain|undrain` (path parsed by the handler).
+    UpstreamNode,
     NotFound,
 }
 
 pub fn endpoint(method: &http::Method, path: &str) -> Endpoint {
     match (method.as_str(), path) {
         ("GET" | "HEAD", "/__bext/health") => Endpoint::Health,
+        ("GET" | "HEAD", "/__bext/upstreams") => Endpoint::Upstreams,
+        ("POST", p) if p.starts_with("/__bext/upstreams/") => Endpoint::UpstreamNode,
         _ => Endpoint::NotFound,
     }
 }

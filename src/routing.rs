@@ -139,6 +139,8 @@ pub struct Route {
     pub websocket_idle_timeout: Duration,
     /// Overrides the upstream's `read_timeout` for this route.
     pub upstream_read_timeout: Option<Duration>,
+    /// `sticky = true|false` on the rule; `None` follows the upstream's `sticky`.
+    pub sticky: Option<bool>,
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -200,6 +202,7 @@ mod tests {
             websocket: false,
             websocket_idle_timeout: Duration::from_secs(300),
             upstream_read_timeout: None,
+            sticky: None,
             response_headers: vec![],
         }
     }

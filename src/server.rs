@@ -6,9 +6,12 @@
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
+use pingora::services::background::background_service;
 
 use crate::config::Plan;
 use crate::proxy::BextProxy;
+use crate::upstream::health::HealthService;
+use crate::upstream::Upstreams;
 
 /// Process-level switches from the command line (Pingora's `-d`, `-u`, `-t`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,9 +34,9 @@ fn server_conf(plan: &Plan, opts: RunOptions) -> ServerConf {
         user: s.user.clone(),
         group: s.group.clone(),
         upstream_keepalive_pool_size: s.keepalive_pool_size,
-        // Retries across nodes are decided by the upstream module; Pingora's own
-        // bound stays as a safety net.
-        max_retries: 2,
+        // Retries across nodes are decided by the upstream module (each pool's
+        // `retries`); Pingora's bound only has to let them happen.
+        max_retries: Upstreams::max_attempts(&plan.upstreams),
         // One single-threaded runtime per thread: each connection stays on the
         // thread that accepted it, which saves the work-stealing scheduler's
         // cross-thread wakeups on every request (nginx's worker model).
@@ -65,12 +68,15 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     }
 
     let listen = plan.server.listen.clone();
-    let mut proxy =
-        http_proxy_service_with_name(&server.configuration, BextProxy::new(plan), "bext proxy");
+    let app = BextProxy::new(plan);
+    // Health probes run in their own service (started after the fork for -d).
+    let health = background_service("upstream health", HealthService::new(app.upstreams()));
+    let mut proxy = http_proxy_service_with_name(&server.configuration, app, "bext proxy");
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
+    server.add_service(health);
     log::info!(
         "bext {} listening on {}",
         env!("CARGO_PKG_VERSION"),

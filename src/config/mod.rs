@@ -5,6 +5,7 @@
 mod plan;
 mod summary;
 pub mod units;
+pub mod upstream;
 mod user;
 
 use std::fmt;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+use super::upstream::{compile_nodes, compile_policy, NodePlan, PoolPolicy};
 use super::user::{AdminSection, RouteRule, ServerSection, UpstreamSection, UserConfig};
 use super::{ConfigError, ConfigErrors};
 use crate::admin::AdminAccess;
@@ -50,11 +51,13 @@ pub struct ServerPlan {
 #[derive(Debug, Clone)]
 pub struct UpstreamPlan {
     pub name: String,
-    pub nodes: Vec<SocketAddr>,
+    pub nodes: Vec<NodePlan>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Balancing, health, retries, affinity (`config/upstream.rs`).
+    pub policy: PoolPolicy,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -96,7 +99,18 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .into_iter()
         .enumerate()
         .filter_map(|(i, r)| compile_route(&mut errs, &names, i, r))
-        .collect();
+        .collect::<Vec<Route>>();
+    for r in routes.iter().filter(|r| r.sticky == Some(true)) {
+        if upstreams
+            .get(r.upstream)
+            .is_some_and(|u| u.policy.sticky.is_none())
+        {
+            errs.push(
+                format!("route_rules[{}].sticky", r.index),
+                "the upstream has no `sticky = { cookie, secret }` to use",
+            );
+        }
+    }
     if errs.list.is_empty() {
         Ok(Plan {
             source: file.to_path_buf(),
@@ -238,18 +252,8 @@ fn compile_upstream(errs: &mut Errors, name: String, u: UpstreamSection) -> Upst
             "at least one node address is required",
         );
     }
-    let nodes = u
-        .nodes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, a)| match resolve_node(a) {
-            Ok(addr) => Some(addr),
-            Err(e) => {
-                errs.push(format!("{key}.nodes[{i}]"), e);
-                None
-            }
-        })
-        .collect();
+    let nodes = compile_nodes(&key, &u.nodes, resolve_node, &mut |k, r| errs.push(k, r));
+    let policy = compile_policy(&key, &u, resolve_secret, &mut |k, r| errs.push(k, r));
     UpstreamPlan {
         name,
         nodes,
@@ -257,6 +261,7 @@ fn compile_upstream(errs: &mut Errors, name: String, u: UpstreamSection) -> Upst
         read_timeout: u.read_timeout.map_or(Duration::from_secs(30), |d| d.0),
         write_timeout: u.write_timeout.map_or(Duration::from_secs(30), |d| d.0),
         idle_timeout: u.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        policy,
     }
 }
 
@@ -362,6 +367,7 @@ fn compile_route(errs: &mut Errors, upstreams: &[&str], i: usize, r: RouteRule) 
             .websocket_idle_timeout
             .map_or(Duration::from_secs(300), |d| d.0),
         upstream_read_timeout: r.timeout.map(|d| d.0),
+        sticky: r.sticky,
         response_headers,
     })
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::units::HumanDuration;
+use super::upstream::{HealthSection, NodeEntry, StickySection};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -51,11 +52,19 @@ pub struct ServerSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
-    pub nodes: Vec<String>,
+    pub nodes: Vec<NodeEntry>,
     pub connect_timeout: Option<HumanDuration>,
     pub read_timeout: Option<HumanDuration>,
     pub write_timeout: Option<HumanDuration>,
     pub idle_timeout: Option<HumanDuration>,
+    // Multi-node keys, validated in `config/upstream.rs`.
+    pub balance: Option<String>,
+    pub hash_on: Option<String>,
+    pub health: Option<HealthSection>,
+    pub retries: Option<u32>,
+    pub retry_non_idempotent: Option<bool>,
+    pub sticky: Option<StickySection>,
+    pub close_spread: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +77,8 @@ pub struct RouteRule {
     pub websocket: Option<bool>,
     pub websocket_idle_timeout: Option<HumanDuration>,
     pub timeout: Option<HumanDuration>,
+    /// Sticky affinity on this route (default: on when the upstream has `sticky`).
+    pub sticky: Option<bool>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
 }

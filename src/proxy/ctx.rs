@@ -6,6 +6,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use crate::routing::Route;
+use crate::upstream::RequestState;
 
 #[derive(Debug, Default)]
 pub struct Ctx {
@@ -15,4 +16,6 @@ pub struct Ctx {
     pub websocket: bool,
     /// The node chosen for this request (the last one, after retries).
     pub node: Option<SocketAddr>,
+    /// Node lease, retries, affinity and tunnel of this request (`upstream`).
+    pub upstream: RequestState,
 }

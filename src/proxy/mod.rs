@@ -10,12 +10,14 @@ mod hop_by_hop;
 pub mod request_id;
 mod tunnel;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
+use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
@@ -27,11 +29,11 @@ use forwarded::Arrival;
 use crate::admin::{self, AdminAccess, Endpoint};
 use crate::config::Plan;
 use crate::routing::{request_host, RouteTable};
-use crate::upstream::Pool;
+use crate::upstream::{self as upstream, Upstreams};
 
 pub struct BextProxy {
     routes: RouteTable,
-    pools: Vec<Pool>,
+    upstreams: Arc<Upstreams>,
     trusted_proxies: Vec<IpNet>,
     client_timeout: Duration,
     pages: ErrorPages,
@@ -41,13 +43,18 @@ pub struct BextProxy {
 impl BextProxy {
     pub fn new(plan: Plan) -> BextProxy {
         BextProxy {
-            pools: plan.upstreams.iter().map(Pool::new).collect(),
+            upstreams: Arc::new(Upstreams::new(&plan.upstreams)),
             routes: plan.routes,
             trusted_proxies: plan.server.trusted_proxies,
             client_timeout: plan.server.client_timeout,
             pages: ErrorPages::new(plan.server.error_page),
             admin: plan.admin,
         }
+    }
+
+    /// The pools, shared with the health-check service.
+    pub fn upstreams(&self) -> Arc<Upstreams> {
+        self.upstreams.clone()
     }
 
     /// Answers a `/__bext/*` request (or 404s it when the caller is not allowed).
@@ -65,6 +72,13 @@ impl BextProxy {
                 let body =
                     serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") });
                 admin::respond_json(session, 200, &body, ctx.request_id.as_ref()).await
+            }
+            Endpoint::Upstreams => {
+                upstream::admin::list(session, &self.upstreams, ctx.request_id.as_ref()).await
+            }
+            Endpoint::UpstreamNode => {
+                upstream::admin::node_action(session, &self.upstreams, ctx.request_id.as_ref())
+                    .await
             }
             Endpoint::NotFound => {
                 let body = admin::error_body("no such admin endpoint");
@@ -118,18 +132,66 @@ impl ProxyHttp for BextProxy {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
-        let node = self
-            .pools
-            .get(route.upstream)
-            .and_then(Pool::select)
-            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no node available"))?;
-        ctx.node = Some(node.addr);
-        Ok(node.peer(tunnel::peer_requirements(route, ctx.websocket)))
+        let request = upstream::PeerRequest {
+            req: session.req_header(),
+            upstream: route.upstream,
+            route_sticky: route.sticky,
+            websocket: ctx.websocket,
+            client_ip: Self::arrival(session).peer,
+            requirements: tunnel::peer_requirements(route, ctx.websocket),
+        };
+        let peer = self.upstreams.peer(&mut ctx.upstream, request)?;
+        ctx.node = ctx.upstream.node_addr();
+        Ok(peer)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream.connected(ctx.websocket, fd);
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _s: &mut Session,
+        _p: &HttpPeer,
+        ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.upstream.connect_failed(e)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let e = e.more_context(format!("Peer: {peer}"));
+        ctx.upstream.proxy_failed(session, e, client_reused)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream.response_head(session, resp)
     }
 
     async fn upstream_request_filter(
@@ -151,11 +213,13 @@ impl ProxyHttp for BextProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         hop_by_hop::strip_response(resp);
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.upstream.response(resp, tls)?;
         if let Some(route) = &ctx.route {
             for (name, value) in &route.response_headers {
                 resp.insert_header(name.clone(), value.clone())?;
@@ -189,6 +253,7 @@ impl ProxyHttp for BextProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.upstream.finish();
         let Some(e) = e else { return };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         log::warn!(
