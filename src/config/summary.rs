@@ -37,7 +37,11 @@ impl fmt::Display for Plan {
                     .map_or("?".to_string(), |u| u.name.clone()),
                 RouteTarget::Static(root) => format!("static {}", root.dir().display()),
             };
-            let mut flags = vec![if r.cache { "cache" } else { "no-cache" }];
+            // Static routes are answered before the cache: its flag would mislead.
+            let mut flags = match r.target {
+                RouteTarget::Static(_) => vec!["files"],
+                RouteTarget::Proxy(_) => vec![if r.cache { "cache" } else { "no-cache" }],
+            };
             if r.websocket {
                 flags.push("websocket");
             }

@@ -54,7 +54,7 @@ impl Accepted {
                 let ok = parts
                     .filter_map(|p| p.trim().strip_prefix("q="))
                     .next_back()
-                    .map_or(true, |q| q.trim().parse::<f32>().is_ok_and(|q| q > 0.0));
+                    .is_none_or(|q| q.trim().parse::<f32>().is_ok_and(|q| q > 0.0));
                 match name.as_str() {
                     "br" => br = Some(ok),
                     "gzip" | "x-gzip" => gzip = Some(ok),
