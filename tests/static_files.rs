@@ -432,6 +432,7 @@ async fn large_file_streams_in_bounded_memory() {
     }
     assert_eq!(got, BIG);
     let hwm_after = bext.hwm_kb();
+    eprintln!("static 20 MB download: VmHWM {hwm_before} kB -> {hwm_after} kB");
     assert!(
         hwm_after.saturating_sub(hwm_before) <= MAX_GROWTH_KB,
         "the file was buffered: VmHWM {hwm_before} kB -> {hwm_after} kB"
