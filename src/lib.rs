@@ -2,7 +2,8 @@
 //!
 //! `config` turns `bext.config.toml` into a [`config::Plan`]; `server` runs the
 //! Pingora server for a plan; `proxy` is the request pipeline; `routing` and
-//! `upstream` decide where each request goes.
+//! `upstream` decide where each request goes; `static_files` answers
+//! `render = "static"` routes from disk.
 
 pub mod admin;
 pub mod config;
@@ -13,4 +14,5 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod static_files;
 pub mod upstream;

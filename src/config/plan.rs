@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +15,8 @@ use super::upstream::{compile_nodes, compile_policy, NodePlan, PoolPolicy};
 use super::user::{AdminSection, RouteRule, ServerSection, UpstreamSection, UserConfig};
 use super::{ConfigError, ConfigErrors};
 use crate::admin::AdminAccess;
-use crate::routing::{HostMatch, Pattern, Route, RouteTable};
+use crate::routing::{HostMatch, Pattern, Route, RouteTable, RouteTarget};
+use crate::static_files::StaticRoot;
 
 /// The largest `server.error_page` we load: it is held in memory and sent on every 5xx.
 const MAX_ERROR_PAGE: u64 = 1 << 20;
@@ -98,11 +100,11 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .route_rules
         .into_iter()
         .enumerate()
-        .filter_map(|(i, r)| compile_route(&mut errs, &names, i, r))
+        .filter_map(|(i, r)| compile_route(&mut errs, base, &names, i, r))
         .collect::<Vec<Route>>();
     for r in routes.iter().filter(|r| r.sticky == Some(true)) {
         if upstreams
-            .get(r.upstream)
+            .get(r.upstream().unwrap_or(usize::MAX))
             .is_some_and(|u| u.policy.sticky.is_none())
         {
             errs.push(
@@ -289,7 +291,13 @@ fn resolve_node(a: &str) -> Result<SocketAddr, String> {
     }
 }
 
-fn compile_route(errs: &mut Errors, upstreams: &[&str], i: usize, r: RouteRule) -> Option<Route> {
+fn compile_route(
+    errs: &mut Errors,
+    base: &Path,
+    upstreams: &[&str],
+    i: usize,
+    r: RouteRule,
+) -> Option<Route> {
     let key = format!("route_rules[{i}]");
     let before = errs.list.len();
     let pattern = Pattern::parse(&r.pattern)
@@ -303,32 +311,7 @@ fn compile_route(errs: &mut Errors, upstreams: &[&str], i: usize, r: RouteRule) 
         Some(Ok(h)) => Some(h),
         None => None,
     };
-    let upstream = match r.proxy.as_deref() {
-        None => {
-            errs.push(
-                format!("{key}.proxy"),
-                "missing: every route must name an upstream with `proxy = \"NAME\"`",
-            );
-            None
-        }
-        Some(name) => {
-            let found = upstreams.iter().position(|u| *u == name);
-            if found.is_none() {
-                errs.push(
-                    format!("{key}.proxy"),
-                    format!(
-                        "unknown upstream \"{name}\" (defined: {})",
-                        if upstreams.is_empty() {
-                            "none".to_string()
-                        } else {
-                            upstreams.join(", ")
-                        }
-                    ),
-                );
-            }
-            found
-        }
-    };
+    let target = compile_target(errs, &key, base, upstreams, &r);
     let websocket = r.websocket.unwrap_or(false);
     if websocket && r.cache == Some(true) {
         errs.push(
@@ -360,8 +343,10 @@ fn compile_route(errs: &mut Errors, upstreams: &[&str], i: usize, r: RouteRule) 
         pattern_text: r.pattern,
         pattern: pattern?,
         host,
-        upstream: upstream?,
-        cache: r.cache.unwrap_or(true) && !websocket,
+        cache: r.cache.unwrap_or(true)
+            && !websocket
+            && matches!(target, Some(RouteTarget::Proxy(_))),
+        target: target?,
         websocket,
         websocket_idle_timeout: r
             .websocket_idle_timeout
@@ -370,4 +355,111 @@ fn compile_route(errs: &mut Errors, upstreams: &[&str], i: usize, r: RouteRule) 
         sticky: r.sticky,
         response_headers,
     })
+}
+
+/// A route either proxies (`proxy`) or serves files (`render = "static"` with
+/// `static_root`), never both.
+fn compile_target(
+    errs: &mut Errors,
+    key: &str,
+    base: &Path,
+    upstreams: &[&str],
+    r: &RouteRule,
+) -> Option<RouteTarget> {
+    match (r.proxy.as_deref(), r.render.as_deref()) {
+        (Some(_), Some(_)) => {
+            errs.push(
+                format!("{key}.render"),
+                "a route either proxies or renders: remove `proxy` or `render`",
+            );
+            None
+        }
+        (None, None) => {
+            errs.push(
+                format!("{key}.proxy"),
+                "missing: every route must name an upstream with `proxy = \"NAME\"` \
+                 or serve files with `render = \"static\"`",
+            );
+            None
+        }
+        (Some(name), None) => {
+            if r.static_root.is_some() {
+                errs.push(
+                    format!("{key}.static_root"),
+                    "only used with `render = \"static\"`; remove it from a proxy route",
+                );
+            }
+            compile_upstream_ref(errs, key, upstreams, name).map(RouteTarget::Proxy)
+        }
+        (None, Some("static")) => compile_static(errs, key, base, r).map(RouteTarget::Static),
+        (None, Some(other)) => {
+            errs.push(
+                format!("{key}.render"),
+                format!("unknown renderer \"{other}\": only \"static\" is supported"),
+            );
+            None
+        }
+    }
+}
+
+fn compile_upstream_ref(
+    errs: &mut Errors,
+    key: &str,
+    upstreams: &[&str],
+    name: &str,
+) -> Option<usize> {
+    let found = upstreams.iter().position(|u| *u == name);
+    if found.is_none() {
+        errs.push(
+            format!("{key}.proxy"),
+            format!(
+                "unknown upstream \"{name}\" (defined: {})",
+                if upstreams.is_empty() {
+                    "none".to_string()
+                } else {
+                    upstreams.join(", ")
+                }
+            ),
+        );
+    }
+    found
+}
+
+/// `static_root` must be an existing directory (relative to the config file).
+/// Keys that only mean something when proxying are refused rather than
+/// silently ignored.
+fn compile_static(
+    errs: &mut Errors,
+    key: &str,
+    base: &Path,
+    r: &RouteRule,
+) -> Option<Arc<StaticRoot>> {
+    let proxy_only = [
+        ("websocket", r.websocket == Some(true)),
+        ("cache", r.cache == Some(true)),
+        ("timeout", r.timeout.is_some()),
+        ("websocket_idle_timeout", r.websocket_idle_timeout.is_some()),
+    ];
+    for (name, set) in proxy_only {
+        if set {
+            errs.push(
+                format!("{key}.{name}"),
+                "not used by a `render = \"static\"` route (files are served from disk); remove it",
+            );
+        }
+    }
+    let Some(dir) = r.static_root.as_deref() else {
+        errs.push(
+            format!("{key}.static_root"),
+            "missing: a `render = \"static\"` route needs `static_root = \"DIR\"` (e.g. \"priv/static\")",
+        );
+        return None;
+    };
+    match StaticRoot::open(&base.join(dir)) {
+        Ok(root) => Some(Arc::new(root)),
+        Err(e) => {
+            errs.push(format!("{key}.static_root"), e);
+            None
+        }
+    }
 }

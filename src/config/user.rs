@@ -73,6 +73,10 @@ pub struct RouteRule {
     pub pattern: String,
     pub host: Option<String>,
     pub proxy: Option<String>,
+    /// `"static"`: serve files from `static_root` instead of proxying.
+    pub render: Option<String>,
+    /// Directory the URL path is mapped under; relative to the config file.
+    pub static_root: Option<String>,
     pub cache: Option<bool>,
     pub websocket: Option<bool>,
     pub websocket_idle_timeout: Option<HumanDuration>,

@@ -28,7 +28,8 @@ use forwarded::Arrival;
 
 use crate::admin::{self, AdminAccess, Endpoint};
 use crate::config::Plan;
-use crate::routing::{request_host, RouteTable};
+use crate::routing::{request_host, RouteTable, RouteTarget};
+use crate::static_files;
 use crate::upstream::{self as upstream, Upstreams};
 
 pub struct BextProxy {
@@ -128,7 +129,15 @@ impl ProxyHttp for BextProxy {
             return Ok(true);
         };
         ctx.websocket = tunnel::admit(session, &route, self.client_timeout);
-        ctx.route = Some(route);
+        ctx.route = Some(route.clone());
+        if let RouteTarget::Static(root) = &route.target {
+            let extras = static_files::Extras {
+                route_headers: &route.response_headers,
+                request_id: ctx.request_id.as_ref(),
+            };
+            static_files::serve(session, root, extras, &self.pages).await?;
+            return Ok(true);
+        }
         Ok(false)
     }
 
@@ -137,9 +146,16 @@ impl ProxyHttp for BextProxy {
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
+        // Static routes are answered in request_filter and never get here.
+        let upstream = route.upstream().ok_or_else(|| {
+            Error::explain(
+                ErrorType::InternalError,
+                "static route reached upstream_peer",
+            )
+        })?;
         let request = upstream::PeerRequest {
             req: session.req_header(),
-            upstream: route.upstream,
+            upstream,
             route_sticky: route.sticky,
             websocket: ctx.websocket,
             client_ip: Self::arrival(session).peer,
