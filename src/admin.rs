@@ -58,12 +58,14 @@ pub fn is_admin_path(path: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Health,
+    Limits,
     NotFound,
 }
 
 pub fn endpoint(method: &http::Method, path: &str) -> Endpoint {
     match (method.as_str(), path) {
         ("GET" | "HEAD", "/__bext/health") => Endpoint::Health,
+        ("GET" | "HEAD", "/__bext/limits") => Endpoint::Limits,
         _ => Endpoint::NotFound,
     }
 }
@@ -147,8 +149,14 @@ mod tests {
 
     #[test]
     fn endpoints_are_matched_by_method_and_path() {
-        assert_eq!(endpoint(&http::Method::GET, "/__bext/health"), Endpoint::Health);
-        assert_eq!(endpoint(&http::Method::POST, "/__bext/health"), Endpoint::NotFound);
+        assert_eq!(
+            endpoint(&http::Method::GET, "/__bext/health"),
+            Endpoint::Health
+        );
+        assert_eq!(
+            endpoint(&http::Method::POST, "/__bext/health"),
+            Endpoint::NotFound
+        );
         assert!(is_admin_path("/__bext/cache/purge"));
         assert!(!is_admin_path("/__bextra"));
     }

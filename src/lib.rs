@@ -8,6 +8,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod demo_origin;
+pub mod limits;
 pub mod proxy;
 pub mod routing;
 pub mod server;

@@ -3,11 +3,13 @@
 //! Everything here runs before Pingora forks for `-d`, so it starts no threads
 //! and no runtimes.
 
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
+use pingora::services::listening::Service;
 
 use crate::config::Plan;
+use crate::limits::LimitedApp;
 use crate::proxy::BextProxy;
 
 /// Process-level switches from the command line (Pingora's `-d`, `-u`, `-t`).
@@ -55,8 +57,11 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     server.bootstrap();
 
     let listen = plan.server.listen.clone();
-    let mut proxy =
-        http_proxy_service_with_name(&server.configuration, BextProxy::new(plan), "bext proxy");
+    let bext = BextProxy::new(plan);
+    let limits = bext.limits();
+    // The limits' listener layer (connection caps, request-head deadline) wraps the proxy app.
+    let app = LimitedApp::new(http_proxy(&server.configuration, bext), limits);
+    let mut proxy = Service::new("bext proxy".to_string(), app);
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }
@@ -64,7 +69,11 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     log::info!(
         "bext {} listening on {}",
         env!("CARGO_PKG_VERSION"),
-        listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     server.run_forever()
 }

@@ -11,8 +11,9 @@ use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use super::user::{AdminSection, RouteRule, ServerSection, UpstreamSection, UserConfig};
-use crate::admin::AdminAccess;
 use super::{ConfigError, ConfigErrors};
+use crate::admin::AdminAccess;
+use crate::limits::LimitsPlan;
 use crate::routing::{HostMatch, Pattern, Route, RouteTable};
 
 /// The largest `server.error_page` we load: it is held in memory and sent on every 5xx.
@@ -26,6 +27,7 @@ pub struct Plan {
     pub upstreams: Vec<UpstreamPlan>,
     pub routes: RouteTable,
     pub admin: AdminAccess,
+    pub limits: LimitsPlan,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +86,9 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .map(|(name, u)| compile_upstream(&mut errs, name, u))
         .collect();
     let admin = compile_admin(&mut errs, user.admin);
+    let limits = super::limits::compile(user.limits, &user.route_rules, parse_cidr)
+        .map_err(|list| list.into_iter().for_each(|(k, r)| errs.push(k, r)))
+        .unwrap_or_default();
     let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     if user.route_rules.is_empty() {
         errs.push(
@@ -104,6 +109,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             upstreams,
             routes: RouteTable::new(routes),
             admin,
+            limits,
         })
     } else {
         Err(ConfigErrors(errs.list))
@@ -123,7 +129,9 @@ fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPla
             Err(_) => {
                 errs.push(
                     format!("server.listen[{i}]"),
-                    format!("\"{a}\" is not an IP:port address (e.g. \"0.0.0.0:8080\", \"[::]:8080\")"),
+                    format!(
+                        "\"{a}\" is not an IP:port address (e.g. \"0.0.0.0:8080\", \"[::]:8080\")"
+                    ),
                 );
                 None
             }
@@ -231,7 +239,10 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
 fn compile_upstream(errs: &mut Errors, name: String, u: UpstreamSection) -> UpstreamPlan {
     let key = format!("upstreams.{name}");
     if u.nodes.is_empty() {
-        errs.push(format!("{key}.nodes"), "at least one node address is required");
+        errs.push(
+            format!("{key}.nodes"),
+            "at least one node address is required",
+        );
     }
     let nodes = u
         .nodes
@@ -262,10 +273,14 @@ fn resolve_node(a: &str) -> Result<SocketAddr, String> {
         return Ok(addr);
     }
     let Some((host, port)) = a.rsplit_once(':') else {
-        return Err(format!("\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"));
+        return Err(format!(
+            "\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"
+        ));
     };
     if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"));
+        return Err(format!(
+            "\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"
+        ));
     }
     match a.to_socket_addrs() {
         Ok(mut it) => it

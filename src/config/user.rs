@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::units::HumanDuration;
+use super::limits::{LimitsSection, RateSection};
+use super::units::{ByteSize, HumanDuration};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +20,8 @@ pub struct UserConfig {
     pub route_rules: Vec<RouteRule>,
     #[serde(default)]
     pub admin: AdminSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -70,4 +73,8 @@ pub struct RouteRule {
     pub timeout: Option<HumanDuration>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Per-route request rate per client IP (on top of `limits.rate`).
+    pub rate: Option<RateSection>,
+    /// Per-route request body limit (overrides `limits.max_body`).
+    pub max_body: Option<ByteSize>,
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use crate::limits::LimitsCtx;
 use crate::routing::Route;
 
 #[derive(Debug, Default)]
@@ -15,4 +16,6 @@ pub struct Ctx {
     pub websocket: bool,
     /// The node chosen for this request (the last one, after retries).
     pub node: Option<SocketAddr>,
+    /// Client identity and counters of the flood/abuse limits.
+    pub limits: LimitsCtx,
 }
