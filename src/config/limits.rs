@@ -171,3 +171,66 @@ fn rate_spec(errs: &mut Vec<KeyError>, key: &str, r: RateSection) -> Option<Rate
         burst,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::load_str;
+
+    const BASE: &str = "[upstreams.phoenix]\nnodes = [\"127.0.0.1:4000\"]\n";
+
+    fn load(extra: &str, route_extra: &str) -> Result<crate::config::Plan, Vec<String>> {
+        let text = format!(
+            "{BASE}{extra}\n[[route_rules]]\npattern = \"/users/log_in\"\nproxy = \"phoenix\"\n{route_extra}\n\
+             [[route_rules]]\npattern = \"/*\"\nproxy = \"phoenix\"\n"
+        );
+        load_str(Path::new("/etc/bext/t.toml"), &text)
+            .map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn defaults_follow_the_seed() {
+        let p = load("", "").unwrap().limits;
+        assert_eq!(p.max_request_target, 8192);
+        assert_eq!(p.max_header_line, 8192);
+        assert_eq!(p.max_headers_size, 65536);
+        assert_eq!(p.max_headers, 100);
+        assert_eq!(p.max_body, 100 << 20);
+        assert_eq!(p.header_timeout.as_secs(), 10);
+        assert_eq!(p.keepalive_timeout.as_secs(), 90);
+        assert_eq!(p.ipv6_prefix, 64);
+        assert!(p.rate.is_none());
+        assert_eq!(p.routes.len(), 2);
+    }
+
+    #[test]
+    fn global_and_route_limits_compile() {
+        let p = load(
+            "[limits]\nrate = { requests = 50, per = \"1s\", burst = 100 }\nallow = [\"10.0.0.0/8\"]",
+            "rate = { requests = 5, per = \"1m\" }\nmax_body = \"1MiB\"",
+        )
+        .unwrap()
+        .limits;
+        let g = p.rate.unwrap();
+        assert_eq!((g.requests, g.per.as_secs(), g.burst), (50, 1, 100));
+        let r = p.routes[0].rate.unwrap();
+        assert_eq!((r.requests, r.per.as_secs(), r.burst), (5, 60, 5), "burst defaults to requests");
+        assert_eq!(p.routes[0].max_body, Some(1 << 20));
+        assert_eq!(p.routes[1].max_body, None);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load("[limits]\nrate = { requests = 0, per = \"1s\" }", "").unwrap_err();
+        assert!(e[0].contains("/etc/bext/t.toml: limits.rate.requests: must be at least 1"), "{e:?}");
+        let e = load("", "rate = { requests = 1, per = \"1s\", brust = 3 }").unwrap_err();
+        assert!(e[0].contains("route_rules[0].rate.brust"), "{e:?}");
+        let e = load("[limits]\nallow = [\"10.0.0.0/99\"]", "").unwrap_err();
+        assert!(e[0].contains("limits.allow[0]"), "{e:?}");
+        let e = load("[limits]\nmax_headers = 300", "").unwrap_err();
+        assert!(e[0].contains("limits.max_headers: must be between 1 and 256"), "{e:?}");
+        let e = load("[limits]\nmax_body = 12", "").unwrap_err();
+        assert!(e[0].contains("limits.max_body"), "{e:?}");
+    }
+}
