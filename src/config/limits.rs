@@ -215,7 +215,11 @@ mod tests {
         let g = p.rate.unwrap();
         assert_eq!((g.requests, g.per.as_secs(), g.burst), (50, 1, 100));
         let r = p.routes[0].rate.unwrap();
-        assert_eq!((r.requests, r.per.as_secs(), r.burst), (5, 60, 5), "burst defaults to requests");
+        assert_eq!(
+            (r.requests, r.per.as_secs(), r.burst),
+            (5, 60, 5),
+            "burst defaults to requests"
+        );
         assert_eq!(p.routes[0].max_body, Some(1 << 20));
         assert_eq!(p.routes[1].max_body, None);
     }
@@ -223,13 +227,19 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let e = load("[limits]\nrate = { requests = 0, per = \"1s\" }", "").unwrap_err();
-        assert!(e[0].contains("/etc/bext/t.toml: limits.rate.requests: must be at least 1"), "{e:?}");
+        assert!(
+            e[0].contains("/etc/bext/t.toml: limits.rate.requests: must be at least 1"),
+            "{e:?}"
+        );
         let e = load("", "rate = { requests = 1, per = \"1s\", brust = 3 }").unwrap_err();
         assert!(e[0].contains("route_rules[0].rate.brust"), "{e:?}");
         let e = load("[limits]\nallow = [\"10.0.0.0/99\"]", "").unwrap_err();
         assert!(e[0].contains("limits.allow[0]"), "{e:?}");
         let e = load("[limits]\nmax_headers = 300", "").unwrap_err();
-        assert!(e[0].contains("limits.max_headers: must be between 1 and 256"), "{e:?}");
+        assert!(
+            e[0].contains("limits.max_headers: must be between 1 and 256"),
+            "{e:?}"
+        );
         let e = load("[limits]\nmax_body = 12", "").unwrap_err();
         assert!(e[0].contains("limits.max_body"), "{e:?}");
     }

@@ -96,6 +96,6 @@ mod tests {
         let (r, b) = head("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(check(&r, Some(&b)), None);
         let bare = Bytes::from_static(b"GET / HTTP/1.1\nHost: a\r\n\r\n");
-        assert_eq!(check(&r, Some(&bare)).is_some(), true);
+        assert!(check(&r, Some(&bare)).is_some());
     }
 }

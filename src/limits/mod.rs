@@ -287,38 +287,29 @@ impl Limits {
         ctx.exempt = ctx.client.is_some_and(|ip| self.exempt(ip));
         ctx.body_limit = self.plan.max_body;
         let raw = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
-        let (reason, status) = if let Some(why) = hygiene::check(session.req_header(), raw.as_ref())
-        {
+        let req = session.req_header();
+        let refusal = if let Some(why) = hygiene::check(req, raw.as_ref()) {
             log::debug!("limits: refused framing: {why}");
-            (Reason::Framing, 400)
-        } else if let Some(o) = sizes::check_head(session.req_header(), &self.head) {
+            Some((Reason::Framing, 400, None))
+        } else if let Some(o) = sizes::check_head(req, &self.head) {
             log::debug!("limits: refused head: {}", o.what);
-            (
-                if o.status == 414 {
-                    Reason::Target
-                } else {
-                    Reason::Headers
-                },
-                o.status,
-            )
+            let reason = if o.status == 414 {
+                Reason::Target
+            } else {
+                Reason::Headers
+            };
+            Some((reason, o.status, None))
         } else {
-            match self.check_rate(self.rate.as_ref(), ctx) {
-                Some(retry) => {
-                    ctx.verdict = Some(Verdict {
-                        status: 429,
-                        retry_after: Some(retry),
-                    });
-                    self.record(Reason::Rate, ctx.client, 429);
-                }
-                None => {}
-            }
-            return;
+            self.check_rate(self.rate.as_ref(), ctx)
+                .map(|retry| (Reason::Rate, 429, Some(retry)))
         };
-        ctx.verdict = Some(Verdict {
-            status,
-            retry_after: None,
-        });
-        self.record(reason, ctx.client, status);
+        if let Some((reason, status, retry_after)) = refusal {
+            ctx.verdict = Some(Verdict {
+                status,
+                retry_after,
+            });
+            self.record(reason, ctx.client, status);
+        }
     }
 
     fn check_rate(&self, limiter: Option<&RateLimiter>, ctx: &LimitsCtx) -> Option<u32> {
