@@ -366,6 +366,9 @@ impl Limits {
             ctx.body_started = Some(Instant::now());
         }
         if websocket {
+            // Tunnel traffic also flows through request_body_filter: it is
+            // not a request body and max_body must not cut it.
+            ctx.body_limit = u64::MAX;
             match self.websockets.acquire(ctx.key, ctx.exempt) {
                 Ok(permit) => ctx.websocket = Some(permit),
                 Err(_) => {
