@@ -77,7 +77,7 @@ impl RateLimiter {
     }
 
     fn now_ns(&self) -> u64 {
-        // Offset by one interval so that "never seen" (0) is always in the past.
+        // Offset by the burst tolerance so that "never seen" (0) is a full bucket.
         u64::try_from(self.epoch.elapsed().as_nanos())
             .unwrap_or(u64::MAX)
             .saturating_add(self.tolerance_ns)
