@@ -4,9 +4,9 @@
 //! and no runtimes.
 
 use pingora::proxy::http_proxy;
+use pingora::services::listening::Service;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
-use pingora::services::listening::Service;
 
 use crate::config::Plan;
 use crate::limits::LimitedApp;
@@ -69,11 +69,7 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     log::info!(
         "bext {} listening on {}",
         env!("CARGO_PKG_VERSION"),
-        listen
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
     );
     server.run_forever()
 }
