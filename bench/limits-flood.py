@@ -17,18 +17,17 @@ import argparse, http.server, os, socket, socketserver, subprocess, sys, tempfil
 
 class Origin(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else Nagle + delayed ACK add 40 ms
     def do_GET(self):
-        body = b"ok\n"
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
     def log_message(self, *a):
         pass
 
 class TServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     request_queue_size = 1024
+    def handle_error(self, request, client_address):
+        pass  # bext closing pooled connections at the end of a run
 
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
@@ -81,6 +80,7 @@ def good_client(port, seconds, rate=50):
         try:
             if s is None:
                 s = socket.socket(); s.bind(("127.0.0.3", 0)); s.settimeout(5)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 s.connect(("127.0.0.1", port))
             t0 = time.monotonic()
             s.sendall(b"GET /good HTTP/1.1\r\nHost: app.test\r\n\r\n")
