@@ -62,6 +62,7 @@ pub enum Endpoint {
     Upstreams,
     /// `POST /__bext/upstreams/NAME/nodes/ID/drain|undrain` (path parsed by the handler).
     UpstreamNode,
+    Limits,
     NotFound,
 }
 
@@ -70,6 +71,7 @@ pub fn endpoint(method: &http::Method, path: &str) -> Endpoint {
         ("GET" | "HEAD", "/__bext/health") => Endpoint::Health,
         ("GET" | "HEAD", "/__bext/upstreams") => Endpoint::Upstreams,
         ("POST", p) if p.starts_with("/__bext/upstreams/") => Endpoint::UpstreamNode,
+        ("GET" | "HEAD", "/__bext/limits") => Endpoint::Limits,
         _ => Endpoint::NotFound,
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod demo_origin;
 pub mod import;
+pub mod limits;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

@@ -3,12 +3,14 @@
 //! Everything here runs before Pingora forks for `-d`, so it starts no threads
 //! and no runtimes.
 
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
 use crate::config::Plan;
+use crate::limits::LimitedApp;
 use crate::proxy::BextProxy;
 use crate::upstream::health::HealthService;
 use crate::upstream::Upstreams;
@@ -68,10 +70,13 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     }
 
     let listen = plan.server.listen.clone();
-    let app = BextProxy::new(plan);
+    let bext = BextProxy::new(plan);
+    let limits = bext.limits();
     // Health probes run in their own service (started after the fork for -d).
-    let health = background_service("upstream health", HealthService::new(app.upstreams()));
-    let mut proxy = http_proxy_service_with_name(&server.configuration, app, "bext proxy");
+    let health = background_service("upstream health", HealthService::new(bext.upstreams()));
+    // The limits' listener layer (connection caps, request-head deadline) wraps the proxy app.
+    let app = LimitedApp::new(http_proxy(&server.configuration, bext), limits);
+    let mut proxy = Service::new("bext proxy".to_string(), app);
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }

@@ -15,6 +15,7 @@ use super::upstream::{compile_nodes, compile_policy, NodePlan, PoolPolicy};
 use super::user::{AdminSection, RouteRule, ServerSection, UpstreamSection, UserConfig};
 use super::{ConfigError, ConfigErrors};
 use crate::admin::AdminAccess;
+use crate::limits::LimitsPlan;
 use crate::routing::{HostMatch, Pattern, Route, RouteTable, RouteTarget};
 use crate::static_files::StaticRoot;
 
@@ -29,6 +30,7 @@ pub struct Plan {
     pub upstreams: Vec<UpstreamPlan>,
     pub routes: RouteTable,
     pub admin: AdminAccess,
+    pub limits: LimitsPlan,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +91,9 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .map(|(name, u)| compile_upstream(&mut errs, name, u))
         .collect();
     let admin = compile_admin(&mut errs, user.admin);
+    let limits = super::limits::compile(user.limits, &user.route_rules, parse_cidr)
+        .map_err(|list| list.into_iter().for_each(|(k, r)| errs.push(k, r)))
+        .unwrap_or_default();
     let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     if user.route_rules.is_empty() {
         errs.push(
@@ -120,6 +125,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             upstreams,
             routes: RouteTable::new(routes),
             admin,
+            limits,
         })
     } else {
         Err(ConfigErrors(errs.list))

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::units::HumanDuration;
+use super::limits::{LimitsSection, RateSection};
+use super::units::{ByteSize, HumanDuration};
 use super::upstream::{HealthSection, NodeEntry, StickySection};
 
 #[derive(Debug, Deserialize, Default)]
@@ -20,6 +21,8 @@ pub struct UserConfig {
     pub route_rules: Vec<RouteRule>,
     #[serde(default)]
     pub admin: AdminSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -85,4 +88,8 @@ pub struct RouteRule {
     pub sticky: Option<bool>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Per-route request rate per client IP (on top of `limits.rate`).
+    pub rate: Option<RateSection>,
+    /// Per-route request body limit (overrides `limits.max_body`).
+    pub max_body: Option<ByteSize>,
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use crate::limits::LimitsCtx;
 use crate::routing::Route;
 use crate::upstream::RequestState;
 
@@ -18,4 +19,6 @@ pub struct Ctx {
     pub node: Option<SocketAddr>,
     /// Node lease, retries, affinity and tunnel of this request (`upstream`).
     pub upstream: RequestState,
+    /// Client identity and counters of the flood/abuse limits.
+    pub limits: LimitsCtx,
 }

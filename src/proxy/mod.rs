@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
@@ -28,6 +29,7 @@ use forwarded::Arrival;
 
 use crate::admin::{self, AdminAccess, Endpoint};
 use crate::config::Plan;
+use crate::limits::Limits;
 use crate::routing::{request_host, RouteTable, RouteTarget};
 use crate::static_files;
 use crate::upstream::{self as upstream, Upstreams};
@@ -39,10 +41,15 @@ pub struct BextProxy {
     client_timeout: Duration,
     pages: ErrorPages,
     admin: AdminAccess,
+    limits: Arc<Limits>,
 }
 
 impl BextProxy {
     pub fn new(plan: Plan) -> BextProxy {
+        let limits = Arc::new(Limits::new(
+            plan.limits,
+            plan.server.trusted_proxies.clone(),
+        ));
         BextProxy {
             upstreams: Arc::new(Upstreams::new(&plan.upstreams)),
             routes: plan.routes,
@@ -50,12 +57,18 @@ impl BextProxy {
             client_timeout: plan.server.client_timeout,
             pages: ErrorPages::new(plan.server.error_page),
             admin: plan.admin,
+            limits,
         }
     }
 
     /// The pools, shared with the health-check service.
     pub fn upstreams(&self) -> Arc<Upstreams> {
         self.upstreams.clone()
+    }
+
+    /// The limits, shared with the listener ([`crate::limits::LimitedApp`]).
+    pub fn limits(&self) -> Arc<Limits> {
+        self.limits.clone()
     }
 
     /// Answers a `/__bext/*` request (or 404s it when the caller is not allowed).
@@ -80,6 +93,15 @@ impl BextProxy {
             Endpoint::UpstreamNode => {
                 upstream::admin::node_action(session, &self.upstreams, ctx.request_id.as_ref())
                     .await
+            }
+            Endpoint::Limits => {
+                admin::respond_json(
+                    session,
+                    200,
+                    &self.limits.to_json(),
+                    ctx.request_id.as_ref(),
+                )
+                .await
             }
             Endpoint::NotFound => {
                 let body = admin::error_body("no such admin endpoint");
@@ -115,7 +137,15 @@ impl ProxyHttp for BextProxy {
     /// module whose per-request context costs CPU for nothing.
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        self.limits.early(session, &mut ctx.limits);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if self.limits.respond_early(session, &mut ctx.limits).await? {
+            return Ok(true);
+        }
         let req = session.req_header();
         ctx.request_id = Some(request_id::from_client(req.headers.get(request_id::HEADER)));
         if admin::is_admin_path(req.uri.path()) {
@@ -130,6 +160,13 @@ impl ProxyHttp for BextProxy {
         };
         ctx.websocket = tunnel::admit(session, &route, self.client_timeout);
         ctx.route = Some(route.clone());
+        if self
+            .limits
+            .admit_route(session, route.index, ctx.websocket, &mut ctx.limits)
+            .await?
+        {
+            return Ok(true);
+        }
         if let RouteTarget::Static(root) = &route.target {
             let extras = static_files::Extras {
                 route_headers: &route.response_headers,
@@ -139,6 +176,17 @@ impl ProxyHttp for BextProxy {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.limits
+            .body_chunk(body.as_ref(), end_of_stream, &mut ctx.limits)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
