@@ -12,3 +12,4 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod upstream;
+pub mod waf;
