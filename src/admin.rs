@@ -58,12 +58,15 @@ pub fn is_admin_path(path: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Health,
+    /// `GET /__bext/waf`: WAF mode and counters.
+    Waf,
     NotFound,
 }
 
 pub fn endpoint(method: &http::Method, path: &str) -> Endpoint {
     match (method.as_str(), path) {
         ("GET" | "HEAD", "/__bext/health") => Endpoint::Health,
+        ("GET" | "HEAD", "/__bext/waf") => Endpoint::Waf,
         _ => Endpoint::NotFound,
     }
 }

@@ -136,6 +136,8 @@ pub struct Route {
     /// Overrides the upstream's `read_timeout` for this route.
     pub upstream_read_timeout: Option<Duration>,
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The WAF inspects requests on this route (`waf = false` turns it off).
+    pub waf: bool,
 }
 
 impl Route {

@@ -26,6 +26,7 @@ pub struct Plan {
     pub upstreams: Vec<UpstreamPlan>,
     pub routes: RouteTable,
     pub admin: AdminAccess,
+    pub waf: std::sync::Arc<crate::waf::Waf>,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +85,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .map(|(name, u)| compile_upstream(&mut errs, name, u))
         .collect();
     let admin = compile_admin(&mut errs, user.admin);
+    let waf = compile_waf(&mut errs, user.waf);
     let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     if user.route_rules.is_empty() {
         errs.push(
@@ -104,6 +106,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             upstreams,
             routes: RouteTable::new(routes),
             admin,
+            waf: waf.ok_or_else(|| ConfigErrors(vec![]))?,
         })
     } else {
         Err(ConfigErrors(errs.list))
@@ -172,6 +175,25 @@ fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPla
         user: s.user,
         group: s.group,
         keepalive_pool_size: s.keepalive_pool_size.unwrap_or(128),
+    }
+}
+
+fn compile_waf(errs: &mut Errors, w: crate::waf::config::WafSection) -> Option<std::sync::Arc<crate::waf::Waf>> {
+    let plan = match crate::waf::config::compile(w) {
+        Ok(p) => p,
+        Err(list) => {
+            for (k, r) in list {
+                errs.push(k, r);
+            }
+            return None;
+        }
+    };
+    match crate::waf::Waf::new(plan) {
+        Ok(w) => Some(std::sync::Arc::new(w)),
+        Err(e) => {
+            errs.push("waf", e.to_string());
+            None
+        }
     }
 }
 
@@ -354,5 +376,6 @@ fn compile_route(errs: &mut Errors, upstreams: &[&str], i: usize, r: RouteRule) 
             .map_or(Duration::from_secs(300), |d| d.0),
         upstream_read_timeout: r.timeout.map(|d| d.0),
         response_headers,
+        waf: r.waf.unwrap_or(true),
     })
 }

@@ -19,6 +19,8 @@ pub struct UserConfig {
     pub route_rules: Vec<RouteRule>,
     #[serde(default)]
     pub admin: AdminSection,
+    #[serde(default)]
+    pub waf: crate::waf::config::WafSection,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -70,4 +72,6 @@ pub struct RouteRule {
     pub timeout: Option<HumanDuration>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// `false` turns the WAF off for this route.
+    pub waf: Option<bool>,
 }

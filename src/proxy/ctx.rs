@@ -15,4 +15,6 @@ pub struct Ctx {
     pub websocket: bool,
     /// The node chosen for this request (the last one, after retries).
     pub node: Option<SocketAddr>,
+    /// Web application firewall state (verdict, held-back body).
+    pub waf: crate::waf::phase::WafState,
 }

@@ -27,6 +27,7 @@ use crate::admin::{self, AdminAccess, Endpoint};
 use crate::config::Plan;
 use crate::routing::{request_host, RouteTable};
 use crate::upstream::Pool;
+use crate::waf;
 
 pub struct BextProxy {
     routes: RouteTable,
@@ -35,6 +36,7 @@ pub struct BextProxy {
     client_timeout: Duration,
     pages: ErrorPages,
     admin: AdminAccess,
+    waf: std::sync::Arc<crate::waf::Waf>,
 }
 
 impl BextProxy {
@@ -46,6 +48,7 @@ impl BextProxy {
             client_timeout: plan.server.client_timeout,
             pages: ErrorPages::new(plan.server.error_page),
             admin: plan.admin,
+            waf: plan.waf,
         }
     }
 
@@ -57,6 +60,15 @@ impl BextProxy {
         }
         let req = session.req_header();
         match admin::endpoint(&req.method, req.uri.path()) {
+            Endpoint::Waf => {
+                let counts: serde_json::Map<String, serde_json::Value> = waf::COUNTERS
+                    .snapshot()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+                    .collect();
+                let body = serde_json::json!({ "mode": format!("{:?}", self.waf.mode()).to_lowercase(), "counters": counts });
+                admin::respond_json(session, 200, &body, ctx.request_id.as_ref()).await
+            }
             Endpoint::Health => {
                 let body = serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") });
                 admin::respond_json(session, 200, &body, ctx.request_id.as_ref()).await
@@ -100,8 +112,9 @@ impl ProxyHttp for BextProxy {
             return Ok(true);
         };
         ctx.websocket = tunnel::admit(session, &route, self.client_timeout);
+        let waf_on = route.waf;
         ctx.route = Some(route);
-        Ok(false)
+        waf::phase::on_request(&self.waf, waf_on, session, &mut ctx.waf, ctx.request_id.as_ref()).await
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -131,6 +144,16 @@ impl ProxyHttp for BextProxy {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        waf::phase::on_body(&self.waf, session, body, end_of_stream, &mut ctx.waf, ctx.request_id.as_ref())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -151,7 +174,11 @@ impl ProxyHttp for BextProxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = error_page::status_for(e);
-        if code > 0 && session.response_written().is_none() {
+        if ctx.waf.blocked() && session.response_written().is_none() {
+            if let Err(write_err) = waf::phase::respond_blocked(session, ctx.request_id.as_ref()).await {
+                log::debug!("could not send the waf 403 page: {write_err}");
+            }
+        } else if code > 0 && session.response_written().is_none() {
             if let Err(write_err) = self.pages.respond(session, code, ctx.request_id.as_ref()).await {
                 log::debug!("could not send the {code} page: {write_err}");
             }

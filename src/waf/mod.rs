@@ -2,7 +2,8 @@
 //! set, modes and exclusions. It knows nothing about Pingora: the proxy hands
 //! it the request head (`http::request::Parts`) and, separately, the body
 //! bytes it buffered, and gets a [`Verdict`] back. It must never panic, and
-//! its time and memory are linear in the (bounded) input.
+//! its time and memory are linear in the (bounded) input. `phase` is the
+//! thin adapter the proxy phases call.
 //!
 //! Scoring works like OWASP CRS anomaly mode: every matched rule adds its
 //! severity (critical 5, warning 3, notice 2); a request whose total reaches
@@ -14,6 +15,7 @@ pub mod config;
 pub mod exclusions;
 mod inspect;
 pub mod normalize;
+pub mod phase;
 mod protocol;
 pub mod rules;
 
@@ -164,10 +166,9 @@ pub struct Waf {
     pub plan: WafPlan,
     all: RuleSet,
     /// Command-injection rules, also run on the "command line" variant of a
-    /// value (quotes, backslashes and carets removed: `w'h'o'a'm'i`).
+    /// value (quotes, backslashes and carets removed: `w'h'o'a'm'i`). All
+    /// rules also run on the variant with `/* comments */` replaced by spaces.
     rce: RuleSet,
-    /// SQL rules, also run with `/* comments */` replaced by spaces.
-    sqli: RuleSet,
 }
 
 impl Waf {
@@ -176,7 +177,6 @@ impl Waf {
             plan,
             all: RuleSet::build(|_| true)?,
             rce: RuleSet::build(|r| r.category == Category::Rce)?,
-            sqli: RuleSet::build(|r| r.category == Category::Sqli)?,
         })
     }
 

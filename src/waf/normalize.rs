@@ -188,7 +188,7 @@ fn html_entities(s: &[u8]) -> Vec<u8> {
             let digits = rest[start..]
                 .iter()
                 .take(8)
-                .take_while(|d| (d.is_ascii_digit() || (radix == 16 && hex(**d).is_some())))
+                .take_while(|d| d.is_ascii_digit() || (radix == 16 && hex(**d).is_some()))
                 .count();
             if digits > 0 {
                 let text = &rest[start..start + digits];
