@@ -182,7 +182,9 @@ impl Pass<'_> {
         if ev.double_encoded && matches!(kind, Kind::Path | Kind::QueryValue | Kind::QueryName) {
             self.hit(920170, label, name, text, 0, false);
         }
-        if ev.invalid_utf8 && matches!(kind, Kind::Path | Kind::QueryValue | Kind::QueryName | Kind::BodyValue | Kind::BodyName) {
+        if ev.invalid_utf8 && matches!(kind, Kind::Path | Kind::QueryValue | Kind::QueryName) {
+            self.hit(920055, label, name, text, 0, false);
+        } else if ev.invalid_utf8 && matches!(kind, Kind::BodyValue | Kind::BodyName) {
             self.hit(920050, label, name, text, 0, false);
         }
         if ev.bad_percent && matches!(kind, Kind::QueryName | Kind::BodyName) {
@@ -205,8 +207,18 @@ impl Pass<'_> {
             self.value(name_kind, &name, n);
             protocol::session_name(self, &name);
             self.value(value_kind, &name, val);
+            if has_unicode_escape(val) {
+                self.hit(920200, value_kind.label(), &name, val, 0, false);
+            }
+            protocol::include_param(self, &name, val);
         }
     }
+}
+
+/// A literal `\uXXXX` in a url-encoded argument (JSON bodies may use them).
+fn has_unicode_escape(raw: &[u8]) -> bool {
+    let (v, _) = canonical(raw, true);
+    v.windows(6).any(|w| w[0] == b'\\' && w[1] == b'u' && w[2..].iter().all(u8::is_ascii_hexdigit))
 }
 
 fn strip_comments(s: &[u8]) -> Vec<u8> {

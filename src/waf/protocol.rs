@@ -119,6 +119,9 @@ pub(super) fn head(pass: &mut Pass, req: &Parts) {
             pass.hit(920110, "header", b"connection", c, 0, false);
         }
     }
+    if header(req, "accept").is_some_and(bad_accept_charset) {
+        pass.hit(920190, "header", b"accept", b"", 0, false);
+    }
     if let Some(r) = header(req, "range") {
         if bad_range(r) {
             pass.hit(920160, "header", b"range", r, 0, false);
@@ -158,6 +161,10 @@ fn content_type(pass: &mut Pass, ct: &[u8], kind: &str, name: &[u8]) {
     if kind == "header" && [&b"application/"[..], b"text/"].iter().any(|t| super::body::find(&params, t).is_some()) {
         pass.hit(921050, kind, name, ct, 0, false);
     }
+    if super::body::find(&params, b"charset").is_some_and(|i| super::body::find(&params[i + 7..], b"charset").is_some()) {
+        let id = if kind == "header" { 920080 } else { 922010 };
+        pass.hit(id, kind, name, ct, 0, false);
+    }
     if let Some(cs) = param(&ct[end..], b"charset") {
         let cs: Vec<u8> = cs.iter().filter(|&&b| b != b'\'' && b != b'"').map(u8::to_ascii_lowercase).collect();
         if !ALLOWED_CHARSETS.contains(&cs.as_slice()) {
@@ -186,6 +193,9 @@ fn bad_range(r: &[u8]) -> bool {
 
 pub(super) fn part_headers(pass: &mut Pass, part: &Part) {
     for (n, v) in &part.headers {
+        if n.eq_ignore_ascii_case(b"content-disposition") && confusing_disposition(v) {
+            pass.hit(920180, "body", part.name, v, 0, false);
+        }
         if n.is_empty() || !n.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-') {
             pass.hit(922030, "body", part.name, n, 0, false);
         } else if n.eq_ignore_ascii_case(b"content-transfer-encoding") {
@@ -202,6 +212,56 @@ pub(super) fn part_headers(pass: &mut Pass, part: &Part) {
         if !ALLOWED_CHARSETS.contains(&cs.as_slice()) {
             pass.hit(922010, "body", part.name, part.body, 0, false);
         }
+    }
+}
+
+/// An Accept header naming a charset outside the allowed list.
+fn bad_accept_charset(a: &[u8]) -> bool {
+    let lower = a.to_ascii_lowercase();
+    lower.split(|&b| b == b';' || b == b',').any(|item| {
+        let item = item.trim_ascii();
+        match item.strip_prefix(b"charset=") {
+            Some(cs) => {
+                let cs: Vec<u8> = cs.iter().copied().filter(|&b| b != b'"' && b != b'\'').collect();
+                !ALLOWED_CHARSETS.contains(&cs.as_slice())
+            }
+            None => false,
+        }
+    })
+}
+
+/// Quoted parameter values holding `;`, `=`, `\\` or `'`, or unbalanced quotes:
+/// parsers disagree on these (multipart bypass).
+fn confusing_disposition(v: &[u8]) -> bool {
+    let mut inside = false;
+    for (i, &b) in v.iter().enumerate() {
+        match b {
+            b'"' => inside = !inside,
+            // `&auml;` is an HTML entity, not a parameter separator.
+            b';' if inside && is_entity_end(&v[..i]) => {}
+            b';' | b'=' | b'\\' | b'\'' if inside => return true,
+            _ => {}
+        }
+    }
+    inside
+}
+
+fn is_entity_end(before: &[u8]) -> bool {
+    let word = before.iter().rev().take_while(|b| b.is_ascii_alphanumeric() || **b == b'#').count();
+    word > 0 && word <= 8 && before.len() > word && before[before.len() - word - 1] == b'&'
+}
+
+/// A URL given to a parameter whose name says it is a local path or include.
+pub(super) fn include_param(pass: &mut Pass, name: &[u8], raw: &[u8]) {
+    let n = String::from_utf8_lossy(name);
+    let looks_local = ["path", "dir", "root", "include", "file", "template", "basedir"].iter().any(|w| n.contains(w));
+    if !looks_local {
+        return;
+    }
+    let (v, _) = super::normalize::canonical(raw, true);
+    let v = v.trim_ascii_start();
+    if [&b"http://"[..], b"https://", b"ftp://", b"ftps://", b"file://"].iter().any(|s| v.starts_with(s)) {
+        pass.hit(931040, "query", name, raw, 0, false);
     }
 }
 
