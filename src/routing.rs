@@ -199,6 +199,7 @@ mod tests {
             websocket_idle_timeout: Duration::from_secs(300),
             upstream_read_timeout: None,
             response_headers: vec![],
+            waf: true,
         }
     }
 
