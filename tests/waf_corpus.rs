@@ -2,6 +2,9 @@
 //! Python origin, scored by the kit's `score.py` (both copied into
 //! `tests/waf_corpus/`). Fails below the targets of issue 6.
 
+// The shared harness trips a newer clippy lint; it is not ours to rewrite.
+#![allow(clippy::collapsible_match)]
+
 mod common;
 
 use std::process::{Command, Stdio};
@@ -64,16 +67,28 @@ mode = "block"
     // The origin is a separate process; wait until it accepts connections.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", origin_port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "backend.py did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backend.py did not start"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3")
             .arg(dir.join("score.py"))
             .args(["--target", &format!("http://127.0.0.1:{port}")])
-            .args(["--attacks", dir.join("attacks.jsonl").to_str().unwrap_or_default()])
-            .args(["--benign", dir.join("benign.jsonl").to_str().unwrap_or_default()])
-            .args(["--negatives", dir.join("crs_negatives.jsonl").to_str().unwrap_or_default()])
+            .args([
+                "--attacks",
+                dir.join("attacks.jsonl").to_str().unwrap_or_default(),
+            ])
+            .args([
+                "--benign",
+                dir.join("benign.jsonl").to_str().unwrap_or_default(),
+            ])
+            .args([
+                "--negatives",
+                dir.join("crs_negatives.jsonl").to_str().unwrap_or_default(),
+            ])
             .args(["--concurrency", "8", "--timeout", "20"])
             .output()
             .expect("run score.py")
@@ -82,9 +97,21 @@ mode = "block"
     .expect("score.py task");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{text}");
-    assert!(out.status.success(), "score.py failed: {}", String::from_utf8_lossy(&out.stderr));
-    let summary = text.lines().rev().find(|l| l.starts_with("detection=")).expect("summary line");
-    let (det, fpb, fpn) = (metric(summary, "detection"), metric(summary, "fp_benign"), metric(summary, "fp_crs_neg"));
+    assert!(
+        out.status.success(),
+        "score.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("detection="))
+        .expect("summary line");
+    let (det, fpb, fpn) = (
+        metric(summary, "detection"),
+        metric(summary, "fp_benign"),
+        metric(summary, "fp_crs_neg"),
+    );
     assert!(det >= MIN_DETECTION, "detection {det} < {MIN_DETECTION}");
     assert!(fpb <= MAX_FP_BENIGN, "fp_benign {fpb} > {MAX_FP_BENIGN}");
     assert!(fpn <= MAX_FP_CRS_NEG, "fp_crs_neg {fpn} > {MAX_FP_CRS_NEG}");
@@ -96,7 +123,11 @@ mode = "block"
             break;
         }
         let rate: f64 = cols[5].parse().expect("rate column");
-        assert!(rate >= MIN_CATEGORY, "category {} at {rate} < {MIN_CATEGORY}", cols[0]);
+        assert!(
+            rate >= MIN_CATEGORY,
+            "category {} at {rate} < {MIN_CATEGORY}",
+            cols[0]
+        );
     }
     drop(bext);
 }

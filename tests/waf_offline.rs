@@ -41,7 +41,10 @@ fn build(rec: &serde_json::Value) -> Option<(http::request::Parts, Vec<u8>)> {
             let mut rl = lines.next()?.split(' ');
             let (m, u) = (rl.next()?.to_string(), rl.next()?.to_string());
             let hs = lines
-                .filter_map(|l| l.split_once(':').map(|(a, b)| (a.trim().to_string(), b.trim().to_string())))
+                .filter_map(|l| {
+                    l.split_once(':')
+                        .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+                })
                 .collect();
             (m, u, hs, body)
         } else {
@@ -49,21 +52,30 @@ fn build(rec: &serde_json::Value) -> Option<(http::request::Parts, Vec<u8>)> {
             let u = rec["uri"].as_str().unwrap_or("/").to_string();
             let mut hs: Vec<(String, String)> = rec["headers"]
                 .as_object()
-                .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                        .collect()
+                })
                 .unwrap_or_default();
             let body = rec["body"].as_str().unwrap_or("").as_bytes().to_vec();
-            let has = |hs: &Vec<(String, String)>, n: &str| hs.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
+            let has = |hs: &Vec<(String, String)>, n: &str| {
+                hs.iter().any(|(k, _)| k.eq_ignore_ascii_case(n))
+            };
             if !has(&hs, "host") {
                 hs.push(("Host".into(), "127.0.0.1:8080".into()));
             }
-            if !has(&hs, "content-length") && !has(&hs, "transfer-encoding")
+            if !has(&hs, "content-length")
+                && !has(&hs, "transfer-encoding")
                 && (!body.is_empty() || ["POST", "PUT", "PATCH", "DELETE"].contains(&m.as_str()))
             {
                 hs.push(("Content-Length".into(), body.len().to_string()));
             }
             (m, u, hs, body)
         };
-    let mut b = http::Request::builder().method(method.as_str()).uri(uri.as_str());
+    let mut b = http::Request::builder()
+        .method(method.as_str())
+        .uri(uri.as_str());
     for (k, v) in &headers {
         b = b.header(k.as_str(), v.as_str());
     }
@@ -98,14 +110,22 @@ fn run(file: &str, waf: &Waf, show: bool) -> (usize, usize, BTreeMap<String, (us
         }
         let interesting = if file == "attacks.jsonl" { !hit } else { hit };
         if show && interesting {
-            println!("{} {} {} | {}", if hit { "FP" } else { "MISS" }, rec["id"], cat, v.log_line());
+            println!(
+                "{} {} {} | {}",
+                if hit { "FP" } else { "MISS" },
+                rec["id"],
+                cat,
+                v.log_line()
+            );
         }
     }
     (n, blocked, cats)
 }
 
 fn bext_corpus(f: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/waf_corpus").join(f)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/waf_corpus")
+        .join(f)
 }
 
 #[test]

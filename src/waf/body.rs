@@ -151,8 +151,14 @@ pub fn multipart<'a>(
         };
         let chunk = &body[pos..pos + next];
         pos += next + delim.len();
-        let chunk = chunk.strip_prefix(b"\r\n").or_else(|| chunk.strip_prefix(b"\n")).unwrap_or(chunk);
-        let chunk = chunk.strip_suffix(b"\r\n").or_else(|| chunk.strip_suffix(b"\n")).unwrap_or(chunk);
+        let chunk = chunk
+            .strip_prefix(b"\r\n")
+            .or_else(|| chunk.strip_prefix(b"\n"))
+            .unwrap_or(chunk);
+        let chunk = chunk
+            .strip_suffix(b"\r\n")
+            .or_else(|| chunk.strip_suffix(b"\n"))
+            .unwrap_or(chunk);
         let (head, data) = match find(chunk, b"\r\n\r\n") {
             Some(i) => (&chunk[..i], &chunk[i + 4..]),
             None => match find(chunk, b"\n\n") {
@@ -160,7 +166,10 @@ pub fn multipart<'a>(
                 None => return Err(MultipartError::BadPart),
             },
         };
-        let mut part = Part { body: data, ..Part::default() };
+        let mut part = Part {
+            body: data,
+            ..Part::default()
+        };
         for line in head.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.is_empty() {
@@ -181,8 +190,14 @@ pub fn multipart<'a>(
 }
 
 fn trim(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &s[start..end]
 }
 
@@ -190,7 +205,9 @@ fn trim(s: &[u8]) -> &[u8] {
 pub fn param<'a>(v: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     for item in v.split(|&b| b == b';') {
         let item = trim(item);
-        let Some(eq) = item.iter().position(|&b| b == b'=') else { continue };
+        let Some(eq) = item.iter().position(|&b| b == b'=') else {
+            continue;
+        };
         if !trim(&item[..eq]).eq_ignore_ascii_case(key) {
             continue;
         }
@@ -236,9 +253,18 @@ mod tests {
     #[test]
     fn json_depth_and_unterminated_are_errors() {
         let deep = "[".repeat(100_000);
-        assert_eq!(json_strings(deep.as_bytes(), 128, |_| {}), Err(JsonError::TooDeep));
-        assert_eq!(json_strings(br#"{"a": "b"#, 128, |_| {}), Err(JsonError::Unterminated));
-        assert_eq!(json_strings(br#""\"#, 128, |_| {}), Err(JsonError::Unterminated));
+        assert_eq!(
+            json_strings(deep.as_bytes(), 128, |_| {}),
+            Err(JsonError::TooDeep)
+        );
+        assert_eq!(
+            json_strings(br#"{"a": "b"#, 128, |_| {}),
+            Err(JsonError::Unterminated)
+        );
+        assert_eq!(
+            json_strings(br#""\"#, 128, |_| {}),
+            Err(JsonError::Unterminated)
+        );
     }
 
     #[test]
@@ -250,16 +276,31 @@ mod tests {
         assert_eq!(parts[0].body, b"hello");
         assert_eq!(parts[1].filename, Some(&b"a.txt"[..]));
         let open = b"--b\r\nContent-Disposition: form-data; name=\"t\"\r\n\r\nhello";
-        assert_eq!(multipart(open, b"b", 10).unwrap_err(), MultipartError::Unterminated);
-        assert_eq!(multipart(b"nothing", b"b", 10).unwrap_err(), MultipartError::NoBoundary);
+        assert_eq!(
+            multipart(open, b"b", 10).unwrap_err(),
+            MultipartError::Unterminated
+        );
+        assert_eq!(
+            multipart(b"nothing", b"b", 10).unwrap_err(),
+            MultipartError::NoBoundary
+        );
         let many = "--b\r\nA: b\r\n\r\nx\r\n".repeat(50) + "--b--";
-        assert_eq!(multipart(many.as_bytes(), b"b", 10).unwrap_err(), MultipartError::TooManyParts);
+        assert_eq!(
+            multipart(many.as_bytes(), b"b", 10).unwrap_err(),
+            MultipartError::TooManyParts
+        );
     }
 
     #[test]
     fn boundary_forms() {
-        assert_eq!(boundary(b"multipart/form-data; boundary=abc"), Some(&b"abc"[..]));
-        assert_eq!(boundary(b"multipart/form-data; BOUNDARY=\"a b\"; x=1"), Some(&b"a b"[..]));
+        assert_eq!(
+            boundary(b"multipart/form-data; boundary=abc"),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(
+            boundary(b"multipart/form-data; BOUNDARY=\"a b\"; x=1"),
+            Some(&b"a b"[..])
+        );
         assert_eq!(boundary(b"multipart/form-data"), None);
     }
 }

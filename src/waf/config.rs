@@ -94,18 +94,27 @@ pub fn compile(s: WafSection) -> Result<WafPlan, Vec<(String, String)>> {
         None | Some("block") => {}
         Some("detect") => plan.mode = Mode::Detect,
         Some("off") => plan.mode = Mode::Off,
-        Some(m) => errs.push(("waf.mode".into(), format!("\"{m}\" is not one of \"block\", \"detect\", \"off\""))),
+        Some(m) => errs.push((
+            "waf.mode".into(),
+            format!("\"{m}\" is not one of \"block\", \"detect\", \"off\""),
+        )),
     }
     if let Some(ByteSize(n)) = s.inspect_body_limit {
         match usize::try_from(n) {
             Ok(n) if (1..=64 << 20).contains(&n) => plan.inspect_body_limit = n,
-            _ => errs.push(("waf.inspect_body_limit".into(), "must be between 1B and 64MiB".into())),
+            _ => errs.push((
+                "waf.inspect_body_limit".into(),
+                "must be between 1B and 64MiB".into(),
+            )),
         }
     }
     match s.body_over_limit.as_deref() {
         None | Some("pass") => {}
         Some("reject") => plan.body_over_limit = OverLimit::Reject,
-        Some(v) => errs.push(("waf.body_over_limit".into(), format!("\"{v}\" is not one of \"pass\", \"reject\""))),
+        Some(v) => errs.push((
+            "waf.body_over_limit".into(),
+            format!("\"{v}\" is not one of \"pass\", \"reject\""),
+        )),
     }
     if let Some(t) = s.threshold {
         if t == 0 {
@@ -121,14 +130,24 @@ pub fn compile(s: WafSection) -> Result<WafPlan, Vec<(String, String)>> {
     }
     if let Some(n) = s.max_json_depth {
         if !(1..=10_000).contains(&n) {
-            errs.push(("waf.max_json_depth".into(), "must be between 1 and 10000".into()));
+            errs.push((
+                "waf.max_json_depth".into(),
+                "must be between 1 and 10000".into(),
+            ));
         }
         plan.max_json_depth = n;
     }
     if let Some(ms) = s.allowed_methods {
         for (i, m) in ms.iter().enumerate() {
-            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
-                errs.push((format!("waf.allowed_methods[{i}]"), format!("\"{m}\" is not an upper-case HTTP method")));
+            if m.is_empty()
+                || !m
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+            {
+                errs.push((
+                    format!("waf.allowed_methods[{i}]"),
+                    format!("\"{m}\" is not an upper-case HTTP method"),
+                ));
             }
         }
         plan.allowed_methods = ms;
@@ -144,7 +163,9 @@ pub fn compile(s: WafSection) -> Result<WafPlan, Vec<(String, String)>> {
             } else {
                 errs.push((
                     format!("{key}.rules[{j}]"),
-                    format!("\"{r}\" is neither a rule id from the README table nor a category name"),
+                    format!(
+                        "\"{r}\" is neither a rule id from the README table nor a category name"
+                    ),
                 ));
             }
         }

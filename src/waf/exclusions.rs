@@ -43,7 +43,10 @@ impl Exclusion {
             return true;
         }
         match arg {
-            Some(a) => self.args.iter().any(|x| x.as_bytes().eq_ignore_ascii_case(a)),
+            Some(a) => self
+                .args
+                .iter()
+                .any(|x| x.as_bytes().eq_ignore_ascii_case(a)),
             None => false,
         }
     }
@@ -76,7 +79,11 @@ mod tests {
 
     #[test]
     fn by_id_everywhere() {
-        let e = Exclusion { rules: vec![RuleSelector::Id(942020)], path: None, args: vec![] };
+        let e = Exclusion {
+            rules: vec![RuleSelector::Id(942020)],
+            path: None,
+            args: vec![],
+        };
         assert!(e.excludes("/x", by_id(942020).unwrap(), None));
         assert!(!e.excludes("/x", by_id(942010).unwrap(), None));
     }

@@ -102,7 +102,10 @@ impl Kind {
     }
 
     fn plus_is_space(self) -> bool {
-        matches!(self, Kind::QueryName | Kind::QueryValue | Kind::BodyName | Kind::BodyValue)
+        matches!(
+            self,
+            Kind::QueryName | Kind::QueryValue | Kind::BodyName | Kind::BodyValue
+        )
     }
 }
 
@@ -116,12 +119,30 @@ pub(super) struct Pass<'a> {
 }
 
 impl Pass<'_> {
-    pub fn hit(&mut self, rule_id: u32, kind: &str, name: &[u8], text: &[u8], at: usize, redact: bool) {
-        let Some(rule) = rules::by_id(rule_id) else { return };
+    pub fn hit(
+        &mut self,
+        rule_id: u32,
+        kind: &str,
+        name: &[u8],
+        text: &[u8],
+        at: usize,
+        redact: bool,
+    ) {
+        let Some(rule) = rules::by_id(rule_id) else {
+            return;
+        };
         self.hit_rule(rule, kind, name, text, at, redact);
     }
 
-    fn hit_rule(&mut self, rule: &'static Rule, kind: &str, name: &[u8], text: &[u8], at: usize, redact: bool) {
+    fn hit_rule(
+        &mut self,
+        rule: &'static Rule,
+        kind: &str,
+        name: &[u8],
+        text: &[u8],
+        at: usize,
+        redact: bool,
+    ) {
         let arg = (!name.is_empty()).then_some(name);
         if excluded(&self.waf.plan.exclusions, self.path, rule, arg) {
             return;
@@ -131,7 +152,11 @@ impl Pass<'_> {
         } else {
             format!("{kind}:{}", excerpt(name, 0, false))
         };
-        self.v.add(Hit { rule, location, excerpt: excerpt(text, at, redact) });
+        self.v.add(Hit {
+            rule,
+            location,
+            excerpt: excerpt(text, at, redact),
+        });
     }
 
     /// Runs the content rules on one value. `name` is the argument name the
@@ -146,8 +171,15 @@ impl Pass<'_> {
         let scope = kind.scope();
         let waf = self.waf;
         self.run(&waf.all, scope, kind, name, &text, redact);
-        if text.iter().any(|b| matches!(b, b'\'' | b'"' | b'\\' | b'^')) {
-            let cmd: Vec<u8> = text.iter().copied().filter(|b| !matches!(b, b'\'' | b'"' | b'\\' | b'^')).collect();
+        if text
+            .iter()
+            .any(|b| matches!(b, b'\'' | b'"' | b'\\' | b'^'))
+        {
+            let cmd: Vec<u8> = text
+                .iter()
+                .copied()
+                .filter(|b| !matches!(b, b'\'' | b'"' | b'\\' | b'^'))
+                .collect();
             self.run(&waf.rce, scope, kind, name, &cmd, redact);
         }
         if body::find(&text, b"/*").is_some() {
@@ -156,13 +188,23 @@ impl Pass<'_> {
         }
     }
 
-    fn run(&mut self, set: &super::RuleSet, scope: Scope, kind: Kind, name: &[u8], text: &[u8], redact: bool) {
+    fn run(
+        &mut self,
+        set: &super::RuleSet,
+        scope: Scope,
+        kind: Kind,
+        name: &[u8],
+        text: &[u8],
+        redact: bool,
+    ) {
         let matches = set.set.matches(text);
         if !matches.matched_any() {
             return;
         }
         for i in matches.iter() {
-            let Some((rule, re)) = set.rules.get(i) else { continue };
+            let Some((rule, re)) = set.rules.get(i) else {
+                continue;
+            };
             if rule.scope & scope == 0 || self.v.hits.iter().any(|h| h.rule.id == rule.id) {
                 continue;
             }
@@ -190,7 +232,9 @@ impl Pass<'_> {
         if ev.bad_percent && matches!(kind, Kind::QueryName | Kind::BodyName) {
             self.hit(920150, label, name, text, 0, false);
         }
-        if matches!(kind, Kind::QueryName | Kind::BodyName | Kind::Path) && text.iter().any(|&b| b == b'\r' || b == b'\n') {
+        if matches!(kind, Kind::QueryName | Kind::BodyName | Kind::Path)
+            && text.iter().any(|&b| b == b'\r' || b == b'\n')
+        {
             self.hit(920030, label, name, text, 0, false);
         }
     }
@@ -218,7 +262,8 @@ impl Pass<'_> {
 /// A literal `\uXXXX` in a url-encoded argument (JSON bodies may use them).
 fn has_unicode_escape(raw: &[u8]) -> bool {
     let (v, _) = canonical(raw, true);
-    v.windows(6).any(|w| w[0] == b'\\' && w[1] == b'u' && w[2..].iter().all(u8::is_ascii_hexdigit))
+    v.windows(6)
+        .any(|w| w[0] == b'\\' && w[1] == b'u' && w[2..].iter().all(u8::is_ascii_hexdigit))
 }
 
 fn strip_comments(s: &[u8]) -> Vec<u8> {
@@ -255,7 +300,12 @@ pub(super) fn head(waf: &Waf, req: &Parts, v: &mut Verdict) {
     let raw_path = req.uri.path();
     let (decoded_path, _) = canonical(raw_path.as_bytes(), false);
     let path_text = String::from_utf8_lossy(&decoded_path);
-    let mut pass = Pass { waf, path: &path_text, v, foreign_referer: protocol::foreign_referer(req) };
+    let mut pass = Pass {
+        waf,
+        path: &path_text,
+        v,
+        foreign_referer: protocol::foreign_referer(req),
+    };
     protocol::head(&mut pass, req);
     pass.value(Kind::Path, b"", raw_path.as_bytes());
     if let Some(q) = req.uri.query() {
@@ -290,7 +340,12 @@ pub(super) fn body(waf: &Waf, req: &Parts, data: &[u8], truncated: bool, v: &mut
     let raw_path = req.uri.path();
     let (decoded_path, _) = canonical(raw_path.as_bytes(), false);
     let path_text = String::from_utf8_lossy(&decoded_path);
-    let mut pass = Pass { waf, path: &path_text, v, foreign_referer: protocol::foreign_referer(req) };
+    let mut pass = Pass {
+        waf,
+        path: &path_text,
+        v,
+        foreign_referer: protocol::foreign_referer(req),
+    };
     if data.is_empty() {
         return;
     }
@@ -307,7 +362,10 @@ pub(super) fn body(waf: &Waf, req: &Parts, data: &[u8], truncated: bool, v: &mut
     if mime == b"application/x-www-form-urlencoded" {
         let mut count = 0;
         pass.args(data, Kind::BodyName, Kind::BodyValue, &mut count);
-    } else if mime == b"application/json" || mime.ends_with(b"+json") || mime == b"application/x-ndjson" {
+    } else if mime == b"application/json"
+        || mime.ends_with(b"+json")
+        || mime == b"application/x-ndjson"
+    {
         json(&mut pass, data, truncated);
     } else if mime.starts_with(b"multipart/") {
         multipart(&mut pass, ct, data, truncated);
@@ -324,38 +382,39 @@ fn xml(pass: &mut Pass, data: &[u8]) {
     let mut i = 0;
     while i < data.len() {
         if data[i] == b'<' {
-            let end = data[i..].iter().position(|&b| b == b'>').map_or(data.len(), |e| i + e);
+            let end = data[i..]
+                .iter()
+                .position(|&b| b == b'>')
+                .map_or(data.len(), |e| i + e);
             let mut rest = &data[i..end];
             while let Some(q) = rest.iter().position(|&b| b == b'"' || b == b'\'') {
                 let quote = rest[q];
                 let after = &rest[q + 1..];
-                let close = after.iter().position(|&b| b == quote).unwrap_or(after.len());
+                let close = after
+                    .iter()
+                    .position(|&b| b == quote)
+                    .unwrap_or(after.len());
                 pass.value(Kind::BodyValue, b"xml-attr", &after[..close]);
                 rest = after.get(close + 1..).unwrap_or(b"");
             }
             i = end + 1;
         } else {
-            let end = data[i..].iter().position(|&b| b == b'<').map_or(data.len(), |e| i + e);
+            let end = data[i..]
+                .iter()
+                .position(|&b| b == b'<')
+                .map_or(data.len(), |e| i + e);
             pass.value(Kind::BodyValue, b"xml-text", data[i..end].trim_ascii());
             i = end;
         }
     }
 }
 
+/// JSON: every string (keys and values, any depth) is inspected; the body
+/// limit bounds the work, so there is no argument-count limit here.
 fn json(pass: &mut Pass, data: &[u8], truncated: bool) {
     let depth = pass.waf.plan.max_json_depth;
-    let mut count = 0usize;
-    let max = pass.waf.plan.max_args;
     let mut strings = vec![];
-    let res = body::json_strings(data, depth, |s| {
-        count += 1;
-        if count <= max {
-            strings.push(s);
-        }
-    });
-    if count > max {
-        pass.hit(920140, "body", b"", b"", 0, false);
-    }
+    let res = body::json_strings(data, depth, |s| strings.push(s));
     let mut key: &[u8] = b"";
     for s in strings {
         if s.is_key {
@@ -367,7 +426,9 @@ fn json(pass: &mut Pass, data: &[u8], truncated: bool) {
         }
     }
     match res {
-        Err(JsonError::TooDeep) => pass.hit(920120, "body", b"", b"json nesting too deep", 0, false),
+        Err(JsonError::TooDeep) => {
+            pass.hit(920120, "body", b"", b"json nesting too deep", 0, false)
+        }
         Err(JsonError::Unterminated) if !truncated => {
             pass.hit(920120, "body", b"", b"unterminated json string", 0, false)
         }

@@ -116,7 +116,10 @@ impl Counters {
             ("inspected", self.inspected.load(Ordering::Relaxed)),
             ("blocked", self.blocked.load(Ordering::Relaxed)),
             ("detected", self.detected.load(Ordering::Relaxed)),
-            ("body_over_limit", self.body_over_limit.load(Ordering::Relaxed)),
+            (
+                "body_over_limit",
+                self.body_over_limit.load(Ordering::Relaxed),
+            ),
         ]
     }
 }
@@ -198,7 +201,12 @@ impl Waf {
 
     /// Inspects a request body (at most `inspect_body_limit` bytes of it;
     /// `truncated` says the rest was not buffered).
-    pub fn inspect_body(&self, req: &http::request::Parts, body: &[u8], truncated: bool) -> Verdict {
+    pub fn inspect_body(
+        &self,
+        req: &http::request::Parts,
+        body: &[u8],
+        truncated: bool,
+    ) -> Verdict {
         let mut v = Verdict::default();
         inspect::body(self, req, body, truncated, &mut v);
         v

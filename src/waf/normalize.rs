@@ -192,9 +192,10 @@ fn html_entities(s: &[u8]) -> Vec<u8> {
                 .count();
             if digits > 0 {
                 let text = &rest[start..start + digits];
-                let v = text
-                    .iter()
-                    .fold(0u32, |acc, &d| acc.saturating_mul(radix).saturating_add(u32::from(hex(d).unwrap_or(0))));
+                let v = text.iter().fold(0u32, |acc, &d| {
+                    acc.saturating_mul(radix)
+                        .saturating_add(u32::from(hex(d).unwrap_or(0)))
+                });
                 push_char(&mut out, v);
                 let mut used = 1 + start + digits;
                 if rest.get(start + digits) == Some(&b';') {
@@ -226,9 +227,15 @@ fn js_escapes(s: &[u8]) -> Vec<u8> {
             match s.get(i + 1) {
                 Some(b'u' | b'U') if s.get(i + 2) == Some(&b'{') => {
                     let body = &s[i + 3..];
-                    let n = body.iter().take(6).take_while(|d| hex(**d).is_some()).count();
+                    let n = body
+                        .iter()
+                        .take(6)
+                        .take_while(|d| hex(**d).is_some())
+                        .count();
                     if n > 0 && body.get(n) == Some(&b'}') {
-                        let v = body[..n].iter().fold(0u32, |a, &d| a << 4 | u32::from(hex(d).unwrap_or(0)));
+                        let v = body[..n]
+                            .iter()
+                            .fold(0u32, |a, &d| a << 4 | u32::from(hex(d).unwrap_or(0)));
                         push_char(&mut out, v);
                         i += 4 + n;
                         continue;

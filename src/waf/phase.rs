@@ -54,7 +54,12 @@ fn describe(session: &Session, request_id: Option<&HeaderValue>) -> String {
 
 /// Applies the verdict so far: logs and counts a match. Returns whether the
 /// request must be blocked.
-fn decide(waf: &Waf, state: &mut WafState, session: &Session, request_id: Option<&HeaderValue>) -> bool {
+fn decide(
+    waf: &Waf,
+    state: &mut WafState,
+    session: &Session,
+    request_id: Option<&HeaderValue>,
+) -> bool {
     if !waf.blocks(&state.verdict) {
         return false;
     }
@@ -104,7 +109,10 @@ pub async fn on_request(
         if declared.is_some_and(|n| n > limit as u64) {
             COUNTERS.body_over_limit.fetch_add(1, Ordering::Relaxed);
             if waf.plan.body_over_limit == OverLimit::Reject {
-                log::info!("waf action=reject-413 {} content-length over inspect_body_limit", describe(session, request_id));
+                log::info!(
+                    "waf action=reject-413 {} content-length over inspect_body_limit",
+                    describe(session, request_id)
+                );
                 super::super::proxy::error_page::ErrorPages::default()
                     .respond(session, 413, request_id)
                     .await?;
@@ -133,7 +141,10 @@ pub fn on_body(
     if state.buf.len() + chunk.len() > limit {
         COUNTERS.body_over_limit.fetch_add(1, Ordering::Relaxed);
         if waf.plan.body_over_limit == OverLimit::Reject {
-            return Err(Error::explain(ErrorType::HTTPStatus(413), "body over waf.inspect_body_limit"));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(413),
+                "body over waf.inspect_body_limit",
+            ));
         }
         // Inspect what fits, then stream the rest unbuffered.
         let room = limit - state.buf.len();
@@ -157,20 +168,35 @@ pub fn on_body(
     Ok(())
 }
 
-fn finish(waf: &Waf, session: &Session, state: &mut WafState, truncated: bool, request_id: Option<&HeaderValue>) -> Result<()> {
+fn finish(
+    waf: &Waf,
+    session: &Session,
+    state: &mut WafState,
+    truncated: bool,
+    request_id: Option<&HeaderValue>,
+) -> Result<()> {
     let v = waf.inspect_body(session.req_header(), &state.buf, truncated);
     state.verdict.merge(v);
     if decide(waf, state, session, request_id) {
         state.buf = BytesMut::new();
-        return Err(Error::explain(ErrorType::HTTPStatus(403), "blocked by the waf"));
+        return Err(Error::explain(
+            ErrorType::HTTPStatus(403),
+            "blocked by the waf",
+        ));
     }
     Ok(())
 }
 
 /// The 403 page: JSON when the client prefers it, HTML otherwise. It carries
 /// the request id (to find the log line) but never the rule ids.
-pub async fn respond_blocked(session: &mut Session, request_id: Option<&HeaderValue>) -> Result<()> {
-    let id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+pub async fn respond_blocked(
+    session: &mut Session,
+    request_id: Option<&HeaderValue>,
+) -> Result<()> {
+    let id = request_id
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
     let wants_json = session
         .req_header()
         .headers
@@ -181,7 +207,10 @@ pub async fn respond_blocked(session: &mut Session, request_id: Option<&HeaderVa
         let v = serde_json::json!({"error": "forbidden", "status": 403, "request_id": id});
         ("application/json", Bytes::from(v.to_string()))
     } else {
-        let safe: String = id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+        let safe: String = id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
         let html = format!(
             "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>403 Forbidden</title></head>\n\
 <body><h1>Forbidden</h1><p>This request was blocked by the web application firewall.</p>\
@@ -199,7 +228,9 @@ pub async fn respond_blocked(session: &mut Session, request_id: Option<&HeaderVa
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session.set_keepalive(None);
-    session.write_response_header(Box::new(resp), head_only).await?;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }

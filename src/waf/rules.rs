@@ -98,11 +98,31 @@ pub struct Rule {
 }
 
 const fn code(id: u32, category: Category, severity: u8, what: &'static str) -> Rule {
-    Rule { id, category, severity, what, pattern: None, scope: 0 }
+    Rule {
+        id,
+        category,
+        severity,
+        what,
+        pattern: None,
+        scope: 0,
+    }
 }
 
-const fn rx(id: u32, category: Category, scope: Scope, what: &'static str, pattern: &'static str) -> Rule {
-    Rule { id, category, severity: CRITICAL, what, pattern: Some(pattern), scope }
+const fn rx(
+    id: u32,
+    category: Category,
+    scope: Scope,
+    what: &'static str,
+    pattern: &'static str,
+) -> Rule {
+    Rule {
+        id,
+        category,
+        severity: CRITICAL,
+        what,
+        pattern: Some(pattern),
+        scope,
+    }
 }
 
 use Category::*;
@@ -299,7 +319,11 @@ mod tests {
                 Session => 943,
                 Java => 944,
             };
-            assert_eq!(family, expect, "rule {} is not in its category's family", r.id);
+            assert_eq!(
+                family, expect,
+                "rule {} is not in its category's family",
+                r.id
+            );
         }
     }
 

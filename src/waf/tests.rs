@@ -8,7 +8,12 @@ fn waf() -> Waf {
 }
 
 fn get(uri: &str) -> http::request::Parts {
-    http::Request::get(uri).header("host", "app.example.com").body(()).unwrap().into_parts().0
+    http::Request::get(uri)
+        .header("host", "app.example.com")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
 }
 
 fn post(ct: &str) -> http::request::Parts {
@@ -54,7 +59,13 @@ fn sqli_attacks_and_near_misses() {
     ] {
         assert!(blocked(&w, a), "missed {a}");
     }
-    for b in ["how+to+insert+a+table", "select", "update+profile+picture", "The+union+of+two+sets", "O%27Connell+St."] {
+    for b in [
+        "how+to+insert+a+table",
+        "select",
+        "update+profile+picture",
+        "The+union+of+two+sets",
+        "O%27Connell+St.",
+    ] {
         assert!(!blocked(&w, b), "false positive on {b}");
     }
 }
@@ -62,7 +73,12 @@ fn sqli_attacks_and_near_misses() {
 #[test]
 fn xss_attacks_and_near_misses() {
     let w = waf();
-    for a in ["%3Cscript%3Ealert(1)%3C/script%3E", "%3Csvg/onload%3Dalert(1)%3E", "javascript:alert(1)", "%EF%BC%9Cscript%EF%BC%9E"] {
+    for a in [
+        "%3Cscript%3Ealert(1)%3C/script%3E",
+        "%3Csvg/onload%3Dalert(1)%3E",
+        "javascript:alert(1)",
+        "%EF%BC%9Cscript%EF%BC%9E",
+    ] {
         assert!(blocked(&w, a), "missed {a}");
     }
     for b in ["a+%3C+b+and+c+%3E+d", "online+shopping", "only+%3D+once"] {
@@ -84,7 +100,14 @@ fn rce_lfi_php_java_attacks_and_near_misses() {
     ] {
         assert!(blocked(&w, a), "missed {a}");
     }
-    for b in ["cats+-dogs", "node", "export", "time+management", "50%25+off", "best+laptop+2024"] {
+    for b in [
+        "cats+-dogs",
+        "node",
+        "export",
+        "time+management",
+        "50%25+off",
+        "best+laptop+2024",
+    ] {
         assert!(!blocked(&w, b), "false positive on {b}");
     }
 }
@@ -100,7 +123,11 @@ fn prose_about_sql_in_json_passes() {
 #[test]
 fn json_keys_and_multipart_filenames_are_inspected() {
     let w = waf();
-    assert!(w.blocks(&body_verdict(&w, "application/json", br#"{"__proto__":{"x":1}}"#)));
+    assert!(w.blocks(&body_verdict(
+        &w,
+        "application/json",
+        br#"{"__proto__":{"x":1}}"#
+    )));
     let mp = b"--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"shell.php\"\r\n\r\n<?php\r\n--b--\r\n";
     assert!(w.blocks(&body_verdict(&w, "multipart/form-data; boundary=b", mp)));
 }
@@ -108,9 +135,20 @@ fn json_keys_and_multipart_filenames_are_inspected() {
 #[test]
 fn scanner_method_and_protocol_rules() {
     let w = waf();
-    let ua = http::Request::get("/").header("user-agent", "sqlmap/1.7").body(()).unwrap().into_parts().0;
+    let ua = http::Request::get("/")
+        .header("user-agent", "sqlmap/1.7")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
     assert!(w.blocks(&w.inspect_head(&ua)));
-    let m = http::Request::builder().method("TRACK").uri("/").body(()).unwrap().into_parts().0;
+    let m = http::Request::builder()
+        .method("TRACK")
+        .uri("/")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
     assert!(w.blocks(&w.inspect_head(&m)));
     let smug = http::Request::post("/")
         .header("content-length", "5")
@@ -130,12 +168,21 @@ fn bad_input_is_bounded_and_never_panics() {
     let v = body_verdict(&w, "application/json", deep.as_bytes());
     assert!(v.hits.iter().any(|h| h.rule.id == 920120));
     // 10k arguments: counted, then flagged, not all inspected.
-    let many = (0..10_000).map(|i| format!("a{i}=x")).collect::<Vec<_>>().join("&");
+    let many = (0..10_000)
+        .map(|i| format!("a{i}=x"))
+        .collect::<Vec<_>>()
+        .join("&");
     let v = body_verdict(&w, "application/x-www-form-urlencoded", many.as_bytes());
     assert!(v.hits.iter().any(|h| h.rule.id == 920140));
     // Invalid UTF-8 everywhere.
     let junk: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
-    for ct in ["application/json", "application/x-www-form-urlencoded", "text/plain", "application/xml", "multipart/form-data; boundary=z"] {
+    for ct in [
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "application/xml",
+        "multipart/form-data; boundary=z",
+    ] {
         let _ = body_verdict(&w, ct, &junk);
     }
     // Multipart with no closing boundary.
@@ -143,9 +190,19 @@ fn bad_input_is_bounded_and_never_panics() {
     let v = body_verdict(&w, "multipart/form-data; boundary=z", open);
     assert!(v.hits.iter().any(|h| h.rule.id == 920120));
     // Regex-pathological shapes: long runs that defeat naive backtracking.
-    for s in ["'".repeat(100_000), "<a ".repeat(30_000), "$((".repeat(30_000), "/*".repeat(50_000), "%25".repeat(50_000)] {
+    for s in [
+        "'".repeat(100_000),
+        "<a ".repeat(30_000),
+        "$((".repeat(30_000),
+        "/*".repeat(50_000),
+        "%25".repeat(50_000),
+    ] {
         let _ = body_verdict(&w, "text/plain", s.as_bytes());
-        let _ = body_verdict(&w, "application/x-www-form-urlencoded", format!("q={s}").as_bytes());
+        let _ = body_verdict(
+            &w,
+            "application/x-www-form-urlencoded",
+            format!("q={s}").as_bytes(),
+        );
     }
 }
 
@@ -183,5 +240,10 @@ fn bench_1mib_json() {
         assert!(!w.blocks(&v), "{}", v.log_line());
     }
     times.sort();
-    println!("1 MiB JSON: p50={:?} p99={:?} max={:?}", times[25], times[49 * 99 / 100], times[49]);
+    println!(
+        "1 MiB JSON: p50={:?} p99={:?} max={:?}",
+        times[25],
+        times[49 * 99 / 100],
+        times[49]
+    );
 }
