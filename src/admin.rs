@@ -63,6 +63,8 @@ pub enum Endpoint {
     /// `POST /__bext/upstreams/NAME/nodes/ID/drain|undrain` (path parsed by the handler).
     UpstreamNode,
     Limits,
+    /// `GET /__bext/waf`: WAF mode and counters.
+    Waf,
     NotFound,
 }
 
@@ -72,6 +74,7 @@ pub fn endpoint(method: &http::Method, path: &str) -> Endpoint {
         ("GET" | "HEAD", "/__bext/upstreams") => Endpoint::Upstreams,
         ("POST", p) if p.starts_with("/__bext/upstreams/") => Endpoint::UpstreamNode,
         ("GET" | "HEAD", "/__bext/limits") => Endpoint::Limits,
+        ("GET" | "HEAD", "/__bext/waf") => Endpoint::Waf,
         _ => Endpoint::NotFound,
     }
 }

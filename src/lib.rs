@@ -17,3 +17,4 @@ pub mod routing;
 pub mod server;
 pub mod static_files;
 pub mod upstream;
+pub mod waf;

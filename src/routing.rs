@@ -153,6 +153,8 @@ pub struct Route {
     /// `sticky = true|false` on the rule; `None` follows the upstream's `sticky`.
     pub sticky: Option<bool>,
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The WAF inspects requests on this route (`waf = false` turns it off).
+    pub waf: bool,
 }
 
 impl Route {
@@ -223,6 +225,7 @@ mod tests {
             upstream_read_timeout: None,
             sticky: None,
             response_headers: vec![],
+            waf: true,
         }
     }
 

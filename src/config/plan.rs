@@ -31,6 +31,7 @@ pub struct Plan {
     pub routes: RouteTable,
     pub admin: AdminAccess,
     pub limits: LimitsPlan,
+    pub waf: std::sync::Arc<crate::waf::Waf>,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +95,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
     let limits = super::limits::compile(user.limits, &user.route_rules, parse_cidr)
         .map_err(|list| list.into_iter().for_each(|(k, r)| errs.push(k, r)))
         .unwrap_or_default();
+    let waf = compile_waf(&mut errs, user.waf);
     let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     if user.route_rules.is_empty() {
         errs.push(
@@ -126,6 +128,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             routes: RouteTable::new(routes),
             admin,
             limits,
+            waf: waf.ok_or_else(|| ConfigErrors(vec![]))?,
         })
     } else {
         Err(ConfigErrors(errs.list))
@@ -196,6 +199,28 @@ fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPla
         user: s.user,
         group: s.group,
         keepalive_pool_size: s.keepalive_pool_size.unwrap_or(128),
+    }
+}
+
+fn compile_waf(
+    errs: &mut Errors,
+    w: crate::waf::config::WafSection,
+) -> Option<std::sync::Arc<crate::waf::Waf>> {
+    let plan = match crate::waf::config::compile(w) {
+        Ok(p) => p,
+        Err(list) => {
+            for (k, r) in list {
+                errs.push(k, r);
+            }
+            return None;
+        }
+    };
+    match crate::waf::Waf::new(plan) {
+        Ok(w) => Some(std::sync::Arc::new(w)),
+        Err(e) => {
+            errs.push("waf", e.to_string());
+            None
+        }
     }
 }
 
@@ -360,6 +385,7 @@ fn compile_route(
         upstream_read_timeout: r.timeout.map(|d| d.0),
         sticky: r.sticky,
         response_headers,
+        waf: r.waf.unwrap_or(true),
     })
 }
 

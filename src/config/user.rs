@@ -23,6 +23,7 @@ pub struct UserConfig {
     pub admin: AdminSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    pub waf: crate::waf::config::WafSection,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -92,4 +93,6 @@ pub struct RouteRule {
     pub rate: Option<RateSection>,
     /// Per-route request body limit (overrides `limits.max_body`).
     pub max_body: Option<ByteSize>,
+    /// `false` turns the WAF off for this route.
+    pub waf: Option<bool>,
 }

@@ -21,4 +21,6 @@ pub struct Ctx {
     pub upstream: RequestState,
     /// Client identity and counters of the flood/abuse limits.
     pub limits: LimitsCtx,
+    /// Web application firewall state (verdict, held-back body).
+    pub waf: crate::waf::phase::WafState,
 }

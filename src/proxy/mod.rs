@@ -33,6 +33,7 @@ use crate::limits::Limits;
 use crate::routing::{request_host, RouteTable, RouteTarget};
 use crate::static_files;
 use crate::upstream::{self as upstream, Upstreams};
+use crate::waf;
 
 pub struct BextProxy {
     routes: RouteTable,
@@ -42,6 +43,7 @@ pub struct BextProxy {
     pages: ErrorPages,
     admin: AdminAccess,
     limits: Arc<Limits>,
+    waf: std::sync::Arc<crate::waf::Waf>,
 }
 
 impl BextProxy {
@@ -58,6 +60,7 @@ impl BextProxy {
             pages: ErrorPages::new(plan.server.error_page),
             admin: plan.admin,
             limits,
+            waf: plan.waf,
         }
     }
 
@@ -82,6 +85,16 @@ impl BextProxy {
         }
         let req = session.req_header();
         match admin::endpoint(&req.method, req.uri.path()) {
+            Endpoint::Waf => {
+                let counts: serde_json::Map<String, serde_json::Value> = waf::COUNTERS
+                    .snapshot()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+                    .collect();
+                let mode = format!("{:?}", self.waf.mode()).to_lowercase();
+                let body = serde_json::json!({ "mode": mode, "counters": counts });
+                admin::respond_json(session, 200, &body, ctx.request_id.as_ref()).await
+            }
             Endpoint::Health => {
                 let body =
                     serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") });
@@ -159,12 +172,17 @@ impl ProxyHttp for BextProxy {
             return Ok(true);
         };
         ctx.websocket = tunnel::admit(session, &route, self.client_timeout);
+        let waf_on = route.waf;
         ctx.route = Some(route.clone());
         if self
             .limits
             .admit_route(session, route.index, ctx.websocket, &mut ctx.limits)
             .await?
         {
+            return Ok(true);
+        }
+        let id = ctx.request_id.as_ref();
+        if waf::phase::on_request(&self.waf, waf_on, session, &mut ctx.waf, id).await? {
             return Ok(true);
         }
         if let RouteTarget::Static(root) = &route.target {
@@ -180,13 +198,16 @@ impl ProxyHttp for BextProxy {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // Size limits see every chunk as it arrives; the WAF may then hold it back.
         self.limits
-            .body_chunk(body.as_ref(), end_of_stream, &mut ctx.limits)
+            .body_chunk(body.as_ref(), end_of_stream, &mut ctx.limits)?;
+        let id = ctx.request_id.as_ref();
+        waf::phase::on_body(&self.waf, session, body, end_of_stream, &mut ctx.waf, id)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -301,7 +322,12 @@ impl ProxyHttp for BextProxy {
         // whatever this hook returns, so the page must say `Connection: close`
         // rather than promise a keep-alive the client would then find dead.
         session.set_keepalive(None);
-        if code > 0 && session.response_written().is_none() {
+        if ctx.waf.blocked() && session.response_written().is_none() {
+            let id = ctx.request_id.as_ref();
+            if let Err(write_err) = waf::phase::respond_blocked(session, id).await {
+                log::debug!("could not send the waf 403 page: {write_err}");
+            }
+        } else if code > 0 && session.response_written().is_none() {
             if let Err(write_err) = self
                 .pages
                 .respond(session, code, ctx.request_id.as_ref())
