@@ -3,6 +3,8 @@
 //! Everything here runs before Pingora forks for `-d`, so it starts no threads
 //! and no runtimes.
 
+use std::time::Duration;
+
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -70,12 +72,14 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     }
 
     let listen = plan.server.listen.clone();
+    let grace = plan.server.grace_period;
     let bext = BextProxy::new(plan);
     let limits = bext.limits();
     // Health probes run in their own service (started after the fork for -d).
     let health = background_service("upstream health", HealthService::new(bext.upstreams()));
     // The limits' listener layer (connection caps, request-head deadline) wraps the proxy app.
-    let app = LimitedApp::new(http_proxy(&server.configuration, bext), limits);
+    let app = LimitedApp::new(http_proxy(&server.configuration, bext), limits)
+        .with_idle_drain(grace.saturating_sub(Duration::from_secs(1)));
     let mut proxy = Service::new("bext proxy".to_string(), app);
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());

@@ -2,7 +2,6 @@
 //! and clients bound to distinct loopback addresses acting as distinct IPs.
 
 // The shared harness trips a newer clippy lint; it is not ours to rewrite.
-#[allow(clippy::collapsible_match)]
 mod common;
 mod limits_support;
 

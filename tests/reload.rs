@@ -202,6 +202,7 @@ async fn upgrades_under_load_lose_no_request() {
     let failed = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let url = bext.url("/echo");
+    let t0 = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..CONCURRENCY {
         let (sent, failed, errors, url) =
@@ -220,7 +221,10 @@ async fn upgrades_under_load_lose_no_request() {
                         false
                     }
                     Err(e) => {
-                        errors.lock().unwrap().push(format!("{e:?}"));
+                        errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("at {:?}: {e:?}", t0.elapsed()));
                         false
                     }
                 };
@@ -260,6 +264,7 @@ async fn upgrades_under_load_lose_no_request() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        eprintln!("reload {} done at {:?}", upgrades + 1, t0.elapsed());
         let new = read_pid(&pid_path).unwrap();
         assert_ne!(new, pid);
         old_pids.push(pid);

@@ -23,6 +23,7 @@ pub struct UserConfig {
     pub admin: AdminSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
     pub waf: crate::waf::config::WafSection,
 }
 
