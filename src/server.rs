@@ -14,6 +14,7 @@ use pingora::services::listening::Service;
 use crate::config::Plan;
 use crate::limits::LimitedApp;
 use crate::proxy::BextProxy;
+use crate::upstream::farewell::ShutdownTunnels;
 use crate::upstream::health::HealthService;
 use crate::upstream::Upstreams;
 
@@ -77,6 +78,10 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     let limits = bext.limits();
     // Health probes run in their own service (started after the fork for -d).
     let health = background_service("upstream health", HealthService::new(bext.upstreams()));
+    let farewell = background_service(
+        "tunnel farewell",
+        ShutdownTunnels::new(bext.upstreams(), grace),
+    );
     // The limits' listener layer (connection caps, request-head deadline) wraps the proxy app.
     let app = LimitedApp::new(http_proxy(&server.configuration, bext), limits)
         .with_idle_drain(grace.saturating_sub(Duration::from_secs(1)));
@@ -86,6 +91,7 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     }
     server.add_service(proxy);
     server.add_service(health);
+    server.add_service(farewell);
     log::info!(
         "bext {} listening on {}",
         env!("CARGO_PKG_VERSION"),
