@@ -100,6 +100,10 @@ impl TunnelSet {
         self.open.lock().map_or(0, |m| m.len())
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn insert(&self, entry: Entry) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut m) = self.open.lock() {
