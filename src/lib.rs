@@ -5,6 +5,7 @@
 //! `upstream` decide where each request goes.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod demo_origin;

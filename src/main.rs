@@ -50,8 +50,41 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Edge cache operations.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Purge cached entries through the admin API (POST /__bext/cache/purge).
+    Purge {
+        /// Purge every entry carrying this Cache-Tag (repeatable).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Purge one URL (every variant, http and https).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Purge every path starting with this prefix ("/blog/" or "https://host/blog/").
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
+        /// Limit --prefix to one host.
+        #[arg(long, value_name = "HOST", requires = "prefix")]
+        host: Option<String>,
+        /// Purge everything.
+        #[arg(long)]
+        all: bool,
+        /// The bext listener serving /__bext/.
+        #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+        admin: String,
+        /// Admin bearer token (admin.token); defaults to $BEXT_ADMIN_TOKEN.
+        #[arg(long)]
+        token: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -102,6 +135,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     test,
                 },
             )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cache {
+            command:
+                CacheCommand::Purge {
+                    tags,
+                    url,
+                    prefix,
+                    host,
+                    all,
+                    admin,
+                    token,
+                },
+        } => {
+            let args = bext::cache::cli::PurgeArgs {
+                tags,
+                url,
+                prefix,
+                host,
+                all,
+            };
+            let token = token.or_else(|| std::env::var("BEXT_ADMIN_TOKEN").ok());
+            let reply = bext::cache::cli::purge(&admin, token.as_deref(), &args)?;
+            println!("{reply}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { listen } => {

@@ -25,8 +25,12 @@ impl Pattern {
         if !s.starts_with('/') {
             return Err(format!("pattern \"{s}\" must start with \"/\""));
         }
-        if s.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-            return Err(format!("pattern \"{s}\" contains whitespace or control characters"));
+        if s.bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(format!(
+                "pattern \"{s}\" contains whitespace or control characters"
+            ));
         }
         if s == "/*" {
             return Ok(Pattern::Any);
@@ -131,6 +135,8 @@ pub struct Route {
     pub host: Option<HostMatch>,
     pub upstream: UpstreamId,
     pub cache: bool,
+    /// Overrides the origin's freshness lifetime for cacheable responses.
+    pub cache_ttl: Option<Duration>,
     pub websocket: bool,
     pub websocket_idle_timeout: Duration,
     /// Overrides the upstream's `read_timeout` for this route.
@@ -193,6 +199,7 @@ mod tests {
             host: host.map(|h| HostMatch::parse(h).unwrap()),
             upstream: 0,
             cache: true,
+            cache_ttl: None,
             websocket: false,
             websocket_idle_timeout: Duration::from_secs(300),
             upstream_read_timeout: None,

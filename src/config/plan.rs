@@ -10,9 +10,11 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-use super::user::{AdminSection, RouteRule, ServerSection, UpstreamSection, UserConfig};
-use crate::admin::AdminAccess;
+use super::user::{
+    AdminSection, CacheSection, RouteRule, ServerSection, UpstreamSection, UserConfig,
+};
 use super::{ConfigError, ConfigErrors};
+use crate::admin::AdminAccess;
 use crate::routing::{HostMatch, Pattern, Route, RouteTable};
 
 /// The largest `server.error_page` we load: it is held in memory and sent on every 5xx.
@@ -26,6 +28,40 @@ pub struct Plan {
     pub upstreams: Vec<UpstreamPlan>,
     pub routes: RouteTable,
     pub admin: AdminAccess,
+    pub cache: CachePlan,
+}
+
+/// `[cache]`, validated. See `crate::cache` for what each knob does.
+#[derive(Debug, Clone)]
+pub struct CachePlan {
+    /// Global switch; `false` turns every route's `cache` off.
+    pub enabled: bool,
+    /// Budget for stored entries (bodies, headers, keys, tags), in bytes.
+    pub max_size: u64,
+    /// Larger responses stream through uncached.
+    pub max_object_size: u64,
+    /// Keep `Cache-Tag` / `Surrogate-Key` on responses sent to clients.
+    pub expose_tags: bool,
+    /// Used when the origin's Cache-Control has no `stale-while-revalidate`.
+    pub stale_while_revalidate: Duration,
+    /// Used when the origin's Cache-Control has no `stale-if-error`.
+    pub stale_if_error: Duration,
+    /// Longest a request waits for another request filling the same key.
+    pub lock_timeout: Duration,
+}
+
+impl Default for CachePlan {
+    fn default() -> Self {
+        CachePlan {
+            enabled: true,
+            max_size: 256 << 20,
+            max_object_size: 8 << 20,
+            expose_tags: false,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::from_secs(60),
+            lock_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +120,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .map(|(name, u)| compile_upstream(&mut errs, name, u))
         .collect();
     let admin = compile_admin(&mut errs, user.admin);
+    let cache = compile_cache(&mut errs, user.cache);
     let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     if user.route_rules.is_empty() {
         errs.push(
@@ -104,6 +141,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             upstreams,
             routes: RouteTable::new(routes),
             admin,
+            cache,
         })
     } else {
         Err(ConfigErrors(errs.list))
@@ -123,7 +161,9 @@ fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPla
             Err(_) => {
                 errs.push(
                     format!("server.listen[{i}]"),
-                    format!("\"{a}\" is not an IP:port address (e.g. \"0.0.0.0:8080\", \"[::]:8080\")"),
+                    format!(
+                        "\"{a}\" is not an IP:port address (e.g. \"0.0.0.0:8080\", \"[::]:8080\")"
+                    ),
                 );
                 None
             }
@@ -173,6 +213,46 @@ fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPla
         group: s.group,
         keepalive_pool_size: s.keepalive_pool_size.unwrap_or(128),
     }
+}
+
+fn compile_cache(errs: &mut Errors, c: CacheSection) -> CachePlan {
+    let d = CachePlan::default();
+    let plan = CachePlan {
+        enabled: c.enabled.unwrap_or(d.enabled),
+        max_size: c.max_size.map_or(d.max_size, |b| b.0),
+        max_object_size: c.max_object_size.map_or(d.max_object_size, |b| b.0),
+        expose_tags: c.expose_tags.unwrap_or(d.expose_tags),
+        stale_while_revalidate: c
+            .stale_while_revalidate
+            .map_or(d.stale_while_revalidate, |v| v.0),
+        stale_if_error: c.stale_if_error.map_or(d.stale_if_error, |v| v.0),
+        lock_timeout: c.lock_timeout.map_or(d.lock_timeout, |v| v.0),
+    };
+    // The cache keeps whole bodies in memory; a budget below 64 KiB is a typo.
+    if plan.max_size < 64 * 1024 {
+        errs.push("cache.max_size", "must be at least 64KiB");
+    }
+    if plan.max_object_size == 0 || plan.max_object_size > plan.max_size {
+        errs.push(
+            "cache.max_object_size",
+            format!(
+                "must be between 1B and cache.max_size ({} bytes)",
+                plan.max_size
+            ),
+        );
+    }
+    if plan.lock_timeout.is_zero() {
+        errs.push("cache.lock_timeout", "must be greater than 0s");
+    }
+    for (key, v) in [
+        ("cache.stale_while_revalidate", plan.stale_while_revalidate),
+        ("cache.stale_if_error", plan.stale_if_error),
+    ] {
+        if v.as_secs() > u64::from(u32::MAX) {
+            errs.push(key, "too long");
+        }
+    }
+    plan
 }
 
 fn compile_cidrs(errs: &mut Errors, key: &str, list: Option<Vec<String>>) -> Vec<IpNet> {
@@ -231,7 +311,10 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
 fn compile_upstream(errs: &mut Errors, name: String, u: UpstreamSection) -> UpstreamPlan {
     let key = format!("upstreams.{name}");
     if u.nodes.is_empty() {
-        errs.push(format!("{key}.nodes"), "at least one node address is required");
+        errs.push(
+            format!("{key}.nodes"),
+            "at least one node address is required",
+        );
     }
     let nodes = u
         .nodes
@@ -262,10 +345,14 @@ fn resolve_node(a: &str) -> Result<SocketAddr, String> {
         return Ok(addr);
     }
     let Some((host, port)) = a.rsplit_once(':') else {
-        return Err(format!("\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"));
+        return Err(format!(
+            "\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"
+        ));
     };
     if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"));
+        return Err(format!(
+            "\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"
+        ));
     }
     match a.to_socket_addrs() {
         Ok(mut it) => it
@@ -322,6 +409,17 @@ fn compile_route(errs: &mut Errors, upstreams: &[&str], i: usize, r: RouteRule) 
             "a websocket route is never cached; remove `cache = true` or set `websocket = false`",
         );
     }
+    if r.cache_ttl.is_some() && (websocket || r.cache == Some(false)) {
+        errs.push(
+            format!("{key}.cache_ttl"),
+            "this route is never cached (cache = false or websocket = true)",
+        );
+    }
+    if r.cache_ttl
+        .is_some_and(|t| t.0.as_secs() > u64::from(u32::MAX))
+    {
+        errs.push(format!("{key}.cache_ttl"), "too long");
+    }
     let mut response_headers = Vec::with_capacity(r.headers.len());
     for (name, value) in &r.headers {
         let n = HeaderName::from_bytes(name.as_bytes());
@@ -348,6 +446,7 @@ fn compile_route(errs: &mut Errors, upstreams: &[&str], i: usize, r: RouteRule) 
         host,
         upstream: upstream?,
         cache: r.cache.unwrap_or(true) && !websocket,
+        cache_ttl: r.cache_ttl.map(|d| d.0),
         websocket,
         websocket_idle_timeout: r
             .websocket_idle_timeout

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::units::HumanDuration;
+use super::units::{ByteSize, HumanDuration};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +19,21 @@ pub struct UserConfig {
     pub route_rules: Vec<RouteRule>,
     #[serde(default)]
     pub admin: AdminSection,
+    #[serde(default)]
+    pub cache: CacheSection,
+}
+
+/// `[cache]`: the edge cache shared by every route with `cache = true`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    pub enabled: Option<bool>,
+    pub max_size: Option<ByteSize>,
+    pub max_object_size: Option<ByteSize>,
+    pub expose_tags: Option<bool>,
+    pub stale_while_revalidate: Option<HumanDuration>,
+    pub stale_if_error: Option<HumanDuration>,
+    pub lock_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -65,6 +80,7 @@ pub struct RouteRule {
     pub host: Option<String>,
     pub proxy: Option<String>,
     pub cache: Option<bool>,
+    pub cache_ttl: Option<HumanDuration>,
     pub websocket: Option<bool>,
     pub websocket_idle_timeout: Option<HumanDuration>,
     pub timeout: Option<HumanDuration>,

@@ -15,4 +15,6 @@ pub struct Ctx {
     pub websocket: bool,
     /// The node chosen for this request (the last one, after retries).
     pub node: Option<SocketAddr>,
+    /// Edge cache state for this request.
+    pub cache: crate::cache::CacheCtx,
 }

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -24,6 +26,7 @@ use error_page::ErrorPages;
 use forwarded::Arrival;
 
 use crate::admin::{self, AdminAccess, Endpoint};
+use crate::cache::EdgeCache;
 use crate::config::Plan;
 use crate::routing::{request_host, RouteTable};
 use crate::upstream::Pool;
@@ -35,6 +38,7 @@ pub struct BextProxy {
     client_timeout: Duration,
     pages: ErrorPages,
     admin: AdminAccess,
+    cache: EdgeCache,
 }
 
 impl BextProxy {
@@ -46,6 +50,7 @@ impl BextProxy {
             client_timeout: plan.server.client_timeout,
             pages: ErrorPages::new(plan.server.error_page),
             admin: plan.admin,
+            cache: EdgeCache::new(plan.cache),
         }
     }
 
@@ -53,13 +58,22 @@ impl BextProxy {
     async fn admin_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let peer = Self::arrival(session).peer;
         if !self.admin.permits(peer, admin::authorization(session)) {
-            return self.pages.respond(session, 404, ctx.request_id.as_ref()).await;
+            return self
+                .pages
+                .respond(session, 404, ctx.request_id.as_ref())
+                .await;
         }
         let req = session.req_header();
         match admin::endpoint(&req.method, req.uri.path()) {
             Endpoint::Health => {
-                let body = serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") });
+                let body =
+                    serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") });
                 admin::respond_json(session, 200, &body, ctx.request_id.as_ref()).await
+            }
+            Endpoint::CachePurge => {
+                self.cache
+                    .purge_request(session, ctx.request_id.as_ref())
+                    .await
             }
             Endpoint::NotFound => {
                 let body = admin::error_body("no such admin endpoint");
@@ -75,7 +89,10 @@ impl BextProxy {
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip().to_canonical()),
             scheme: "http",
-            local_port: session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()),
+            local_port: session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port()),
         }
     }
 }
@@ -96,12 +113,64 @@ impl ProxyHttp for BextProxy {
             return Ok(true);
         }
         let Some(route) = self.routes.find(request_host(req), req.uri.path()).cloned() else {
-            self.pages.respond(session, 404, ctx.request_id.as_ref()).await?;
+            self.pages
+                .respond(session, 404, ctx.request_id.as_ref())
+                .await?;
             return Ok(true);
         };
         ctx.websocket = tunnel::admit(session, &route, self.client_timeout);
         ctx.route = Some(route);
         Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let scheme = Self::arrival(session).scheme;
+        self.cache
+            .enable(session, &mut ctx.cache, ctx.route.as_deref(), scheme);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        Ok(EdgeCache::key(session, &ctx.cache))
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        EdgeCache::on_hit(&mut ctx.cache, is_fresh);
+        Ok(None)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(self.cache.admission(session, resp, &mut ctx.cache))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        EdgeCache::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        EdgeCache::serve_stale(&mut ctx.cache, error)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -124,20 +193,26 @@ impl ProxyHttp for BextProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        forwarded::apply(upstream_request, Self::arrival(session), &self.trusted_proxies)?;
+        forwarded::apply(
+            upstream_request,
+            Self::arrival(session),
+            &self.trusted_proxies,
+        )?;
         if let Some(id) = &ctx.request_id {
             upstream_request.insert_header(request_id::HEADER, id.clone())?;
         }
+        EdgeCache::scrub_upstream(upstream_request, &ctx.cache);
         Ok(())
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         hop_by_hop::strip_response(resp);
+        self.cache.finish_response(session, resp, &ctx.cache)?;
         if let Some(route) = &ctx.route {
             for (name, value) in &route.response_headers {
                 resp.insert_header(name.clone(), value.clone())?;
@@ -152,7 +227,11 @@ impl ProxyHttp for BextProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = error_page::status_for(e);
         if code > 0 && session.response_written().is_none() {
-            if let Err(write_err) = self.pages.respond(session, code, ctx.request_id.as_ref()).await {
+            if let Err(write_err) = self
+                .pages
+                .respond(session, code, ctx.request_id.as_ref())
+                .await
+            {
                 log::debug!("could not send the {code} page: {write_err}");
             }
         }
@@ -167,7 +246,10 @@ impl ProxyHttp for BextProxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         log::warn!(
             "request_id={} route={} node={} status={} error={}",
-            ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            ctx.request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
             ctx.route.as_ref().map_or("-", |r| r.pattern_text.as_str()),
             ctx.node.map_or_else(|| "-".to_string(), |n| n.to_string()),
             status,
