@@ -24,5 +24,9 @@ idle_timeout = "300s"
 [[route_rules]]
 pattern = "/*"
 proxy = "origin"
+
+# The cache is on by default for /*; sized like the nginx peer (max_size=256m).
+[cache]
+max_size = "256MiB"
 CONF
 RUST_LOG=${RUST_LOG:-warn} exec "$bin" serve -c "$d/bext.toml"

@@ -13,6 +13,8 @@
 
 pub mod cli;
 pub mod key;
+#[cfg(test)]
+mod measure;
 pub mod policy;
 pub mod purge;
 pub mod status;

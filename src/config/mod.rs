@@ -158,6 +158,33 @@ mod tests {
     }
 
     #[test]
+    fn cache_section_is_validated() {
+        let plan = load_str(Path::new("t.toml"), &format!("{UP}{ROUTE}")).unwrap();
+        assert!(plan.cache.enabled);
+        assert_eq!(plan.cache.max_size, 256 << 20);
+        let e = errs(&format!(
+            "{UP}{ROUTE}[cache]\nmax_size = \"1MiB\"\nmax_object_size = \"2MiB\"\n"
+        ));
+        assert!(
+            e[0].contains("cache.max_object_size: must be between"),
+            "{e:?}"
+        );
+        let e = errs(&format!("{UP}{ROUTE}[cache]\nmax_size = 5\n"));
+        assert!(e[0].contains("cache.max_size"), "{e:?}");
+        let e = errs(&format!(
+            "{UP}[[route_rules]]\npattern = \"/live/*\"\nproxy = \"phoenix\"\nwebsocket = true\ncache_ttl = \"1m\"\n"
+        ));
+        assert!(e[0].contains("route_rules[0].cache_ttl"), "{e:?}");
+        let ok = load_str(
+            Path::new("t.toml"),
+            &format!("{UP}{ROUTE}cache_ttl = \"5m\"\n"),
+        )
+        .unwrap();
+        let route = ok.routes.iter().next().unwrap();
+        assert_eq!(route.cache_ttl, Some(std::time::Duration::from_secs(300)));
+    }
+
+    #[test]
     fn syntax_errors_carry_a_line() {
         let e = errs("[server\nlisten = 1");
         assert!(e[0].contains("line 1"), "{e:?}");

@@ -99,7 +99,13 @@ impl CacheOrigin {
 
     /// Fetches served for `path` (path only, no query).
     pub fn count(&self, path: &str) -> usize {
-        self.state.lock().unwrap().counts.get(path).copied().unwrap_or(0)
+        self.state
+            .lock()
+            .unwrap()
+            .counts
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn total(&self) -> usize {
@@ -109,7 +115,11 @@ impl CacheOrigin {
     /// Headers of every request for `path`.
     pub fn seen(&self, path: &str) -> Vec<Vec<(String, String)>> {
         let st = self.state.lock().unwrap();
-        st.seen.iter().filter(|(p, _)| p == path).map(|(_, h)| h.clone()).collect()
+        st.seen
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, h)| h.clone())
+            .collect()
     }
 
     /// Polls until `path` has been requested `n` times (10 s safety net).
@@ -130,7 +140,12 @@ impl CacheOrigin {
         let headers: Vec<(String, String)> = req
             .headers()
             .iter()
-            .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let n = {
             let mut st = self.state.lock().unwrap();
@@ -149,7 +164,11 @@ impl CacheOrigin {
                 .unwrap_or_default()
         };
         if param(&q, "etag").is_some() && h("if-none-match") == "\"v1\"" {
-            return Response::builder().status(304).header("etag", "\"v1\"").body(full("")).unwrap();
+            return Response::builder()
+                .status(304)
+                .header("etag", "\"v1\"")
+                .body(full(""))
+                .unwrap();
         }
         let mut b = Response::builder().header("content-type", "text/plain");
         if let Some(cc) = param(&q, "cc") {
@@ -183,7 +202,9 @@ impl CacheOrigin {
             if param(&q, "chunked").is_none() {
                 b = b.header("content-length", size);
             }
-            return b.body(BodyExt::boxed_unsync(StreamBody::new(stream))).unwrap();
+            return b
+                .body(BodyExt::boxed_unsync(StreamBody::new(stream)))
+                .unwrap();
         }
         let body = format!(
             "path={path} n={n} host={} ae={}\n",
