@@ -555,3 +555,34 @@ async fn cli_purges_through_the_api() {
     get(&bext, p).await;
     assert_eq!(origin.count("/cli"), 2);
 }
+
+/// Not a pass/fail test: prints how long `POST /__bext/cache/purge` takes for
+/// a tag covering 10k entries (`cargo test --test cache -- --ignored --nocapture`).
+#[tokio::test]
+#[ignore]
+async fn measure_purge_latency_for_a_tag_covering_10k_entries() {
+    common::raise_nofile_limit();
+    let (bext, origin) = start("").await;
+    let client = common::client();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for i in 0..10_000 {
+        let req = client.get(bext.url(&format!("/many/{i}?{CC60}&tag=hot,post:{i}")));
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let r = send(req).await;
+            drop(permit);
+            r.status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(origin.total(), 10_000);
+    let rss = bext.rss_kb();
+    let started = std::time::Instant::now();
+    let (code, v) = purge(&bext, r#"{"tag": "hot"}"#).await;
+    let took = started.elapsed();
+    assert_eq!(code, 200);
+    println!("purge {{\"tag\":\"hot\"}} -> {v} in {took:?} (bext RSS with 10k entries: {rss} kB)");
+}
