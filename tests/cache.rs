@@ -488,11 +488,25 @@ async fn eviction_keeps_memory_bounded() {
         .cache_status()
         .contains("fwd=uri-miss"));
     assert_eq!(origin.count("/fill/0"), 2);
+    // Another 3x max_size: a bounded cache reuses the memory it already holds.
+    for i in 0..192 {
+        let r = send(client.get(bext.url(&format!("/more/{i}?{CC60}&size=131072")))).await;
+        assert_eq!(r.body.len(), 131_072);
+    }
+    let again = bext.rss_kb();
     let grown_mb = after.saturating_sub(before) / 1024;
-    eprintln!("rss before {before} kB, after {after} kB (+{grown_mb} MiB) for 24 MiB through an 8 MiB cache");
+    let regrown_mb = again.saturating_sub(after) / 1024;
+    eprintln!(
+        "rss before {before} kB, after 24 MiB {after} kB (+{grown_mb} MiB), \
+         after 48 MiB {again} kB (+{regrown_mb} MiB more), 8 MiB cache"
+    );
     assert!(
         grown_mb < 20,
         "RSS grew by {grown_mb} MiB for an 8 MiB cache"
+    );
+    assert!(
+        regrown_mb < 8,
+        "RSS kept growing (+{regrown_mb} MiB) once the cache was full"
     );
 }
 
