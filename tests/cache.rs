@@ -372,6 +372,38 @@ async fn stale_if_error_when_the_origin_dies() {
 }
 
 #[tokio::test]
+async fn cache_survives_an_origin_restart_and_purges_stay_correct() {
+    let (bext, origin) = start("").await;
+    let p = "/restart?cc=public,max-age=60&tag=r";
+    assert!(get(&bext, p).await.cache_status().contains("stored"));
+    origin.kill();
+    // Phoenix comes back on the same address (a deploy).
+    let mut reborn = None;
+    for _ in 0..50 {
+        match tokio::net::TcpListener::bind(origin.addr()).await {
+            Ok(l) => {
+                drop(l);
+                reborn = Some(CacheOrigin::start_on(origin.addr()).await);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let reborn = reborn.expect("origin port reusable");
+    let hit = get(&bext, p).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert_eq!(
+        reborn.count("/restart"),
+        0,
+        "nothing was flushed by the restart"
+    );
+    let (_, v) = purge(&bext, r#"{"tag": "r"}"#).await;
+    assert_eq!(v["purged"].as_u64(), Some(1));
+    assert!(get(&bext, p).await.cache_status().contains("fwd=uri-miss"));
+    assert_eq!(reborn.count("/restart"), 1);
+}
+
+#[tokio::test]
 async fn two_hundred_concurrent_misses_make_one_origin_request() {
     common::raise_nofile_limit();
     let (bext, origin) = start("").await;
