@@ -21,6 +21,7 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -28,13 +29,14 @@ use pingora::cache::key::{CacheHashKey, HashBinary};
 use pingora::cache::storage::{HandleHit, HandleMiss, MissFinishType, PurgeOutcome, PurgeTarget};
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
+use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
 use super::purge::Selector;
 
 /// Bytes of bookkeeping per entry beyond what is counted exactly (map slots,
 /// LRU node, Arcs, index vectors, allocator headers). Calibrated with
-/// `cache::measure` (about 1.1 KB real overhead per entry with two tags).
+/// `cache::measure`, which compares the accounted weight with the RSS growth.
 pub const ENTRY_OVERHEAD: usize = 768;
 /// Purges remembered for fills in flight (count and total selector bytes).
 const LOG_MAX_ENTRIES: usize = 4096;
@@ -62,9 +64,68 @@ impl FillInfo {
     }
 }
 
+/// A response's cache metadata, kept parsed: rebuilding a [`CacheMeta`] from
+/// it costs a header clone, where deserializing Pingora's format costs a zstd
+/// decompression and a header parse on every hit.
+struct StoredMeta {
+    fresh_until: SystemTime,
+    /// Admission or last revalidation: the reference point for `Age`.
+    updated: SystemTime,
+    swr: u32,
+    sie: u32,
+    variance: Option<HashBinary>,
+    epoch_override: Option<SystemTime>,
+    header: ResponseHeader,
+}
+
+impl StoredMeta {
+    fn from_meta(meta: &CacheMeta) -> StoredMeta {
+        StoredMeta {
+            fresh_until: meta.fresh_until(),
+            updated: meta.updated(),
+            swr: meta.stale_while_revalidate_sec(),
+            sie: meta.stale_if_error_sec(),
+            variance: meta.variance(),
+            epoch_override: meta.epoch_override(),
+            header: meta.response_header_copy(),
+        }
+    }
+
+    /// `created` is reported as the last update: nothing in bext reads the
+    /// original admission time, and `Age` must count from the revalidation.
+    fn to_meta(&self) -> CacheMeta {
+        let mut m = CacheMeta::new(
+            self.fresh_until,
+            self.updated,
+            self.swr,
+            self.sie,
+            self.header.clone(),
+        );
+        if let Some(v) = self.variance {
+            m.set_variance(v);
+        }
+        if let Some(e) = self.epoch_override {
+            m.set_epoch_override(e);
+        }
+        m
+    }
+
+    /// Heap bytes of the parsed header (its map, the case-preserving name
+    /// map, allocator headers), calibrated with `cache::measure`.
+    fn bytes(&self) -> usize {
+        let fields: usize = self
+            .header
+            .headers
+            .iter()
+            .map(|(n, v)| 2 * (n.as_str().len() + v.len()) + 160)
+            .sum();
+        640 + fields
+    }
+}
+
 /// One stored response.
 struct Object {
-    meta: (Vec<u8>, Vec<u8>),
+    meta: StoredMeta,
     body: Bytes,
     info: Arc<FillInfo>,
     weight: usize,
@@ -288,7 +349,7 @@ impl Storage for Store {
         let Some(obj) = self.lock().touch(&key.combined_bin()) else {
             return Ok(None);
         };
-        let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+        let meta = obj.meta.to_meta();
         let end = obj.body.len();
         Ok(Some((
             meta,
@@ -319,7 +380,7 @@ impl Storage for Store {
         Ok(Box::new(Fill {
             store: self,
             key: key.combined_bin(),
-            meta: meta.serialize()?,
+            meta: StoredMeta::from_meta(meta),
             body: BytesMut::with_capacity(capacity),
             info,
             oversize: false,
@@ -347,7 +408,7 @@ impl Storage for Store {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let serialized = meta.serialize()?;
+        let stored = StoredMeta::from_meta(meta);
         let k = key.combined_bin();
         let mut inner = self.lock();
         let Some(old) = inner.entries.get(&k).map(|s| s.obj.clone()) else {
@@ -360,11 +421,9 @@ impl Storage for Store {
                 return Ok(false);
             }
         }
-        let weight = old.weight - old.meta.0.len() - old.meta.1.len()
-            + serialized.0.len()
-            + serialized.1.len();
+        let weight = old.weight - old.meta.bytes() + stored.bytes();
         let obj = Object {
-            meta: serialized,
+            meta: stored,
             body: old.body.clone(),
             info: old.info.clone(),
             weight,
@@ -436,7 +495,7 @@ impl HandleHit for Hit {
 struct Fill {
     store: &'static Store,
     key: HashBinary,
-    meta: (Vec<u8>, Vec<u8>),
+    meta: StoredMeta,
     body: BytesMut,
     info: Option<Arc<FillInfo>>,
     /// The body outgrew `max_object_size`: keep streaming, store nothing.
@@ -472,7 +531,7 @@ impl HandleMiss for Fill {
         }
         let body = self.body.freeze();
         let size = body.len();
-        let weight = size + self.meta.0.len() + self.meta.1.len() + info.bytes() + ENTRY_OVERHEAD;
+        let weight = size + self.meta.bytes() + info.bytes() + ENTRY_OVERHEAD;
         if weight > self.store.budget {
             return Err(storage_error("response larger than cache.max_size"));
         }
