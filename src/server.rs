@@ -64,11 +64,7 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     log::info!(
         "bext {} listening on {}",
         env!("CARGO_PKG_VERSION"),
-        listen
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
     );
     server.run_forever()
 }

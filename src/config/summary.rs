@@ -42,10 +42,7 @@ impl fmt::Display for Plan {
                 Some(HostMatch::Exact(h)) => h.clone(),
                 Some(HostMatch::Wildcard(suffix)) => format!("*{suffix}"),
             };
-            let upstream = self
-                .upstreams
-                .get(r.upstream)
-                .map_or("?", |u| u.name.as_str());
+            let upstream = self.upstreams.get(r.upstream).map_or("?", |u| u.name.as_str());
             let mut flags = vec![if r.cache { "cache" } else { "no-cache" }];
             if r.websocket {
                 flags.push("websocket");
