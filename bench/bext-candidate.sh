@@ -35,5 +35,9 @@ $limits
 # BEXT_WAF_MODE=off measures the WAF's cost (default: block, as shipped).
 [waf]
 mode = "${BEXT_WAF_MODE:-block}"
+
+# The cache is on by default for /*; sized like the nginx peer (max_size=256m).
+[cache]
+max_size = "256MiB"
 CONF
 RUST_LOG=${RUST_LOG:-warn} exec "$bin" serve -c "$d/bext.toml"

@@ -7,7 +7,7 @@
 //! (cache purge in `cache`, node state in `upstream`); this module only routes
 //! and writes JSON.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use bytes::{Bytes, BytesMut};
 use http::header::AUTHORIZATION;
@@ -30,9 +30,14 @@ pub struct AdminAccess {
 }
 
 impl AdminAccess {
+    /// Only 127.0.0.1 and ::1 are implicitly allowed, not all of 127.0.0.0/8:
+    /// other loopback addresses are used to stand in for remote clients (in
+    /// tests, and by local sidecars that should not get admin rights).
     pub fn permits(&self, peer: Option<IpAddr>, authorization: Option<&[u8]>) -> bool {
         if let Some(ip) = peer {
-            if ip.is_loopback() || self.allow.iter().any(|n| n.contains(&ip)) {
+            let local =
+                ip == IpAddr::from(Ipv4Addr::LOCALHOST) || ip == IpAddr::from(Ipv6Addr::LOCALHOST);
+            if local || self.allow.iter().any(|n| n.contains(&ip)) {
                 return true;
             }
         }
@@ -65,6 +70,7 @@ pub enum Endpoint {
     Limits,
     /// `GET /__bext/waf`: WAF mode and counters.
     Waf,
+    CachePurge,
     NotFound,
 }
 
@@ -75,6 +81,7 @@ pub fn endpoint(method: &http::Method, path: &str) -> Endpoint {
         ("POST", p) if p.starts_with("/__bext/upstreams/") => Endpoint::UpstreamNode,
         ("GET" | "HEAD", "/__bext/limits") => Endpoint::Limits,
         ("GET" | "HEAD", "/__bext/waf") => Endpoint::Waf,
+        ("POST", "/__bext/cache/purge") => Endpoint::CachePurge,
         _ => Endpoint::NotFound,
     }
 }
@@ -147,6 +154,7 @@ mod tests {
         };
         assert!(access.permits(Some("127.0.0.1".parse().unwrap()), None));
         assert!(access.permits(Some("::1".parse().unwrap()), None));
+        assert!(!access.permits(Some("127.0.0.2".parse().unwrap()), None));
         assert!(access.permits(Some("10.1.2.3".parse().unwrap()), None));
         assert!(!access.permits(Some("203.0.113.1".parse().unwrap()), None));
         assert!(access.permits(Some("203.0.113.1".parse().unwrap()), Some(b"Bearer s3cret")));
@@ -164,6 +172,14 @@ mod tests {
         );
         assert_eq!(
             endpoint(&http::Method::POST, "/__bext/health"),
+            Endpoint::NotFound
+        );
+        assert_eq!(
+            endpoint(&http::Method::POST, "/__bext/cache/purge"),
+            Endpoint::CachePurge
+        );
+        assert_eq!(
+            endpoint(&http::Method::GET, "/__bext/cache/purge"),
             Endpoint::NotFound
         );
         assert!(is_admin_path("/__bext/cache/purge"));

@@ -6,6 +6,7 @@
 //! `render = "static"` routes from disk.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod demo_origin;

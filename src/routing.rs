@@ -146,6 +146,8 @@ pub struct Route {
     pub host: Option<HostMatch>,
     pub target: RouteTarget,
     pub cache: bool,
+    /// Overrides the origin's freshness lifetime for cacheable responses.
+    pub cache_ttl: Option<Duration>,
     pub websocket: bool,
     pub websocket_idle_timeout: Duration,
     /// Overrides the upstream's `read_timeout` for this route.
@@ -220,6 +222,7 @@ mod tests {
             host: host.map(|h| HostMatch::parse(h).unwrap()),
             target: RouteTarget::Proxy(0),
             cache: true,
+            cache_ttl: None,
             websocket: false,
             websocket_idle_timeout: Duration::from_secs(300),
             upstream_read_timeout: None,

@@ -12,7 +12,7 @@ mod user;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use plan::{resolve_secret, Plan, ServerPlan, UpstreamPlan};
+pub use plan::{resolve_secret, CachePlan, Plan, ServerPlan, UpstreamPlan};
 
 /// One problem in a config file, rendered as `FILE: KEY: REASON`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +157,33 @@ mod tests {
             "[server]\ntrusted_proxies = [\"10.0.0.0/99\"]\n{UP}{ROUTE}"
         ));
         assert!(e[0].contains("server.trusted_proxies[0]:"), "{e:?}");
+    }
+
+    #[test]
+    fn cache_section_is_validated() {
+        let plan = load_str(Path::new("t.toml"), &format!("{UP}{ROUTE}")).unwrap();
+        assert!(plan.cache.enabled);
+        assert_eq!(plan.cache.max_size, 256 << 20);
+        let e = errs(&format!(
+            "{UP}{ROUTE}[cache]\nmax_size = \"1MiB\"\nmax_object_size = \"2MiB\"\n"
+        ));
+        assert!(
+            e[0].contains("cache.max_object_size: must be between"),
+            "{e:?}"
+        );
+        let e = errs(&format!("{UP}{ROUTE}[cache]\nmax_size = 5\n"));
+        assert!(e[0].contains("cache.max_size"), "{e:?}");
+        let e = errs(&format!(
+            "{UP}[[route_rules]]\npattern = \"/live/*\"\nproxy = \"phoenix\"\nwebsocket = true\ncache_ttl = \"1m\"\n"
+        ));
+        assert!(e[0].contains("route_rules[0].cache_ttl"), "{e:?}");
+        let ok = load_str(
+            Path::new("t.toml"),
+            &format!("{UP}{ROUTE}cache_ttl = \"5m\"\n"),
+        )
+        .unwrap();
+        let route = ok.routes.iter().next().unwrap();
+        assert_eq!(route.cache_ttl, Some(std::time::Duration::from_secs(300)));
     }
 
     #[test]

@@ -12,7 +12,9 @@ use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use super::upstream::{compile_nodes, compile_policy, NodePlan, PoolPolicy};
-use super::user::{AdminSection, RouteRule, ServerSection, UpstreamSection, UserConfig};
+use super::user::{
+    AdminSection, CacheSection, RouteRule, ServerSection, UpstreamSection, UserConfig,
+};
 use super::{ConfigError, ConfigErrors};
 use crate::admin::AdminAccess;
 use crate::limits::LimitsPlan;
@@ -32,6 +34,40 @@ pub struct Plan {
     pub admin: AdminAccess,
     pub limits: LimitsPlan,
     pub waf: std::sync::Arc<crate::waf::Waf>,
+    pub cache: CachePlan,
+}
+
+/// `[cache]`, validated. See `crate::cache` for what each knob does.
+#[derive(Debug, Clone)]
+pub struct CachePlan {
+    /// Global switch; `false` turns every route's `cache` off.
+    pub enabled: bool,
+    /// Budget for stored entries (bodies, headers, keys, tags), in bytes.
+    pub max_size: u64,
+    /// Larger responses stream through uncached.
+    pub max_object_size: u64,
+    /// Keep `Cache-Tag` / `Surrogate-Key` on responses sent to clients.
+    pub expose_tags: bool,
+    /// Used when the origin's Cache-Control has no `stale-while-revalidate`.
+    pub stale_while_revalidate: Duration,
+    /// Used when the origin's Cache-Control has no `stale-if-error`.
+    pub stale_if_error: Duration,
+    /// Longest a request waits for another request filling the same key.
+    pub lock_timeout: Duration,
+}
+
+impl Default for CachePlan {
+    fn default() -> Self {
+        CachePlan {
+            enabled: true,
+            max_size: 256 << 20,
+            max_object_size: 8 << 20,
+            expose_tags: false,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::from_secs(60),
+            lock_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +132,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .map_err(|list| list.into_iter().for_each(|(k, r)| errs.push(k, r)))
         .unwrap_or_default();
     let waf = compile_waf(&mut errs, user.waf);
+    let cache = compile_cache(&mut errs, user.cache);
     let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     if user.route_rules.is_empty() {
         errs.push(
@@ -129,6 +166,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             admin,
             limits,
             waf: waf.ok_or_else(|| ConfigErrors(vec![]))?,
+            cache,
         })
     } else {
         Err(ConfigErrors(errs.list))
@@ -222,6 +260,46 @@ fn compile_waf(
             None
         }
     }
+}
+
+fn compile_cache(errs: &mut Errors, c: CacheSection) -> CachePlan {
+    let d = CachePlan::default();
+    let plan = CachePlan {
+        enabled: c.enabled.unwrap_or(d.enabled),
+        max_size: c.max_size.map_or(d.max_size, |b| b.0),
+        max_object_size: c.max_object_size.map_or(d.max_object_size, |b| b.0),
+        expose_tags: c.expose_tags.unwrap_or(d.expose_tags),
+        stale_while_revalidate: c
+            .stale_while_revalidate
+            .map_or(d.stale_while_revalidate, |v| v.0),
+        stale_if_error: c.stale_if_error.map_or(d.stale_if_error, |v| v.0),
+        lock_timeout: c.lock_timeout.map_or(d.lock_timeout, |v| v.0),
+    };
+    // The cache keeps whole bodies in memory; a budget below 64 KiB is a typo.
+    if plan.max_size < 64 * 1024 {
+        errs.push("cache.max_size", "must be at least 64KiB");
+    }
+    if plan.max_object_size == 0 || plan.max_object_size > plan.max_size {
+        errs.push(
+            "cache.max_object_size",
+            format!(
+                "must be between 1B and cache.max_size ({} bytes)",
+                plan.max_size
+            ),
+        );
+    }
+    if plan.lock_timeout.is_zero() {
+        errs.push("cache.lock_timeout", "must be greater than 0s");
+    }
+    for (key, v) in [
+        ("cache.stale_while_revalidate", plan.stale_while_revalidate),
+        ("cache.stale_if_error", plan.stale_if_error),
+    ] {
+        if v.as_secs() > u64::from(u32::MAX) {
+            errs.push(key, "too long");
+        }
+    }
+    plan
 }
 
 fn compile_cidrs(errs: &mut Errors, key: &str, list: Option<Vec<String>>) -> Vec<IpNet> {
@@ -350,6 +428,17 @@ fn compile_route(
             "a websocket route is never cached; remove `cache = true` or set `websocket = false`",
         );
     }
+    if r.cache_ttl.is_some() && (websocket || r.cache == Some(false)) {
+        errs.push(
+            format!("{key}.cache_ttl"),
+            "this route is never cached (cache = false or websocket = true)",
+        );
+    }
+    if r.cache_ttl
+        .is_some_and(|t| t.0.as_secs() > u64::from(u32::MAX))
+    {
+        errs.push(format!("{key}.cache_ttl"), "too long");
+    }
     let mut response_headers = Vec::with_capacity(r.headers.len());
     for (name, value) in &r.headers {
         let n = HeaderName::from_bytes(name.as_bytes());
@@ -378,6 +467,7 @@ fn compile_route(
             && !websocket
             && matches!(target, Some(RouteTarget::Proxy(_))),
         target: target?,
+        cache_ttl: r.cache_ttl.map(|d| d.0),
         websocket,
         websocket_idle_timeout: r
             .websocket_idle_timeout

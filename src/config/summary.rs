@@ -23,6 +23,18 @@ impl fmt::Display for Plan {
                 u.read_timeout
             )?;
         }
+        let c = &self.cache;
+        if c.enabled {
+            writeln!(
+                f,
+                "cache: max_size {} KiB, max_object_size {} KiB, stale-if-error {:?}",
+                c.max_size / 1024,
+                c.max_object_size / 1024,
+                c.stale_if_error
+            )?;
+        } else {
+            writeln!(f, "cache: off")?;
+        }
         writeln!(f, "routes (first match wins):")?;
         for r in self.routes.iter() {
             let host = match &r.host {

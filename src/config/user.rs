@@ -25,6 +25,21 @@ pub struct UserConfig {
     pub limits: LimitsSection,
     #[serde(default)]
     pub waf: crate::waf::config::WafSection,
+    #[serde(default)]
+    pub cache: CacheSection,
+}
+
+/// `[cache]`: the edge cache shared by every route with `cache = true`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    pub enabled: Option<bool>,
+    pub max_size: Option<ByteSize>,
+    pub max_object_size: Option<ByteSize>,
+    pub expose_tags: Option<bool>,
+    pub stale_while_revalidate: Option<HumanDuration>,
+    pub stale_if_error: Option<HumanDuration>,
+    pub lock_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -83,6 +98,7 @@ pub struct RouteRule {
     /// Directory the URL path is mapped under; relative to the config file.
     pub static_root: Option<String>,
     pub cache: Option<bool>,
+    pub cache_ttl: Option<HumanDuration>,
     pub websocket: Option<bool>,
     pub websocket_idle_timeout: Option<HumanDuration>,
     pub timeout: Option<HumanDuration>,

@@ -23,4 +23,6 @@ pub struct Ctx {
     pub limits: LimitsCtx,
     /// Web application firewall state (verdict, held-back body).
     pub waf: crate::waf::phase::WafState,
+    /// Edge cache state for this request.
+    pub cache: crate::cache::CacheCtx,
 }

@@ -16,6 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ipnet::IpNet;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::protocols::Digest;
@@ -28,6 +30,7 @@ use error_page::ErrorPages;
 use forwarded::Arrival;
 
 use crate::admin::{self, AdminAccess, Endpoint};
+use crate::cache::EdgeCache;
 use crate::config::Plan;
 use crate::limits::Limits;
 use crate::routing::{request_host, RouteTable, RouteTarget};
@@ -44,6 +47,7 @@ pub struct BextProxy {
     admin: AdminAccess,
     limits: Arc<Limits>,
     waf: std::sync::Arc<crate::waf::Waf>,
+    cache: EdgeCache,
 }
 
 impl BextProxy {
@@ -61,6 +65,7 @@ impl BextProxy {
             admin: plan.admin,
             limits,
             waf: plan.waf,
+            cache: EdgeCache::new(plan.cache),
         }
     }
 
@@ -115,6 +120,11 @@ impl BextProxy {
                     ctx.request_id.as_ref(),
                 )
                 .await
+            }
+            Endpoint::CachePurge => {
+                self.cache
+                    .purge_request(session, ctx.request_id.as_ref())
+                    .await
             }
             Endpoint::NotFound => {
                 let body = admin::error_body("no such admin endpoint");
@@ -210,6 +220,56 @@ impl ProxyHttp for BextProxy {
         waf::phase::on_body(&self.waf, session, body, end_of_stream, &mut ctx.waf, id)
     }
 
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let scheme = Self::arrival(session).scheme;
+        self.cache
+            .enable(session, &mut ctx.cache, ctx.route.as_deref(), scheme);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        Ok(EdgeCache::key(session, &ctx.cache))
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        EdgeCache::on_hit(&mut ctx.cache, is_fresh);
+        Ok(None)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(self.cache.admission(session, resp, &mut ctx.cache))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        EdgeCache::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        EdgeCache::serve_stale(&mut ctx.cache, error)
+    }
+
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
@@ -293,6 +353,7 @@ impl ProxyHttp for BextProxy {
         if let Some(id) = &ctx.request_id {
             upstream_request.insert_header(request_id::HEADER, id.clone())?;
         }
+        EdgeCache::scrub_upstream(upstream_request, &ctx.cache);
         Ok(())
     }
 
@@ -305,6 +366,7 @@ impl ProxyHttp for BextProxy {
         hop_by_hop::strip_response(resp);
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.upstream.response(resp, tls)?;
+        self.cache.finish_response(session, resp, &ctx.cache)?;
         if let Some(route) = &ctx.route {
             for (name, value) in &route.response_headers {
                 resp.insert_header(name.clone(), value.clone())?;

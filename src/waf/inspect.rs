@@ -371,9 +371,31 @@ pub(super) fn body(waf: &Waf, req: &Parts, data: &[u8], truncated: bool, v: &mut
         multipart(&mut pass, ct, data, truncated);
     } else if mime.ends_with(b"xml") {
         xml(&mut pass, data);
-    } else {
+    } else if !is_binary(mime, data) {
         pass.value(Kind::BodyValue, b"", data);
     }
+}
+
+/// Binary uploads (files, images, archives) are not text to scan: their bytes
+/// trip the protocol and injection rules by chance. A declared binary type, or
+/// no type with NUL bytes near the start, is passed uninspected (ModSecurity
+/// likewise only parses the body types it knows).
+fn is_binary(mime: &[u8], data: &[u8]) -> bool {
+    const BINARY_PREFIXES: [&[u8]; 6] = [
+        b"application/octet-stream",
+        b"image/",
+        b"audio/",
+        b"video/",
+        b"font/",
+        b"application/zip",
+    ];
+    if BINARY_PREFIXES.iter().any(|p| mime.starts_with(p))
+        || mime == b"application/pdf"
+        || mime == b"application/gzip"
+    {
+        return true;
+    }
+    mime.is_empty() && data[..data.len().min(1024)].contains(&0)
 }
 
 /// XML: text nodes and attribute values are inspected (like ModSecurity's

@@ -1,0 +1,224 @@
+//! The tag-addressable edge cache: what the proxy phases call.
+//!
+//! * `storage` — bounded in-memory [`pingora::cache::Storage`] with LRU
+//!   eviction, the tag and URL indexes, and the purge generation log;
+//! * `key` — scheme + Host + path + normalized query, and `Vary`;
+//! * `policy` — RFC 9111 storability and freshness;
+//! * `tags` — `Cache-Tag` / `Surrogate-Key` parsing and stripping;
+//! * `purge` — the `/__bext/cache/purge` API; `cli` — `bext cache purge`;
+//! * `status` — the `Cache-Status` header.
+//!
+//! This module owns no socket and decides nothing about routing: the proxy
+//! hands it the route and the session at each phase.
+
+pub mod cli;
+pub mod key;
+#[cfg(test)]
+mod measure;
+pub mod policy;
+pub mod purge;
+pub mod status;
+pub mod storage;
+pub mod tags;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::cache::key::{CacheHashKey, HashBinary};
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason, RespCacheable,
+};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource};
+
+use crate::config::CachePlan;
+use crate::routing::Route;
+use key::KeyParts;
+use policy::Refusal;
+use storage::{FillInfo, Store};
+
+/// Per-request cache state (a field of the proxy's `Ctx`).
+#[derive(Debug, Default)]
+pub struct CacheCtx {
+    /// The route caches: the response gets `Cache-Status`.
+    pub route_cacheable: bool,
+    /// Why the cache was not consulted for this request (`method`).
+    pub bypass: Option<&'static str>,
+    pub ttl_override: Option<Duration>,
+    /// Purge generation when the request started (see `storage`).
+    pub generation: u64,
+    pub key: Option<KeyParts>,
+    /// A stored entry was found: `Some(is_fresh)`.
+    pub found: Option<bool>,
+    /// The storage decision for the upstream response.
+    pub stored: Option<Result<(), Refusal>>,
+    /// A stale entry is being served because the upstream failed.
+    pub upstream_error: bool,
+}
+
+/// Request headers never forwarded on cacheable requests: some frameworks
+/// route by them, and they are not part of the key (cache poisoning).
+const UNKEYED_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
+pub struct EdgeCache {
+    store: &'static Store,
+    lock: &'static CacheKeyLockImpl,
+    plan: CachePlan,
+}
+
+impl EdgeCache {
+    /// Storage and lock are leaked: Pingora needs `&'static` ones. One per plan.
+    pub fn new(plan: CachePlan) -> EdgeCache {
+        let store = Store::leak(
+            usize::try_from(plan.max_size).unwrap_or(usize::MAX),
+            usize::try_from(plan.max_object_size).unwrap_or(usize::MAX),
+        );
+        let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(plan.lock_timeout));
+        EdgeCache { store, lock, plan }
+    }
+
+    pub fn store(&self) -> &'static Store {
+        self.store
+    }
+
+    /// `request_cache_filter`: enables the cache for GET/HEAD on cacheable routes.
+    pub fn enable(
+        &self,
+        session: &mut Session,
+        ctx: &mut CacheCtx,
+        route: Option<&Route>,
+        scheme: &'static str,
+    ) {
+        let Some(route) = route else { return };
+        if !self.plan.enabled || !route.cache || route.websocket {
+            return;
+        }
+        ctx.route_cacheable = true;
+        let req = session.req_header();
+        if req.method != http::Method::GET && req.method != http::Method::HEAD {
+            ctx.bypass = Some("method");
+            return;
+        }
+        if session.is_upgrade_req() {
+            ctx.bypass = Some("bypass");
+            return;
+        }
+        ctx.ttl_override = route.cache_ttl;
+        ctx.generation = self.store.generation();
+        ctx.key = Some(KeyParts::from_request(req, scheme));
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(self.plan.lock_timeout);
+        session
+            .cache
+            .enable(self.store, None, None, Some(self.lock), Some(overrides));
+    }
+
+    /// `cache_key_callback`.
+    pub fn key(session: &Session, ctx: &CacheCtx) -> CacheKey {
+        match &ctx.key {
+            Some(k) => k.cache_key(),
+            None => KeyParts::from_request(session.req_header(), "http").cache_key(),
+        }
+    }
+
+    /// `cache_hit_filter`: records what the lookup found. Purge correctness
+    /// does not depend on this hook (see `storage`), so it never forces a miss.
+    pub fn on_hit(ctx: &mut CacheCtx, is_fresh: bool) {
+        ctx.found = Some(is_fresh);
+    }
+
+    /// `response_cache_filter`.
+    pub fn admission(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut CacheCtx,
+    ) -> RespCacheable {
+        let decision = policy::decide(session.req_header(), resp, ctx.ttl_override, &self.plan);
+        match (decision, &ctx.key) {
+            (Ok((mut meta, tags)), Some(parts)) => {
+                let info = FillInfo {
+                    generation: ctx.generation,
+                    primary: parts.primary_hash(),
+                    host: parts.host.clone().into_boxed_str(),
+                    path: parts.path.clone().into_boxed_str(),
+                    tags: tags.into_boxed_slice(),
+                };
+                meta.extensions_mut().insert(Arc::new(info));
+                ctx.stored = Some(Ok(()));
+                RespCacheable::Cacheable(meta)
+            }
+            (Ok(_), None) => RespCacheable::Uncacheable(NoCacheReason::InternalError),
+            (Err(r), _) => {
+                ctx.stored = Some(Err(r));
+                RespCacheable::Uncacheable(NoCacheReason::Custom(r.as_str()))
+            }
+        }
+    }
+
+    /// `cache_vary_filter`.
+    pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+        key::variance(meta, req)
+    }
+
+    /// `should_serve_stale`: stale-while-revalidate whenever the entry's window
+    /// allows (Pingora checks it), stale-if-error for any failure not caused
+    /// by the client, including "no healthy node".
+    pub fn serve_stale(ctx: &mut CacheCtx, error: Option<&Error>) -> bool {
+        match error {
+            None => true,
+            Some(e) if *e.esource() == ErrorSource::Downstream => false,
+            Some(_) => {
+                ctx.upstream_error = true;
+                true
+            }
+        }
+    }
+
+    /// `upstream_request_filter`: drops unkeyed routing overrides.
+    pub fn scrub_upstream(req: &mut RequestHeader, ctx: &CacheCtx) {
+        if ctx.key.is_some() {
+            for h in UNKEYED_OVERRIDES {
+                req.remove_header(h);
+            }
+        }
+    }
+
+    /// `response_filter`: strips tags, adds `Cache-Status`.
+    pub fn finish_response(
+        &self,
+        session: &Session,
+        resp: &mut ResponseHeader,
+        ctx: &CacheCtx,
+    ) -> pingora::Result<()> {
+        if !self.plan.expose_tags {
+            tags::strip(resp);
+        }
+        if !ctx.route_cacheable {
+            return Ok(());
+        }
+        let cache = &session.cache;
+        let phase = cache.phase();
+        // The key is only certain to be set in these phases (`cache_key()` panics otherwise).
+        let keyed = matches!(phase, CachePhase::Miss | CachePhase::Expired);
+        let observed = status::Observed {
+            phase,
+            meta: cache.maybe_cache_meta(),
+            vary_lookup: keyed && cache.cache_key().variance_bin().is_some(),
+            status: resp.status.as_u16(),
+        };
+        resp.insert_header(status::HEADER, status::render(&observed, ctx))?;
+        Ok(())
+    }
+
+    /// `POST /__bext/cache/purge` (already authorized).
+    pub async fn purge_request(
+        &self,
+        session: &mut Session,
+        request_id: Option<&http::HeaderValue>,
+    ) -> pingora::Result<()> {
+        purge::handle(session, self.store, request_id).await
+    }
+}
