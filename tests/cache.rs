@@ -3,7 +3,6 @@
 
 mod cache_support;
 // The shared harness predates this clippy lint; it is not ours to rewrite.
-#[allow(clippy::collapsible_match)]
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
