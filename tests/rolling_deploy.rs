@@ -3,7 +3,6 @@
 //! keep sending requests, and none of them fails.
 
 mod common;
-#[allow(dead_code)]
 mod upstream_support;
 
 use std::path::Path;
