@@ -55,7 +55,7 @@ async fn rolling_deploy_restarts_every_node_without_failed_requests() {
         "touch {marker}/restart-$NODE; while [ ! -e {marker}/done-$NODE ]; do sleep 0.1; done"
     );
     let script = repo_path("scripts/rolling-deploy.sh");
-    let mut deploy = tokio::process::Command::new(script)
+    let deploy = tokio::process::Command::new(script)
         .args([
             "--admin",
             &base,
@@ -66,6 +66,7 @@ async fn rolling_deploy_restarts_every_node_without_failed_requests() {
             "--timeout",
             "60",
         ])
+        .args(["--purge-tag", "layout"])
         .args(["web-1", "web-2", "web-3"])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -95,11 +96,17 @@ async fn rolling_deploy_restarts_every_node_without_failed_requests() {
         node.revive().await;
         std::fs::write(dir.path().join(format!("done-{}", node.id())), b"").unwrap();
     }
-    let status = tokio::time::timeout(Duration::from_secs(120), deploy.wait())
+    let out = tokio::time::timeout(Duration::from_secs(120), deploy.wait_with_output())
         .await
         .expect("deploy finishes")
         .unwrap();
-    assert!(status.success(), "rolling-deploy.sh failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "rolling-deploy.sh failed:\n{stdout}");
+    // The last step purged the tag through the cache API.
+    assert!(
+        stdout.contains("purging cache tags layout: {\"purged\":"),
+        "{stdout}"
+    );
     stop.store(true, Ordering::Relaxed);
     for l in load {
         l.await.unwrap();
