@@ -2,13 +2,16 @@
 //!
 //! `config` turns `bext.config.toml` into a [`config::Plan`]; `server` runs the
 //! Pingora server for a plan; `proxy` is the request pipeline; `routing` and
-//! `upstream` decide where each request goes.
+//! `upstream` decide where each request goes; `tls` terminates HTTPS and
+//! `h3` bridges HTTP/3 into the same pipeline.
 
 pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod demo_origin;
+pub mod h3;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -55,17 +55,31 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     server.bootstrap();
 
     let listen = plan.server.listen.clone();
-    let mut proxy =
-        http_proxy_service_with_name(&server.configuration, BextProxy::new(plan), "bext proxy");
+    let tls = plan.tls.clone();
+    let h2c = plan.server.h2c;
+    let app = BextProxy::new(plan);
+    // The HTTP/3 sidecar runs its own HttpProxy over a clone of the same state.
+    let h3 = match tls.as_ref().filter(|t| t.http3) {
+        Some(t) => Some(crate::h3::service(&server.configuration, app.clone(), t)?),
+        None => None,
+    };
+    let mut proxy = http_proxy_service_with_name(&server.configuration, app, "bext proxy");
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }
+    crate::tls::configure(&mut proxy, tls.as_ref(), h2c)?;
     server.add_service(proxy);
+    if let Some(h3) = h3 {
+        server.add_service(h3);
+    }
     log::info!(
         "bext {} listening on {}",
         env!("CARGO_PKG_VERSION"),
         listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
     );
+    if let Some(t) = &tls {
+        crate::tls::log_listeners(t);
+    }
     server.run_forever()
 }
 

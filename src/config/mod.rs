@@ -4,6 +4,7 @@
 
 mod plan;
 mod summary;
+mod tls;
 pub mod units;
 mod user;
 

@@ -14,6 +14,7 @@ use super::user::{AdminSection, RouteRule, ServerSection, UpstreamSection, UserC
 use crate::admin::AdminAccess;
 use super::{ConfigError, ConfigErrors};
 use crate::routing::{HostMatch, Pattern, Route, RouteTable};
+use crate::tls::TlsPlan;
 
 /// The largest `server.error_page` we load: it is held in memory and sent on every 5xx.
 const MAX_ERROR_PAGE: u64 = 1 << 20;
@@ -26,6 +27,8 @@ pub struct Plan {
     pub upstreams: Vec<UpstreamPlan>,
     pub routes: RouteTable,
     pub admin: AdminAccess,
+    /// `[tls]`, when present: HTTPS listeners, certificates, HTTP/3, edge HTTPS.
+    pub tls: Option<TlsPlan>,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +48,8 @@ pub struct ServerPlan {
     pub user: Option<String>,
     pub group: Option<String>,
     pub keepalive_pool_size: usize,
+    /// Accept cleartext HTTP/2 (prior knowledge) on `listen`.
+    pub h2c: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -59,13 +64,18 @@ pub struct UpstreamPlan {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-struct Errors<'a> {
+pub(super) struct Errors<'a> {
     file: &'a Path,
     list: Vec<ConfigError>,
 }
 
 impl Errors<'_> {
-    fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+    /// Problems found so far (to tell whether a section added any).
+    pub(super) fn count(&self) -> usize {
+        self.list.len()
+    }
+
+    pub(super) fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.list.push(ConfigError {
             file: self.file.to_path_buf(),
             key: key.into(),
@@ -84,6 +94,9 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .map(|(name, u)| compile_upstream(&mut errs, name, u))
         .collect();
     let admin = compile_admin(&mut errs, user.admin);
+    let tls = user
+        .tls
+        .and_then(|t| super::tls::compile(&mut errs, base, t, &server.listen));
     let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     if user.route_rules.is_empty() {
         errs.push(
@@ -104,6 +117,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             upstreams,
             routes: RouteTable::new(routes),
             admin,
+            tls,
         })
     } else {
         Err(ConfigErrors(errs.list))
@@ -172,6 +186,7 @@ fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPla
         user: s.user,
         group: s.group,
         keepalive_pool_size: s.keepalive_pool_size.unwrap_or(128),
+        h2c: s.h2c.unwrap_or(false),
     }
 }
 

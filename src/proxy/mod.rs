@@ -10,6 +10,7 @@ mod hop_by_hop;
 pub mod request_id;
 mod tunnel;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,22 +27,29 @@ use forwarded::Arrival;
 use crate::admin::{self, AdminAccess, Endpoint};
 use crate::config::Plan;
 use crate::routing::{request_host, RouteTable};
+use crate::tls::{self, EdgePolicy};
 use crate::upstream::Pool;
 
+/// `Clone` shares every piece of state (fields are `Arc`s or immutable
+/// values): the HTTP/3 sidecar runs a clone in its own `HttpProxy`, and both
+/// must see the same pools, counters and caches. Keep new fields that way.
+#[derive(Clone)]
 pub struct BextProxy {
-    routes: RouteTable,
-    pools: Vec<Pool>,
+    routes: Arc<RouteTable>,
+    pools: Arc<[Pool]>,
     trusted_proxies: Vec<IpNet>,
     client_timeout: Duration,
     pages: ErrorPages,
     admin: AdminAccess,
+    edge: EdgePolicy,
 }
 
 impl BextProxy {
     pub fn new(plan: Plan) -> BextProxy {
         BextProxy {
+            edge: EdgePolicy::new(plan.tls.as_ref()),
             pools: plan.upstreams.iter().map(Pool::new).collect(),
-            routes: plan.routes,
+            routes: Arc::new(plan.routes),
             trusted_proxies: plan.server.trusted_proxies,
             client_timeout: plan.server.client_timeout,
             pages: ErrorPages::new(plan.server.error_page),
@@ -74,7 +82,7 @@ impl BextProxy {
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip().to_canonical()),
-            scheme: "http",
+            scheme: tls::scheme(session),
             local_port: session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()),
         }
     }
@@ -91,6 +99,10 @@ impl ProxyHttp for BextProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
         ctx.request_id = Some(request_id::from_client(req.headers.get(request_id::HEADER)));
+        if self.edge.redirect_plain(session, &self.admin).await? {
+            return Ok(true);
+        }
+        let req = session.req_header();
         if admin::is_admin_path(req.uri.path()) {
             self.admin_request(session, ctx).await?;
             return Ok(true);
@@ -133,11 +145,12 @@ impl ProxyHttp for BextProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         hop_by_hop::strip_response(resp);
+        self.edge.decorate(session, resp)?;
         if let Some(route) = &ctx.route {
             for (name, value) in &route.response_headers {
                 resp.insert_header(name.clone(), value.clone())?;
