@@ -147,8 +147,14 @@ mod tests {
 
     #[test]
     fn endpoints_are_matched_by_method_and_path() {
-        assert_eq!(endpoint(&http::Method::GET, "/__bext/health"), Endpoint::Health);
-        assert_eq!(endpoint(&http::Method::POST, "/__bext/health"), Endpoint::NotFound);
+        assert_eq!(
+            endpoint(&http::Method::GET, "/__bext/health"),
+            Endpoint::Health
+        );
+        assert_eq!(
+            endpoint(&http::Method::POST, "/__bext/health"),
+            Endpoint::NotFound
+        );
         assert!(is_admin_path("/__bext/cache/purge"));
         assert!(!is_admin_path("/__bextra"));
     }

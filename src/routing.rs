@@ -25,8 +25,12 @@ impl Pattern {
         if !s.starts_with('/') {
             return Err(format!("pattern \"{s}\" must start with \"/\""));
         }
-        if s.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-            return Err(format!("pattern \"{s}\" contains whitespace or control characters"));
+        if s.bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(format!(
+                "pattern \"{s}\" contains whitespace or control characters"
+            ));
         }
         if s == "/*" {
             return Ok(Pattern::Any);

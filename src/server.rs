@@ -75,7 +75,11 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     log::info!(
         "bext {} listening on {}",
         env!("CARGO_PKG_VERSION"),
-        listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     if let Some(t) = &tls {
         crate::tls::log_listeners(t);

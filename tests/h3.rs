@@ -2,6 +2,7 @@
 //! headers, forwarded headers with the real client address, admin access by
 //! address, streaming bodies both ways, and junk datagrams are ignored.
 
+#[allow(clippy::collapsible_match)] // in the shared harness, not ours
 mod common;
 mod tls_support;
 
@@ -90,7 +91,10 @@ async fn h3_get_runs_the_route_rules_with_the_real_client_address() {
     let r = h3_get(&mut c.send, "https://a.test/tagged/x?y=1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.header("x-route").as_deref(), Some("tagged"));
-    assert_eq!(r.header("strict-transport-security").as_deref(), Some("max-age=600"));
+    assert_eq!(
+        r.header("strict-transport-security").as_deref(),
+        Some("max-age=600")
+    );
     assert_eq!(
         r.header("alt-svc"),
         Some(format!("h3=\":{}\"; ma=86400", f.addr.port()))
@@ -99,8 +103,14 @@ async fn h3_get_runs_the_route_rules_with_the_real_client_address() {
     assert_eq!(echo["path"], "/tagged/x");
     assert_eq!(echo["query"], "y=1");
     assert_eq!(header_pairs(&echo, "x-forwarded-proto"), ["https"]);
-    assert_eq!(header_pairs(&echo, "x-forwarded-for"), [c.local.ip().to_string()]);
-    assert_eq!(header_pairs(&echo, "x-forwarded-port"), [f.addr.port().to_string()]);
+    assert_eq!(
+        header_pairs(&echo, "x-forwarded-for"),
+        [c.local.ip().to_string()]
+    );
+    assert_eq!(
+        header_pairs(&echo, "x-forwarded-port"),
+        [f.addr.port().to_string()]
+    );
     assert_eq!(header_pairs(&echo, "host"), ["a.test"]);
 
     // The admin API decides by client address: loopback over QUIC is allowed,
@@ -124,12 +134,16 @@ async fn h3_streams_a_10_mb_upload_and_a_5_mb_download() {
         .header("content-type", "application/octet-stream")
         .body(())
         .unwrap();
-    let r = h3_request(&mut c.send, req, Some(body)).await.expect("upload");
+    let r = h3_request(&mut c.send, req, Some(body))
+        .await
+        .expect("upload");
     assert_eq!(r.status(), 200);
     assert_eq!(&r.body[..], UP.to_string().as_bytes());
 
     // Without content-length (the bridge sends it chunked to the pipeline).
-    let req = Request::post("https://a.test/files/upload").body(()).unwrap();
+    let req = Request::post("https://a.test/files/upload")
+        .body(())
+        .unwrap();
     let r = h3_request(&mut c.send, req, Some(Bytes::from(vec![7u8; 300_000])))
         .await
         .expect("upload");
@@ -190,10 +204,8 @@ async fn quic_garbage_datagrams_are_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the edge cache (Cache-Status) from the cache issue"]
 async fn h3_second_get_of_a_cacheable_path_is_a_cache_hit() {
-    let f = start(
-        "[[route_rules]]\npattern = \"/cached/*\"\nproxy = \"app\"\ncache = true\n",
-    )
-    .await;
+    let f =
+        start("[[route_rules]]\npattern = \"/cached/*\"\nproxy = \"app\"\ncache = true\n").await;
     let mut c = h3_connect_ready(f.addr, "a.test", &[&f.cert]).await;
     let url = "https://a.test/cached/page?set=Cache-Control:public,max-age=60";
     let first = h3_get(&mut c.send, url).await;
@@ -211,7 +223,11 @@ async fn h3_second_get_of_a_cacheable_path_is_a_cache_hit() {
 async fn h3_waf_blocked_request_gets_403() {
     let f = start("").await;
     let mut c = h3_connect_ready(f.addr, "a.test", &[&f.cert]).await;
-    let r = h3_get(&mut c.send, "https://a.test/search?q=%3Cscript%3Ealert(1)%3C/script%3E").await;
+    let r = h3_get(
+        &mut c.send,
+        "https://a.test/search?q=%3Cscript%3Ealert(1)%3C/script%3E",
+    )
+    .await;
     assert_eq!(r.status(), 403);
     assert!(f.origin.requests_to("/search").is_empty());
 }

@@ -2,6 +2,7 @@
 //! streams, HTTP/1.1 over TLS, the plain-listener redirect, HSTS and Alt-Svc,
 //! h2c, and X-Forwarded-Proto https towards the origin.
 
+#[allow(clippy::collapsible_match)] // in the shared harness, not ours
 mod common;
 mod tls_support;
 
@@ -101,9 +102,11 @@ async fn each_sni_name_gets_its_own_certificate() {
         .expect("handshake with the default certificate");
     assert_eq!(peer_leaf(&s), f.a.der);
     // ...which a verifying client then refuses (name mismatch).
-    assert!(tls_connect(f.tls, "unknown.test", client_config(&roots, alpn))
-        .await
-        .is_err());
+    assert!(
+        tls_connect(f.tls, "unknown.test", client_config(&roots, alpn))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,9 +139,13 @@ async fn without_a_default_certificate_unknown_names_fail_the_handshake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_h2_multiplexes_100_concurrent_streams() {
     let f = start("", "").await;
-    let s = tls_connect(f.tls, "a.test", client_config(&[&f.a], &[b"h2", b"http/1.1"]))
-        .await
-        .unwrap();
+    let s = tls_connect(
+        f.tls,
+        "a.test",
+        client_config(&[&f.a], &[b"h2", b"http/1.1"]),
+    )
+    .await
+    .unwrap();
     assert_eq!(alpn(&s).as_deref(), Some(&b"h2"[..]));
     let send = h2_handshake(s).await;
     let mut tasks = Vec::new();
@@ -155,7 +162,10 @@ async fn alpn_h2_multiplexes_100_concurrent_streams() {
         assert_eq!(&body[..], b"slow done");
     }
     let seen = f.origin.requests();
-    assert_eq!(seen.iter().filter(|r| r.path.starts_with("/h2/")).count(), 100);
+    assert_eq!(
+        seen.iter().filter(|r| r.path.starts_with("/h2/")).count(),
+        100
+    );
     for r in seen.iter().filter(|r| r.path.starts_with("/h2/")) {
         assert_eq!(r.header("x-forwarded-proto").as_deref(), Some("https"));
         assert_eq!(r.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
@@ -225,7 +235,10 @@ async fn plain_listener_redirects_and_tls_responses_carry_hsts_and_alt_svc() {
         resp.headers()["strict-transport-security"],
         "max-age=31536000; includeSubDomains"
     );
-    assert_eq!(resp.headers()["alt-svc"], format!("h3=\":{port}\"; ma=86400"));
+    assert_eq!(
+        resp.headers()["alt-svc"],
+        format!("h3=\":{port}\"; ma=86400")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +248,11 @@ async fn redirect_status_301_and_no_host_is_a_400() {
     assert_eq!(r.status, 301);
     let r = raw_request(f.bext.addr(), b"GET /a HTTP/1.0\r\n\r\n").await;
     assert_eq!(r.status, 400);
-    let r = raw_request(f.bext.addr(), b"GET /a HTTP/1.1\r\nHost: evil.test/x\r\n\r\n").await;
+    let r = raw_request(
+        f.bext.addr(),
+        b"GET /a HTTP/1.1\r\nHost: evil.test/x\r\n\r\n",
+    )
+    .await;
     assert_eq!(r.status, 400);
 }
 

@@ -2,6 +2,7 @@
 //! errors, and plain HTTP on the TLS port, handshake garbage, HTTP/2 rapid
 //! resets and header floods neither crash bext nor stop it serving others.
 
+#[allow(clippy::collapsible_match)] // in the shared harness, not ours
 mod common;
 mod tls_support;
 
@@ -14,7 +15,13 @@ use tls_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn config(plain: u16, tls_port: u16, cert: &TestCert, key: &TestCert, origin: SocketAddr) -> String {
+fn config(
+    plain: u16,
+    tls_port: u16,
+    cert: &TestCert,
+    key: &TestCert,
+    origin: SocketAddr,
+) -> String {
     format!(
         "[server]\nlisten = [\"127.0.0.1:{plain}\"]\nthreads = 2\n\
          [tls]\nlisten = [\"127.0.0.1:{tls_port}\"]\ncert = \"{}\"\nkey = \"{}\"\n\
@@ -57,7 +64,9 @@ async fn still_serves(f: &mut Fixture) {
         .await
         .expect("handshake after abuse");
     let send = h2_handshake(s).await;
-    let (resp, _) = h2_get(&send, "https://a.test/still-ok").await.expect("h2 get");
+    let (resp, _) = h2_get(&send, "https://a.test/still-ok")
+        .await
+        .expect("h2 get");
     assert_eq!(resp.status(), 200);
 }
 
@@ -78,7 +87,10 @@ fn check_names_missing_and_mismatched_certificate_files() {
         let path = dir.join("bext.toml");
         std::fs::write(&path, toml).unwrap();
         let out = run_bext(&["check", "-c", path.to_str().unwrap()]);
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let origin: SocketAddr = "127.0.0.1:4000".parse().unwrap();
 
@@ -105,7 +117,9 @@ fn check_names_missing_and_mismatched_certificate_files() {
 async fn plain_http_on_the_tls_port_gets_no_http_answer() {
     let mut f = start().await;
     let mut s = TcpStream::connect(f.tls).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
     let got = read_some(&mut s).await;
     assert!(
         !got.starts_with(b"HTTP/1.1 200"),
@@ -128,7 +142,9 @@ async fn handshake_garbage_is_dropped() {
     }
     let inputs: Vec<Vec<u8>> = vec![
         junk,
-        vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03],
+        vec![
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ],
         vec![0x16, 0x03, 0x03, 0xff, 0xff, 0x01],
         vec![],
     ];

@@ -88,7 +88,10 @@ fn parse(path: &Path, text: &str) -> Result<user::UserConfig, ConfigError> {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
     (line, col)
 }
 
@@ -117,15 +120,23 @@ mod tests {
     #[test]
     fn unknown_key_is_named_with_its_path() {
         let e = errs(&format!("[server]\nlisten_on = 1\n{UP}{ROUTE}"));
-        assert!(e[0].starts_with("/etc/bext/t.toml: server.listen_on: unknown field"), "{e:?}");
+        assert!(
+            e[0].starts_with("/etc/bext/t.toml: server.listen_on: unknown field"),
+            "{e:?}"
+        );
         let e = errs(&format!("{UP}{ROUTE}cahce = false\n"));
         assert!(e[0].contains("route_rules[0].cahce"), "{e:?}");
     }
 
     #[test]
     fn unknown_upstream_is_an_error() {
-        let e = errs(&format!("{UP}[[route_rules]]\npattern = \"/*\"\nproxy = \"phenix\"\n"));
-        assert!(e[0].contains("route_rules[0].proxy: unknown upstream \"phenix\""), "{e:?}");
+        let e = errs(&format!(
+            "{UP}[[route_rules]]\npattern = \"/*\"\nproxy = \"phenix\"\n"
+        ));
+        assert!(
+            e[0].contains("route_rules[0].proxy: unknown upstream \"phenix\""),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -133,10 +144,17 @@ mod tests {
         let e = errs(&format!(
             "[upstreams.phoenix]\nnodes = [\"127.0.0.1:4000\"]\nconnect_timeout = \"abc\"\n{ROUTE}"
         ));
-        assert!(e[0].contains("upstreams.phoenix.connect_timeout: invalid duration"), "{e:?}");
-        let e = errs(&format!("[upstreams.phoenix]\nnodes = [\"localhost:abc\"]\n{ROUTE}"));
+        assert!(
+            e[0].contains("upstreams.phoenix.connect_timeout: invalid duration"),
+            "{e:?}"
+        );
+        let e = errs(&format!(
+            "[upstreams.phoenix]\nnodes = [\"localhost:abc\"]\n{ROUTE}"
+        ));
         assert!(e[0].contains("upstreams.phoenix.nodes[0]:"), "{e:?}");
-        let e = errs(&format!("[server]\ntrusted_proxies = [\"10.0.0.0/99\"]\n{UP}{ROUTE}"));
+        let e = errs(&format!(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/99\"]\n{UP}{ROUTE}"
+        ));
         assert!(e[0].contains("server.trusted_proxies[0]:"), "{e:?}");
     }
 

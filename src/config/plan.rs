@@ -11,8 +11,8 @@ use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use super::user::{AdminSection, RouteRule, ServerSection, UpstreamSection, UserConfig};
-use crate::admin::AdminAccess;
 use super::{ConfigError, ConfigErrors};
+use crate::admin::AdminAccess;
 use crate::routing::{HostMatch, Pattern, Route, RouteTable};
 use crate::tls::TlsPlan;
 
@@ -137,7 +137,9 @@ fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPla
             Err(_) => {
                 errs.push(
                     format!("server.listen[{i}]"),
-                    format!("\"{a}\" is not an IP:port address (e.g. \"0.0.0.0:8080\", \"[::]:8080\")"),
+                    format!(
+                        "\"{a}\" is not an IP:port address (e.g. \"0.0.0.0:8080\", \"[::]:8080\")"
+                    ),
                 );
                 None
             }
@@ -246,7 +248,10 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
 fn compile_upstream(errs: &mut Errors, name: String, u: UpstreamSection) -> UpstreamPlan {
     let key = format!("upstreams.{name}");
     if u.nodes.is_empty() {
-        errs.push(format!("{key}.nodes"), "at least one node address is required");
+        errs.push(
+            format!("{key}.nodes"),
+            "at least one node address is required",
+        );
     }
     let nodes = u
         .nodes
@@ -277,10 +282,14 @@ fn resolve_node(a: &str) -> Result<SocketAddr, String> {
         return Ok(addr);
     }
     let Some((host, port)) = a.rsplit_once(':') else {
-        return Err(format!("\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"));
+        return Err(format!(
+            "\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"
+        ));
     };
     if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"));
+        return Err(format!(
+            "\"{a}\" is not HOST:PORT (e.g. \"127.0.0.1:4000\")"
+        ));
     }
     match a.to_socket_addrs() {
         Ok(mut it) => it

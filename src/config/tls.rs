@@ -222,23 +222,39 @@ mod tests {
         )
         .unwrap_err();
         let all = e.join("\n");
-        assert!(all.contains("tls.listen[0]: 127.0.0.1:8080 is also in server.listen"), "{all}");
+        assert!(
+            all.contains("tls.listen[0]: 127.0.0.1:8080 is also in server.listen"),
+            "{all}"
+        );
         assert!(all.contains("tls.key: the private key in"), "{all}");
-        assert!(all.contains("tls.certificates[0].cert: cannot read"), "{all}");
+        assert!(
+            all.contains("tls.certificates[0].cert: cannot read"),
+            "{all}"
+        );
         assert!(all.contains("tls.redirect_status: 302"), "{all}");
-        assert!(all.contains("tls.hsts: \"preload\" has no max-age"), "{all}");
-        assert!(e.iter().all(|l| l.starts_with(&dir.path().join("bext.toml").display().to_string())));
+        assert!(
+            all.contains("tls.hsts: \"preload\" has no max-age"),
+            "{all}"
+        );
+        assert!(e
+            .iter()
+            .all(|l| l.starts_with(&dir.path().join("bext.toml").display().to_string())));
     }
 
     #[test]
     fn tls_without_certificates_or_listen_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let e = compile_in(dir.path(), "[tls]\nhttp3 = true\n").unwrap_err().join("\n");
-        assert!(e.contains("tls.listen: missing"), "{e}");
-        assert!(e.contains("tls: no certificate"), "{e}");
-        let e = compile_in(dir.path(), "[tls]\nlisten = [\"127.0.0.1:1\"]\ncert = \"x\"\n")
+        let e = compile_in(dir.path(), "[tls]\nhttp3 = true\n")
             .unwrap_err()
             .join("\n");
+        assert!(e.contains("tls.listen: missing"), "{e}");
+        assert!(e.contains("tls: no certificate"), "{e}");
+        let e = compile_in(
+            dir.path(),
+            "[tls]\nlisten = [\"127.0.0.1:1\"]\ncert = \"x\"\n",
+        )
+        .unwrap_err()
+        .join("\n");
         assert!(e.contains("tls.key: missing"), "{e}");
     }
 }

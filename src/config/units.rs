@@ -70,7 +70,8 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bad = || format!("invalid byte size \"{s}\": expected e.g. \"512MiB\", \"8KiB\", \"100MB\"");
+    let bad =
+        || format!("invalid byte size \"{s}\": expected e.g. \"512MiB\", \"8KiB\", \"100MB\"");
     let n: f64 = num.parse().map_err(|_| bad())?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "b" => 1,
@@ -82,7 +83,11 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
         "gib" => 1 << 30,
         "t" | "tb" => 1_000_000_000_000,
         "tib" => 1 << 40,
-        "" => return Err(format!("invalid byte size \"{s}\": a unit is required (e.g. \"{num}KiB\")")),
+        "" => {
+            return Err(format!(
+                "invalid byte size \"{s}\": a unit is required (e.g. \"{num}KiB\")"
+            ))
+        }
         _ => return Err(bad()),
     };
     let bytes = n * mult as f64;
@@ -102,7 +107,9 @@ mod tests {
         assert_eq!(parse_duration("1m 30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("30").unwrap_err().contains("unit"));
-        assert!(parse_duration("abc").unwrap_err().contains("invalid duration"));
+        assert!(parse_duration("abc")
+            .unwrap_err()
+            .contains("invalid duration"));
     }
 
     #[test]

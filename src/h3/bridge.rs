@@ -46,7 +46,13 @@ impl BridgeStream {
         BridgeStream {
             inner,
             socket: Arc::new(socket),
-            ssl: Arc::new(SslDigest::new(H3_CIPHER, H3_TLS_VERSION, None, None, vec![])),
+            ssl: Arc::new(SslDigest::new(
+                H3_CIPHER,
+                H3_TLS_VERSION,
+                None,
+                None,
+                vec![],
+            )),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed) & i32::MAX,
         }
     }

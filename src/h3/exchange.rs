@@ -67,17 +67,34 @@ pub async fn run(req: Request<()>, stream: H3Stream, route: Route) -> Result<(),
     let (mut send, mut recv) = stream.split();
     if req.method() == Method::CONNECT {
         // No extended CONNECT (WebSocket over HTTP/3) and no tunnels.
-        return respond_plain(&mut send, StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported over HTTP/3\n").await;
+        return respond_plain(
+            &mut send,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported over HTTP/3\n",
+        )
+        .await;
     }
     let declared = content_length(req.headers());
     // Peek at the body: a GET usually ends with its HEADERS frame, and an
     // empty body must not reach Phoenix as a chunked one.
     let first = match tokio::time::timeout(FIRST_BODY_WAIT, recv.recv_data()).await {
         Ok(first) => first?.map(|mut b| b.copy_to_bytes(b.remaining())),
-        Err(_) => return respond_plain(&mut send, StatusCode::REQUEST_TIMEOUT, "request body timed out\n").await,
+        Err(_) => {
+            return respond_plain(
+                &mut send,
+                StatusCode::REQUEST_TIMEOUT,
+                "request body timed out\n",
+            )
+            .await
+        }
     };
     if first.is_none() && declared.is_some_and(|n| n > 0) {
-        return respond_plain(&mut send, StatusCode::BAD_REQUEST, "request body shorter than content-length\n").await;
+        return respond_plain(
+            &mut send,
+            StatusCode::BAD_REQUEST,
+            "request body shorter than content-length\n",
+        )
+        .await;
     }
     let (body, pump) = match first {
         None => (Empty::new().map_err(|e| match e {}).boxed_unsync(), None),
@@ -100,9 +117,18 @@ pub async fn run(req: Request<()>, stream: H3Stream, route: Route) -> Result<(),
 }
 
 /// The HTTP/1.1 leg: request out, response back to the HTTP/3 client.
-async fn forward(req: Request<()>, body: Body, send: &mut H3Send, route: &Route) -> Result<(), ExchangeError> {
+async fn forward(
+    req: Request<()>,
+    body: Body,
+    send: &mut H3Send,
+    route: &Route,
+) -> Result<(), ExchangeError> {
     let (client_io, server_io) = tokio::io::duplex(PIPE_BUFFER);
-    let session = ServerSession::new_http1(Box::new(BridgeStream::new(server_io, route.peer, route.local)));
+    let session = ServerSession::new_http1(Box::new(BridgeStream::new(
+        server_io,
+        route.peer,
+        route.local,
+    )));
     let (proxy, shutdown) = (route.proxy.clone(), route.shutdown.clone());
     tokio::spawn(async move {
         // One request per pipe: the stream handed back for keep-alive is dropped.
@@ -154,7 +180,11 @@ async fn forward(req: Request<()>, body: Body, send: &mut H3Send, route: &Route)
 }
 
 /// Copies the client's body into the pipe, a few chunks ahead at most.
-async fn pump_request_body(mut recv: H3Recv, first: Bytes, tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>) {
+async fn pump_request_body(
+    mut recv: H3Recv,
+    first: Bytes,
+    tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+) {
     if tx.send(Ok(Frame::data(first))).await.is_err() {
         recv.stop_sending(Code::H3_NO_ERROR);
         return;
@@ -185,7 +215,9 @@ fn to_http1(req: Request<()>, body: Body) -> Request<Body> {
     let authority = parts.uri.authority().cloned();
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     // A path_and_query always parses as a URI; "/" is the fallback.
-    parts.uri = target.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    parts.uri = target
+        .parse()
+        .unwrap_or_else(|_| http::Uri::from_static("/"));
     parts.version = http::Version::HTTP_11;
     strip_connection_headers(&mut parts.headers);
     join_cookies(&mut parts.headers);
@@ -246,7 +278,11 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// A short response written by the bridge itself (never reaches Phoenix).
-async fn respond_plain(send: &mut H3Send, status: StatusCode, body: &'static str) -> Result<(), ExchangeError> {
+async fn respond_plain(
+    send: &mut H3Send,
+    status: StatusCode,
+    body: &'static str,
+) -> Result<(), ExchangeError> {
     let resp = Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")

@@ -118,14 +118,20 @@ impl BackgroundService for H3Sidecar {
 
 /// Binds the UDP socket, retrying while another process (the one being
 /// upgraded) still holds it.
-async fn bind(addr: SocketAddr, config: &quinn::ServerConfig, shutdown: &mut ShutdownWatch) -> Option<quinn::Endpoint> {
+async fn bind(
+    addr: SocketAddr,
+    config: &quinn::ServerConfig,
+    shutdown: &mut ShutdownWatch,
+) -> Option<quinn::Endpoint> {
     let mut attempts = 0u32;
     loop {
         match quinn::Endpoint::server(config.clone(), addr) {
             Ok(ep) => return Some(ep),
             Err(e) => {
                 if attempts % 20 == 0 {
-                    log::warn!("http3: cannot bind udp {addr} yet ({e}); retrying every {REBIND_EVERY:?}");
+                    log::warn!(
+                        "http3: cannot bind udp {addr} yet ({e}); retrying every {REBIND_EVERY:?}"
+                    );
                 }
                 attempts += 1;
             }
@@ -137,7 +143,12 @@ async fn bind(addr: SocketAddr, config: &quinn::ServerConfig, shutdown: &mut Shu
     }
 }
 
-async fn run_endpoint(addr: SocketAddr, config: quinn::ServerConfig, proxy: Arc<HttpProxy<BextProxy>>, mut shutdown: ShutdownWatch) {
+async fn run_endpoint(
+    addr: SocketAddr,
+    config: quinn::ServerConfig,
+    proxy: Arc<HttpProxy<BextProxy>>,
+    mut shutdown: ShutdownWatch,
+) {
     let Some(endpoint) = bind(addr, &config, &mut shutdown).await else {
         return;
     };

@@ -72,7 +72,9 @@ small{{color:#777}}</style></head>\n<body><h1>{title}</h1><p>{message}</p>\
             resp.insert_header("retry-after", "5")?;
         }
         let head_only = session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(resp), head_only).await?;
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
         if !head_only {
             session.write_response_body(Some(body), true).await?;
         }

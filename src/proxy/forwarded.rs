@@ -37,9 +37,21 @@ pub fn apply(req: &mut RequestHeader, arrival: Arrival, trusted: &[IpNet]) -> pi
 
     // The chain the client presented (comma-joined across repeated headers).
     let prior_chain = if trusted_peer { joined(req, XFF) } else { None };
-    let prior_proto = if trusted_peer { first_value(req, XFP) } else { None };
-    let prior_host = if trusted_peer { first_value(req, XFH) } else { None };
-    let prior_port = if trusted_peer { first_value(req, XFPORT) } else { None };
+    let prior_proto = if trusted_peer {
+        first_value(req, XFP)
+    } else {
+        None
+    };
+    let prior_host = if trusted_peer {
+        first_value(req, XFH)
+    } else {
+        None
+    };
+    let prior_port = if trusted_peer {
+        first_value(req, XFPORT)
+    } else {
+        None
+    };
     for name in [XFF, XFP, XFH, XFPORT, XRI, FORWARDED] {
         req.remove_header(name);
     }
@@ -174,7 +186,10 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         apply(&mut r, arrival("10.2.2.2"), &trusted).unwrap();
-        assert_eq!(get(&r, "x-forwarded-for"), Some("198.51.100.7, 10.1.1.1, 10.2.2.2"));
+        assert_eq!(
+            get(&r, "x-forwarded-for"),
+            Some("198.51.100.7, 10.1.1.1, 10.2.2.2")
+        );
         assert_eq!(get(&r, "x-real-ip"), Some("198.51.100.7"));
         assert_eq!(get(&r, "x-forwarded-proto"), Some("https"));
     }

@@ -42,7 +42,8 @@ mod tests {
     #[test]
     fn nominated_and_standard_hop_headers_are_removed() {
         let mut r = ResponseHeader::build(200, None).unwrap();
-        r.append_header("connection", "keep-alive, X-Origin-Hop").unwrap();
+        r.append_header("connection", "keep-alive, X-Origin-Hop")
+            .unwrap();
         r.append_header("x-origin-hop", "1").unwrap();
         r.append_header("keep-alive", "timeout=5").unwrap();
         r.append_header("content-type", "text/plain").unwrap();

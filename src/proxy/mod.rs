@@ -61,12 +61,16 @@ impl BextProxy {
     async fn admin_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let peer = Self::arrival(session).peer;
         if !self.admin.permits(peer, admin::authorization(session)) {
-            return self.pages.respond(session, 404, ctx.request_id.as_ref()).await;
+            return self
+                .pages
+                .respond(session, 404, ctx.request_id.as_ref())
+                .await;
         }
         let req = session.req_header();
         match admin::endpoint(&req.method, req.uri.path()) {
             Endpoint::Health => {
-                let body = serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") });
+                let body =
+                    serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") });
                 admin::respond_json(session, 200, &body, ctx.request_id.as_ref()).await
             }
             Endpoint::NotFound => {
@@ -83,7 +87,10 @@ impl BextProxy {
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip().to_canonical()),
             scheme: tls::scheme(session),
-            local_port: session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()),
+            local_port: session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port()),
         }
     }
 }
@@ -108,7 +115,9 @@ impl ProxyHttp for BextProxy {
             return Ok(true);
         }
         let Some(route) = self.routes.find(request_host(req), req.uri.path()).cloned() else {
-            self.pages.respond(session, 404, ctx.request_id.as_ref()).await?;
+            self.pages
+                .respond(session, 404, ctx.request_id.as_ref())
+                .await?;
             return Ok(true);
         };
         ctx.websocket = tunnel::admit(session, &route, self.client_timeout);
@@ -136,7 +145,11 @@ impl ProxyHttp for BextProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        forwarded::apply(upstream_request, Self::arrival(session), &self.trusted_proxies)?;
+        forwarded::apply(
+            upstream_request,
+            Self::arrival(session),
+            &self.trusted_proxies,
+        )?;
         if let Some(id) = &ctx.request_id {
             upstream_request.insert_header(request_id::HEADER, id.clone())?;
         }
@@ -165,7 +178,11 @@ impl ProxyHttp for BextProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = error_page::status_for(e);
         if code > 0 && session.response_written().is_none() {
-            if let Err(write_err) = self.pages.respond(session, code, ctx.request_id.as_ref()).await {
+            if let Err(write_err) = self
+                .pages
+                .respond(session, code, ctx.request_id.as_ref())
+                .await
+            {
                 log::debug!("could not send the {code} page: {write_err}");
             }
         }
@@ -180,7 +197,10 @@ impl ProxyHttp for BextProxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         log::warn!(
             "request_id={} route={} node={} status={} error={}",
-            ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            ctx.request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
             ctx.route.as_ref().map_or("-", |r| r.pattern_text.as_str()),
             ctx.node.map_or_else(|| "-".to_string(), |n| n.to_string()),
             status,

@@ -23,9 +23,9 @@ pub fn from_client(value: Option<&HeaderValue>) -> HeaderValue {
 fn is_sane(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= MAX_LEN
-        && v
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'/' | b'='))
+        && v.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'/' | b'=')
+        })
 }
 
 /// 32 lowercase hex chars: a scrambled counter keyed by a per-process random seed,
@@ -68,7 +68,10 @@ mod tests {
         let a = mint();
         let b = mint();
         assert_eq!(a.len(), 32);
-        assert!(a.as_bytes().iter().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(a
+            .as_bytes()
+            .iter()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(a, b);
     }
 

@@ -31,9 +31,7 @@ pub struct EdgePolicy {
 
 /// Whether the session arrived over TLS (TCP TLS listener or HTTP/3).
 pub fn is_secure(session: &Session) -> bool {
-    session
-        .digest()
-        .is_some_and(|d| d.ssl_digest.is_some())
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
 /// `"https"` on TLS and HTTP/3, `"http"` otherwise (for X-Forwarded-Proto).
@@ -199,7 +197,14 @@ mod tests {
 
     #[test]
     fn hostile_hosts_get_no_location() {
-        for h in ["", "evil.com/x", "a b", "evil.com\r\nx: y", "[zz]:1", "user@evil.com"] {
+        for h in [
+            "",
+            "evil.com/x",
+            "a b",
+            "evil.com\r\nx: y",
+            "[zz]:1",
+            "user@evil.com",
+        ] {
             assert_eq!(https_location(h, 443, "/"), None, "{h:?}");
         }
     }

@@ -122,6 +122,10 @@ pub fn log_listeners(tls: &TlsPlan) {
     log::info!(
         "bext HTTPS (h2, http/1.1) on {}{}",
         addrs.join(", "),
-        if tls.http3 { "; HTTP/3 on the same ports (udp)" } else { "" }
+        if tls.http3 {
+            "; HTTP/3 on the same ports (udp)"
+        } else {
+            ""
+        }
     );
 }

@@ -26,11 +26,8 @@ pub struct CertStore {
 
 impl fmt::Debug for CertStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut hosts: Vec<String> = self.exact.keys().cloned().collect();
-        hosts.extend(self.wildcard.keys().map(|s| format!("*.{s}")));
-        hosts.sort();
         f.debug_struct("CertStore")
-            .field("hosts", &hosts)
+            .field("hosts", &self.hosts())
             .field("default", &self.default.is_some())
             .finish()
     }
@@ -89,6 +86,14 @@ impl CertStore {
 
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.wildcard.is_empty() && self.default.is_none()
+    }
+
+    /// Host patterns with their own certificate, sorted.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self.exact.keys().cloned().collect();
+        hosts.extend(self.wildcard.keys().map(|s| format!("*.{s}")));
+        hosts.sort();
+        hosts
     }
 
     pub fn has_default(&self) -> bool {
@@ -178,7 +183,16 @@ mod tests {
             s.add("A.TEST", dummy(2)),
             Err(HostError::Duplicate("A.TEST".into()))
         );
-        for bad in ["", "*", "*.com.", "a b.test", "-a.test", "a..test", "*.*.test", "a.test:443"] {
+        for bad in [
+            "",
+            "*",
+            "*.com.",
+            "a b.test",
+            "-a.test",
+            "a..test",
+            "*.*.test",
+            "a.test:443",
+        ] {
             assert!(normalise_host(bad).is_err(), "{bad} accepted");
         }
         assert_eq!(normalise_host("*.Example.com").unwrap(), "*.example.com");

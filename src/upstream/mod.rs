@@ -51,7 +51,8 @@ impl Pool {
                 peer.options.read_timeout = Some(plan.read_timeout);
                 peer.options.write_timeout = Some(plan.write_timeout);
                 peer.options.idle_timeout = Some(plan.idle_timeout);
-                peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::deny_upgrades();
+                peer.options.http_upstream_request_policy =
+                    HttpUpstreamRequestPolicy::deny_upgrades();
                 Node { addr: *addr, peer }
             })
             .collect();
@@ -123,7 +124,10 @@ mod tests {
     fn route_requirements_shape_the_peer() {
         let pool = Pool::new(&plan(&["127.0.0.1:1"]));
         let node = pool.select().unwrap();
-        let p = node.peer(PeerRequirements { read_timeout: None, allow_websocket: false });
+        let p = node.peer(PeerRequirements {
+            read_timeout: None,
+            allow_websocket: false,
+        });
         assert_eq!(p.options.read_timeout, Some(Duration::from_secs(2)));
         assert_eq!(p.options.connection_timeout, Some(Duration::from_secs(1)));
         assert_eq!(

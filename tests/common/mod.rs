@@ -729,8 +729,7 @@ async fn read_response(s: &mut TcpStream) -> RawResponse {
     let no_body = status / 100 == 1 || status == 204 || status == 304;
     let body = if no_body {
         Vec::new()
-    } else if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
-    {
+    } else if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
         read_chunked(s, &mut rest).await
     } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
         while rest.len() < len {

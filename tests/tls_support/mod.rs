@@ -160,7 +160,11 @@ pub async fn tls_connect(
 
 /// The leaf certificate the server presented.
 pub fn peer_leaf(s: &TlsStream) -> CertificateDer<'static> {
-    s.get_ref().1.peer_certificates().expect("peer certificates")[0].clone()
+    s.get_ref()
+        .1
+        .peer_certificates()
+        .expect("peer certificates")[0]
+        .clone()
 }
 
 pub fn alpn(s: &TlsStream) -> Option<Vec<u8>> {
