@@ -3,12 +3,19 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use bext::reload::{self, ReloadOptions};
 use bext::server::{self, RunOptions};
-use bext::{config, demo, demo_origin};
+use bext::{config, demo, demo_origin, import};
+
+// Pingora allocates per request (headers, buffers, tasks); mimalloc's
+// thread-local free lists cost markedly less CPU than glibc malloc here.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -50,8 +57,50 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Detect the Phoenix project in DIR and write its bext.config.toml.
+    Import(ImportArgs),
+    /// Site commands (`bext site autoconfigure` = `bext import`).
+    Site {
+        #[command(subcommand)]
+        command: SiteCommand,
+    },
+    /// Zero-downtime reload: check the config, start a new bext that takes over
+    /// the listening sockets, and let the running one drain.
+    Reload {
+        #[arg(short = 'c', long = "config", default_value = "bext.config.toml")]
+        config: PathBuf,
+        /// Start the new process as a daemon (systemd Type=forking).
+        #[arg(short = 'd', long)]
+        daemon: bool,
+        /// How long to wait for the new process to take over.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum SiteCommand {
+    /// Same as `bext import`.
+    Autoconfigure(ImportArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The Phoenix project directory (the one with mix.exs).
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Overwrite an existing bext.config.toml.
+    #[arg(long)]
+    force: bool,
+    /// Print the config instead of writing it.
+    #[arg(long)]
+    stdout: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    config::units::parse_duration(s)
 }
 
 fn main() -> ExitCode {
@@ -61,6 +110,40 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("bext: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
+    match import::import(&args.dir, args.force, args.stdout) {
+        Ok(done) => {
+            let p = &done.project;
+            match &done.written {
+                Some(path) => {
+                    eprintln!(
+                        "Phoenix app `{}` found ({}{}, {}, port {} from {}); wrote {}",
+                        p.app,
+                        if p.umbrella { "umbrella, " } else { "" },
+                        if p.live_view {
+                            "LiveView"
+                        } else {
+                            "no LiveView"
+                        },
+                        p.server.name(),
+                        p.port,
+                        p.port_source,
+                        path.display()
+                    );
+                    eprintln!("Check it with: bext check -c {}\n", path.display());
+                }
+                None => print!("{}", done.config),
+            }
+            eprint!("{}", import::checklist(p));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("bext import: {e}");
+            Ok(ExitCode::FAILURE)
         }
     }
 }
@@ -103,6 +186,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             )?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Import(args)
+        | Command::Site {
+            command: SiteCommand::Autoconfigure(args),
+        } => run_import(&args),
+        Command::Reload {
+            config,
+            daemon,
+            timeout,
+        } => {
+            let opts = ReloadOptions {
+                config,
+                daemon,
+                timeout,
+            };
+            match reload::reload(&opts) {
+                Ok(r) => {
+                    println!(
+                        "bext reloaded: pid {} took over from pid {} in {:?}",
+                        r.new_pid, r.old_pid, r.took
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("bext reload failed: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Demo { listen } => {
             let origin = demo_origin::DemoOrigin::spawn(SocketAddr::from(([127, 0, 0, 1], 0)))

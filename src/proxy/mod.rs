@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
@@ -103,6 +104,10 @@ impl ProxyHttp for BextProxy {
         Ctx::default()
     }
 
+    /// No downstream modules: Pingora's default adds a (disabled) compression
+    /// module whose per-request context costs CPU for nothing.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
         ctx.request_id = Some(request_id::from_client(req.headers.get(request_id::HEADER)));
@@ -177,6 +182,10 @@ impl ProxyHttp for BextProxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = error_page::status_for(e);
+        // Pingora 0.9 closes the client connection after a failed proxy attempt
+        // whatever this hook returns, so the page must say `Connection: close`
+        // rather than promise a keep-alive the client would then find dead.
+        session.set_keepalive(None);
         if code > 0 && session.response_written().is_none() {
             if let Err(write_err) = self
                 .pages

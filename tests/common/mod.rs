@@ -40,6 +40,56 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// A loopback port that refuses connections for as long as the guard lives:
+/// a socket is bound to it but never listens, so connecting gets a reset, no
+/// other socket can take the port, and the kernel never picks it as the
+/// source port of an outgoing connection (no TCP self-connect).
+pub struct ClosedPort {
+    fd: libc::c_int,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        // SAFETY: plain socket/bind/getsockname calls on a fresh fd with
+        // properly sized, zero-initialised sockaddr_in structs.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            addr.sin_port = 0;
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let rc = libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len);
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            let mut out: libc::sockaddr_in = std::mem::zeroed();
+            let mut out_len = len;
+            let rc = libc::getsockname(fd, &mut out as *mut _ as *mut libc::sockaddr, &mut out_len);
+            assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+            ClosedPort {
+                fd,
+                port: u16::from_be(out.sin_port),
+            }
+        }
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ClosedPort {
+    fn drop(&mut self) {
+        // SAFETY: closing the fd this guard owns.
+        unsafe {
+            libc::close(self.fd);
+        }
+    }
+}
+
 /// A reqwest client that never uses an environment proxy. The 60 s timeout is
 /// only a safety net so a hung proxy fails the test instead of hanging it.
 pub fn client() -> reqwest::Client {
@@ -616,14 +666,13 @@ fn websocket(st: &Arc<StubState>, req: &mut Request<Incoming>) -> Response<StubB
         let now = st.ws_open.fetch_add(1, Ordering::SeqCst) + 1;
         st.ws_max.fetch_max(now, Ordering::SeqCst);
         while let Some(Ok(msg)) = ws.next().await {
-            match msg {
-                Message::Text(_) | Message::Binary(_) => {
-                    if ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
+            let reply = match msg {
+                Message::Text(_) | Message::Binary(_) => msg,
                 Message::Close(_) => break,
-                _ => {}
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                break;
             }
         }
         st.ws_open.fetch_sub(1, Ordering::SeqCst);
@@ -681,16 +730,39 @@ impl RawResponse {
 /// Writes `request` verbatim to a new connection to `addr` and reads one
 /// response (Content-Length, chunked, or until EOF). 30 s safety net.
 pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    raw_request_keep(addr, request).await.0
+}
+
+/// Like [`raw_request`], but also hands back the connection for reuse.
+pub async fn raw_request_keep(addr: SocketAddr, request: &[u8]) -> (RawResponse, TcpStream) {
     tokio::time::timeout(Duration::from_secs(30), async {
         let mut s = TcpStream::connect(addr).await.expect("connect");
         s.write_all(request).await.expect("write request");
-        read_response(&mut s).await
+        let r = read_response(&mut s).await;
+        (r, s)
     })
     .await
     .expect("raw request did not complete within the 30 s safety net")
 }
 
-async fn read_response(s: &mut TcpStream) -> RawResponse {
+/// Waits (up to `deadline`) for the peer to close `s`; true if it did.
+/// Any bytes the peer sends meanwhile are discarded.
+pub async fn wait_closed(s: &mut TcpStream, deadline: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(deadline, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Reads one response from `s` (Content-Length, chunked, or until EOF).
+pub async fn read_response(s: &mut TcpStream) -> RawResponse {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 16 * 1024];
     let head_end = loop {

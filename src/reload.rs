@@ -1,0 +1,134 @@
+//! `bext reload`: a zero-downtime upgrade driven for the operator. It checks
+//! the new config first (a broken config never touches the running process),
+//! starts a new process with `-u`, tells the running one to hand over its
+//! listening sockets (SIGQUIT), and waits until the new process has them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the new config is invalid; the running bext was not touched:\n{0}")]
+    Config(config::ConfigErrors),
+    #[error("no running bext: {0}")]
+    NotRunning(String),
+    #[error("cannot start the new bext process: {0}")]
+    Spawn(std::io::Error),
+    #[error("the new bext process exited ({0}) before taking over; check its log")]
+    NewExited(std::process::ExitStatus),
+    #[error("the new bext process did not take over within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot signal the running bext (pid {pid}): {source}")]
+    Signal { pid: i32, source: std::io::Error },
+}
+
+#[derive(Debug, Clone)]
+pub struct ReloadOptions {
+    pub config: PathBuf,
+    /// Start the new process as a daemon (as under systemd's Type=forking).
+    pub daemon: bool,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Reloaded {
+    pub old_pid: i32,
+    pub new_pid: i32,
+    pub took: Duration,
+}
+
+pub fn reload(opts: &ReloadOptions) -> Result<Reloaded, ReloadError> {
+    let started = Instant::now();
+    let plan = config::load(&opts.config).map_err(ReloadError::Config)?;
+    let pid_file = Path::new(&plan.server.pid_file);
+    let old_pid = read_pid(pid_file)
+        .ok_or_else(|| ReloadError::NotRunning(format!("no pid in {}", pid_file.display())))?;
+    if !alive(old_pid) {
+        return Err(ReloadError::NotRunning(format!(
+            "pid {old_pid} from {} is not running",
+            pid_file.display()
+        )));
+    }
+    let mut child = spawn_new(&opts.config, opts.daemon)?;
+    // The running process connects to the upgrade socket the new one listens
+    // on, retrying until it is there, so the signal may go out right away.
+    signal(old_pid, libc::SIGQUIT)?;
+    let new_pid = wait_takeover(pid_file, old_pid, &mut child, opts)?;
+    Ok(Reloaded {
+        old_pid,
+        new_pid,
+        took: started.elapsed(),
+    })
+}
+
+fn spawn_new(config: &Path, daemon: bool) -> Result<Child, ReloadError> {
+    let exe = std::env::current_exe().map_err(ReloadError::Spawn)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve").arg("-c").arg(config).arg("-u");
+    if daemon {
+        cmd.arg("-d");
+    }
+    cmd.stdin(Stdio::null());
+    // Its own process group: the new server must outlive this command and
+    // not receive the terminal's Ctrl-C meant for it.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn().map_err(ReloadError::Spawn)
+}
+
+fn wait_takeover(
+    pid_file: &Path,
+    old_pid: i32,
+    child: &mut Child,
+    opts: &ReloadOptions,
+) -> Result<i32, ReloadError> {
+    let deadline = Instant::now() + opts.timeout;
+    let mut launcher_done = false;
+    while Instant::now() < deadline {
+        if let Some(pid) = read_pid(pid_file).filter(|p| *p != old_pid && alive(*p)) {
+            return Ok(pid);
+        }
+        if !launcher_done {
+            match child.try_wait() {
+                // A daemon's launcher exits 0 once it has forked.
+                Ok(Some(status)) if opts.daemon && status.success() => launcher_done = true,
+                Ok(Some(status)) => return Err(ReloadError::NewExited(status)),
+                Ok(None) | Err(_) => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(ReloadError::Timeout(opts.timeout))
+}
+
+pub fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+fn signal(pid: i32, sig: libc::c_int) -> Result<(), ReloadError> {
+    // SAFETY: plain kill(2) on a pid read from our own pid file.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(ReloadError::Signal {
+            pid,
+            source: std::io::Error::last_os_error(),
+        })
+    }
+}
+
+/// Records this process in `server.pid_file` (foreground mode; Pingora writes it
+/// itself when daemonized). Called once the listening sockets are ours.
+pub fn write_pid_file(path: &str) {
+    let pid = std::process::id();
+    if let Err(e) = std::fs::write(path, format!("{pid}\n")) {
+        log::warn!("cannot write pid file {path}: {e}");
+    }
+}
