@@ -231,3 +231,21 @@ async fn h3_waf_blocked_request_gets_403() {
     assert_eq!(r.status(), 403);
     assert!(f.origin.requests_to("/search").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_early_answer_before_the_body_is_read_does_not_hang() {
+    let f = start("").await;
+    let mut c = h3_connect_ready(f.addr, "a.test", &[&f.cert]).await;
+    // The admin API answers 404 for an unknown endpoint without reading the
+    // body; the client is still sending 8 MB.
+    let req = Request::post("https://a.test/__bext/no-such-endpoint")
+        .body(())
+        .unwrap();
+    let r = h3_request(&mut c.send, req, Some(pattern_chunk(0, 8 << 20)))
+        .await
+        .expect("the early answer is readable");
+    assert_eq!(r.status(), 404);
+    // The connection is still usable.
+    let r = h3_get(&mut c.send, "https://a.test/after-early-answer").await;
+    assert_eq!(r.status(), 200);
+}

@@ -25,7 +25,7 @@ use pingora::apps::HttpServerApp;
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::bridge::BridgeStream;
 use crate::proxy::BextProxy;
@@ -96,23 +96,22 @@ pub async fn run(req: Request<()>, stream: H3Stream, route: Route) -> Result<(),
         )
         .await;
     }
-    let (body, pump) = match first {
-        None => (Empty::new().map_err(|e| match e {}).boxed_unsync(), None),
+    // Dropping `stop` (when the exchange ends, however it ends) tells the
+    // pump to stop reading a body nobody wants any more.
+    let (stop, stopped) = oneshot::channel::<()>();
+    let body = match first {
+        None => Empty::new().map_err(|e| match e {}).boxed_unsync(),
         Some(first) => {
             let (tx, rx) = mpsc::channel(BODY_QUEUE);
             let stream = futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|item| (item, rx))
             });
-            let pump = tokio::spawn(pump_request_body(recv, first, tx));
-            (StreamBody::new(stream).boxed_unsync(), Some(pump))
+            tokio::spawn(pump_request_body(recv, first, tx, stopped));
+            StreamBody::new(stream).boxed_unsync()
         }
     };
     let result = forward(req, body, &mut send, &route).await;
-    if let Some(pump) = pump {
-        // Finished (or failed) before the client sent its whole body: stop
-        // reading it (dropping the receive half sends STOP_SENDING).
-        pump.abort();
-    }
+    drop(stop);
     result
 }
 
@@ -179,31 +178,39 @@ async fn forward(
     Ok(())
 }
 
-/// Copies the client's body into the pipe, a few chunks ahead at most.
+/// Copies the client's body into the pipe, a few chunks ahead at most. When
+/// the exchange is over first (an early answer such as a 403 or 413), it asks
+/// the client to stop sending (STOP_SENDING with H3_NO_ERROR, RFC 9114 §4.1).
 async fn pump_request_body(
     mut recv: H3Recv,
     first: Bytes,
     tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    mut stopped: oneshot::Receiver<()>,
 ) {
-    if tx.send(Ok(Frame::data(first))).await.is_err() {
-        recv.stop_sending(Code::H3_NO_ERROR);
-        return;
-    }
+    let mut next = Some(first);
     loop {
-        match recv.recv_data().await {
-            Ok(Some(mut buf)) => {
-                let chunk = buf.copy_to_bytes(buf.remaining());
-                if tx.send(Ok(Frame::data(chunk))).await.is_err() {
-                    recv.stop_sending(Code::H3_NO_ERROR);
-                    return;
+        let chunk = match next.take() {
+            Some(chunk) => chunk,
+            None => tokio::select! {
+                r = recv.recv_data() => match r {
+                    Ok(Some(mut buf)) => buf.copy_to_bytes(buf.remaining()),
+                    Ok(None) => return,
+                    Err(e) => {
+                        // A reset request body must not be forwarded as complete.
+                        let _ = tx.send(Err(Box::new(e))).await;
+                        return;
+                    }
+                },
+                _ = &mut stopped => return recv.stop_sending(Code::H3_NO_ERROR),
+            },
+        };
+        tokio::select! {
+            sent = tx.send(Ok(Frame::data(chunk))) => {
+                if sent.is_err() {
+                    return recv.stop_sending(Code::H3_NO_ERROR);
                 }
             }
-            Ok(None) => return,
-            Err(e) => {
-                // A reset request body must not be forwarded as complete.
-                let _ = tx.send(Err(Box::new(e))).await;
-                return;
-            }
+            _ = &mut stopped => return recv.stop_sending(Code::H3_NO_ERROR),
         }
     }
 }

@@ -299,13 +299,21 @@ pub async fn h3_request(
     body: Option<Bytes>,
 ) -> Result<H3Response, String> {
     let mut stream = send.send_request(req).await.map_err(|e| e.to_string())?;
+    // A server may answer before it has read the whole body and then stop
+    // the upload (STOP_SENDING); the response is still there to read.
+    let mut stopped = false;
     if let Some(mut body) = body {
         while !body.is_empty() {
             let chunk = body.split_to(body.len().min(64 * 1024));
-            stream.send_data(chunk).await.map_err(|e| e.to_string())?;
+            if stream.send_data(chunk).await.is_err() {
+                stopped = true;
+                break;
+            }
         }
     }
-    stream.finish().await.map_err(|e| e.to_string())?;
+    if !stopped {
+        stream.finish().await.map_err(|e| e.to_string())?;
+    }
     let head = stream.recv_response().await.map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
