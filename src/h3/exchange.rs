@@ -55,7 +55,7 @@ pub enum ExchangeError {
 
 /// Where the request came from and goes to.
 #[derive(Clone)]
-pub struct Route {
+pub struct Pipeline {
     pub proxy: Arc<HttpProxy<BextProxy>>,
     pub peer: SocketAddr,
     pub local: SocketAddr,
@@ -63,7 +63,7 @@ pub struct Route {
 }
 
 /// Serves one request end to end; errors are the client's or the pipe's.
-pub async fn run(req: Request<()>, stream: H3Stream, route: Route) -> Result<(), ExchangeError> {
+pub async fn run(req: Request<()>, stream: H3Stream, pipe: Pipeline) -> Result<(), ExchangeError> {
     let (mut send, mut recv) = stream.split();
     if req.method() == Method::CONNECT {
         // No extended CONNECT (WebSocket over HTTP/3) and no tunnels.
@@ -110,7 +110,7 @@ pub async fn run(req: Request<()>, stream: H3Stream, route: Route) -> Result<(),
             StreamBody::new(stream).boxed_unsync()
         }
     };
-    let result = forward(req, body, &mut send, &route).await;
+    let result = forward(req, body, &mut send, &pipe).await;
     drop(stop);
     result
 }
@@ -120,15 +120,13 @@ async fn forward(
     req: Request<()>,
     body: Body,
     send: &mut H3Send,
-    route: &Route,
+    pipe: &Pipeline,
 ) -> Result<(), ExchangeError> {
     let (client_io, server_io) = tokio::io::duplex(PIPE_BUFFER);
     let session = ServerSession::new_http1(Box::new(BridgeStream::new(
-        server_io,
-        route.peer,
-        route.local,
+        server_io, pipe.peer, pipe.local,
     )));
-    let (proxy, shutdown) = (route.proxy.clone(), route.shutdown.clone());
+    let (proxy, shutdown) = (pipe.proxy.clone(), pipe.shutdown.clone());
     tokio::spawn(async move {
         // One request per pipe: the stream handed back for keep-alive is dropped.
         let _ = proxy.process_new_http(session, &shutdown).await;

@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 
 use crate::proxy::BextProxy;
 use crate::tls::TlsPlan;
-use exchange::Route;
+use exchange::Pipeline;
 
 /// How often a failed UDP bind (old process still on the port) is retried.
 pub const REBIND_EVERY: Duration = Duration::from_millis(500);
@@ -166,9 +166,14 @@ async fn run_endpoint(
                     incoming.refuse();
                     continue;
                 };
-                let route = Route { proxy: proxy.clone(), peer: incoming.remote_address(), local, shutdown: shutdown.clone() };
+                let pipe = Pipeline {
+                    proxy: proxy.clone(),
+                    peer: incoming.remote_address(),
+                    local,
+                    shutdown: shutdown.clone(),
+                };
                 conns.spawn(async move {
-                    if let Err(e) = serve_connection(incoming, route).await {
+                    if let Err(e) = serve_connection(incoming, pipe).await {
                         log::debug!("http3 connection: {e}");
                     }
                     drop(permit);
@@ -185,14 +190,14 @@ async fn run_endpoint(
     log::info!("http3 on udp {local} closed");
 }
 
-async fn serve_connection(incoming: quinn::Incoming, mut route: Route) -> Result<(), H3Error> {
+async fn serve_connection(incoming: quinn::Incoming, mut pipe: Pipeline) -> Result<(), H3Error> {
     let conn = incoming.await?;
-    route.peer = conn.remote_address();
+    pipe.peer = conn.remote_address();
     let mut h3 = ::h3::server::builder()
         .max_field_section_size(MAX_FIELD_SECTION)
         .build::<_, Bytes>(h3_quinn::Connection::new(conn))
         .await?;
-    let mut shutdown = route.shutdown.clone();
+    let mut shutdown = pipe.shutdown.clone();
     let mut draining = *shutdown.borrow();
     if draining {
         h3.shutdown(0).await?;
@@ -207,22 +212,13 @@ async fn serve_connection(incoming: quinn::Incoming, mut route: Route) -> Result
             Some(_) = requests.join_next(), if !requests.is_empty() => {}
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
-                    let route = route.clone();
-                    requests.spawn(async move {
-                        let (req, stream) = match tokio::time::timeout(HEADER_TIMEOUT, resolver.resolve_request()).await {
-                            Ok(Ok(r)) => r,
-                            Ok(Err(e)) => return log::debug!("http3 request headers: {e}"),
-                            Err(_) => return log::debug!("http3 request headers: timed out"),
-                        };
-                        if let Err(e) = exchange::run(req, stream, route).await {
-                            log::debug!("http3 request: {e}");
-                        }
-                    });
+                    let pipe = pipe.clone();
+                    requests.spawn(serve_request(resolver, pipe));
                 }
                 Ok(None) => break,
                 Err(e) => {
                     if !e.is_h3_no_error() {
-                        log::debug!("http3 connection from {}: {e}", route.peer);
+                        log::debug!("http3 connection from {}: {e}", pipe.peer);
                     }
                     break;
                 }
@@ -232,4 +228,19 @@ async fn serve_connection(incoming: quinn::Incoming, mut route: Route) -> Result
     // Keep the connection (and so its streams) alive until open requests end.
     while requests.join_next().await.is_some() {}
     Ok(())
+}
+
+async fn serve_request(
+    resolver: ::h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
+    pipe: Pipeline,
+) {
+    let (req, stream) = match tokio::time::timeout(HEADER_TIMEOUT, resolver.resolve_request()).await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return log::debug!("http3 request headers: {e}"),
+        Err(_) => return log::debug!("http3 request headers: timed out"),
+    };
+    if let Err(e) = exchange::run(req, stream, pipe).await {
+        log::debug!("http3 request: {e}");
+    }
 }
