@@ -161,6 +161,8 @@ async fn alpn_h2_multiplexes_100_concurrent_streams() {
         assert_eq!(resp.status(), 200);
         assert_eq!(&body[..], b"slow done");
     }
+    // bext's own HTTP/2 stream limit (Pingora's default would be 100).
+    assert_eq!(send.current_max_send_streams(), 128);
     let seen = f.origin.requests();
     assert_eq!(
         seen.iter().filter(|r| r.path.starts_with("/h2/")).count(),
