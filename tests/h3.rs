@@ -132,6 +132,7 @@ async fn h3_streams_a_10_mb_upload_and_a_5_mb_download() {
     let body = pattern_chunk(0, UP);
     let req = Request::post("https://a.test/files/upload")
         .header("content-type", "application/octet-stream")
+        .header("content-length", UP)
         .body(())
         .unwrap();
     let r = h3_request(&mut c.send, req, Some(body))

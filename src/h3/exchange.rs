@@ -74,28 +74,24 @@ pub async fn run(req: Request<()>, stream: H3Stream, pipe: Pipeline) -> Result<(
         )
         .await;
     }
-    let declared = content_length(req.headers());
-    // Peek at the body: a GET usually ends with its HEADERS frame, and an
-    // empty body must not reach Phoenix as a chunked one.
-    let first = match tokio::time::timeout(FIRST_BODY_WAIT, recv.recv_data()).await {
-        Ok(first) => first?.map(|mut b| b.copy_to_bytes(b.remaining())),
-        Err(_) => {
-            return respond_plain(
-                &mut send,
-                StatusCode::REQUEST_TIMEOUT,
-                "request body timed out\n",
-            )
-            .await
-        }
+    // The body: none, streamed, or (without content-length) peeked at first:
+    // a GET usually ends with its HEADERS frame, and an empty body must not
+    // reach Phoenix as a chunked one.
+    let first = match content_length(req.headers()) {
+        Some(0) => None,
+        Some(_) => Some(None),
+        None => match tokio::time::timeout(FIRST_BODY_WAIT, recv.recv_data()).await {
+            Ok(first) => first?.map(|mut b| Some(b.copy_to_bytes(b.remaining()))),
+            Err(_) => {
+                return respond_plain(
+                    &mut send,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body timed out\n",
+                )
+                .await
+            }
+        },
     };
-    if first.is_none() && declared.is_some_and(|n| n > 0) {
-        return respond_plain(
-            &mut send,
-            StatusCode::BAD_REQUEST,
-            "request body shorter than content-length\n",
-        )
-        .await;
-    }
     // Dropping `stop` (when the exchange ends, however it ends) tells the
     // pump to stop reading a body nobody wants any more.
     let (stop, stopped) = oneshot::channel::<()>();
@@ -181,11 +177,11 @@ async fn forward(
 /// the client to stop sending (STOP_SENDING with H3_NO_ERROR, RFC 9114 §4.1).
 async fn pump_request_body(
     mut recv: H3Recv,
-    first: Bytes,
+    first: Option<Bytes>,
     tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
     mut stopped: oneshot::Receiver<()>,
 ) {
-    let mut next = Some(first);
+    let mut next = first;
     loop {
         let chunk = match next.take() {
             Some(chunk) => chunk,
