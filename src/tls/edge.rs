@@ -209,6 +209,73 @@ mod tests {
         }
     }
 
+    /// A session that has read `request`, and the client end of its pipe.
+    async fn session(secure: bool, request: &[u8]) -> (Session, tokio::io::DuplexStream) {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(request).await.unwrap();
+        let stream: pingora::protocols::Stream = if secure {
+            let a = "127.0.0.1:8443".parse().unwrap();
+            Box::new(crate::h3::bridge::BridgeStream::new(server, a, a))
+        } else {
+            Box::new(server)
+        };
+        let mut s = Session::new_h1(stream);
+        assert!(s.read_request().await.unwrap());
+        (s, client)
+    }
+
+    fn policy() -> EdgePolicy {
+        EdgePolicy {
+            redirect: Some((308, 8443)),
+            hsts: Some(HeaderValue::from_static("max-age=60")),
+            http3: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_responses_get_hsts_and_alt_svc_plain_ones_do_not() {
+        let req = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+        let (secure, _c1) = session(true, req).await;
+        assert_eq!(scheme(&secure), "https");
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        policy().decorate(&secure, &mut resp).unwrap();
+        assert_eq!(resp.headers["strict-transport-security"], "max-age=60");
+        assert_eq!(resp.headers["alt-svc"], "h3=\":8443\"; ma=86400");
+
+        let (plain, _c2) = session(false, req).await;
+        assert_eq!(scheme(&plain), "http");
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        policy().decorate(&plain, &mut resp).unwrap();
+        assert!(resp.headers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn redirect_only_on_plain_and_not_for_permitted_admin_calls() {
+        let admin = AdminAccess::default();
+        let req = b"GET /x?y=1 HTTP/1.1\r\nHost: a.test\r\n\r\n";
+        let (mut secure, _c1) = session(true, req).await;
+        assert!(!policy().redirect_plain(&mut secure, &admin).await.unwrap());
+        let (mut plain, _c2) = session(false, req).await;
+        assert!(!EdgePolicy::default()
+            .redirect_plain(&mut plain, &admin)
+            .await
+            .unwrap());
+        // A duplex peer has no inet address, so the admin path is redirected
+        // unless the caller carries the admin token.
+        let with_token = AdminAccess {
+            allow: vec![],
+            token: Some("0123456789abcdef".into()),
+        };
+        let admin_req =
+            b"GET /__bext/health HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer 0123456789abcdef\r\n\r\n";
+        let (mut plain, _c3) = session(false, admin_req).await;
+        assert!(!policy()
+            .redirect_plain(&mut plain, &with_token)
+            .await
+            .unwrap());
+    }
+
     #[test]
     fn alt_svc_names_the_port() {
         assert_eq!(alt_svc(8443), "h3=\":8443\"; ma=86400");
