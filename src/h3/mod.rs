@@ -49,6 +49,11 @@ pub const MAX_CONNECTIONS: usize = 4096;
 pub const MAX_STREAMS: u32 = 100;
 /// Largest request header section accepted (QPACK-decoded).
 pub const MAX_FIELD_SECTION: u64 = 64 * 1024;
+/// Request-body bytes a client may have in flight per stream (QUIC flow control).
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// ... and per connection, across its streams: with the pipe buffers this
+/// bounds what one connection can make bext hold in memory.
+pub const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 /// A connection with no traffic for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a client gets to send a request's headers once its stream is open.
@@ -98,6 +103,9 @@ fn quic_config(tls: &TlsPlan) -> Result<quinn::ServerConfig, H3Error> {
     transport
         .max_concurrent_bidi_streams(MAX_STREAMS.into())
         .max_concurrent_uni_streams(16u32.into())
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONNECTION_WINDOW.into())
+        .send_window(u64::from(CONNECTION_WINDOW))
         .max_idle_timeout(IDLE_TIMEOUT.try_into().ok());
     config.transport_config(Arc::new(transport));
     Ok(config)
