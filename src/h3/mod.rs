@@ -87,7 +87,10 @@ pub fn service(
         listen: tls.listen.clone(),
         config: quic_config(tls)?,
     };
-    Ok(background_service("bext http3", sidecar))
+    let mut service = background_service("bext http3", sidecar);
+    // As many threads as the TCP listeners get; connections are spread over them.
+    service.threads = Some(conf.threads);
+    Ok(service)
 }
 
 fn quic_config(tls: &TlsPlan) -> Result<quinn::ServerConfig, H3Error> {
@@ -180,12 +183,15 @@ async fn run_endpoint(
                     local,
                     shutdown: shutdown.clone(),
                 };
-                conns.spawn(async move {
+                let connection = async move {
                     if let Err(e) = serve_connection(incoming, pipe).await {
                         log::debug!("http3 connection: {e}");
                     }
                     drop(permit);
-                });
+                };
+                // Like Pingora's own listeners: each connection lives on one of
+                // the service's threads, picked at random.
+                conns.spawn_on(connection, &pingora_runtime::current_handle());
             }
         }
     }
