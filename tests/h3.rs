@@ -2,7 +2,6 @@
 //! headers, forwarded headers with the real client address, admin access by
 //! address, streaming bodies both ways, and junk datagrams are ignored.
 
-#[allow(clippy::collapsible_match)] // in the shared harness, not ours
 mod common;
 mod tls_support;
 

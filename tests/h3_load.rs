@@ -9,7 +9,6 @@
 //!
 //! Both protocols use one connection with `concurrency` requests in flight.
 
-#[allow(clippy::collapsible_match)] // in the shared harness, not ours
 mod common;
 mod tls_support;
 

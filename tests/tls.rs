@@ -2,7 +2,6 @@
 //! streams, HTTP/1.1 over TLS, the plain-listener redirect, HSTS and Alt-Svc,
 //! h2c, and X-Forwarded-Proto https towards the origin.
 
-#[allow(clippy::collapsible_match)] // in the shared harness, not ours
 mod common;
 mod tls_support;
 

@@ -2,7 +2,6 @@
 //! errors, and plain HTTP on the TLS port, handshake garbage, HTTP/2 rapid
 //! resets and header floods neither crash bext nor stop it serving others.
 
-#[allow(clippy::collapsible_match)] // in the shared harness, not ours
 mod common;
 mod tls_support;
 

@@ -2,7 +2,6 @@
 //! QUIC socket, which is not part of Pingora's fd handoff, is re-bound by the
 //! new process once the old one lets go of it.
 
-#[allow(clippy::collapsible_match)] // in the shared harness, not ours
 mod common;
 mod tls_support;
 
