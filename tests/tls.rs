@@ -273,3 +273,28 @@ async fn h2c_prior_knowledge_on_the_plain_listener() {
     let r = raw_request(f.bext.addr(), b"GET /h1 HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_and_1_3_are_both_accepted() {
+    use pingora::tls::{version, ClientConfig, RootCertStore};
+    let f = start("", "").await;
+    let mut roots = RootCertStore::empty();
+    roots.add(f.a.der.clone()).unwrap();
+    let only12 = ClientConfig::builder_with_protocol_versions(&[&version::TLS12])
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let s = tls_connect(f.tls, "a.test", std::sync::Arc::new(only12))
+        .await
+        .expect("TLS 1.2 handshake");
+    assert_eq!(
+        s.get_ref().1.protocol_version(),
+        Some(version::TLS12.version)
+    );
+    let s = tls_connect(f.tls, "a.test", client_config(&[&f.a], &[]))
+        .await
+        .expect("TLS 1.3 handshake");
+    assert_eq!(
+        s.get_ref().1.protocol_version(),
+        Some(version::TLS13.version)
+    );
+}
