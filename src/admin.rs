@@ -58,12 +58,23 @@ pub fn is_admin_path(path: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Health,
+    /// `GET /__bext/upstreams`: node state of every pool.
+    Upstreams,
+    /// `POST /__bext/upstreams/NAME/nodes/ID/drain|undrain` (path parsed by the handler).
+    UpstreamNode,
+    Limits,
+    /// `GET /__bext/waf`: WAF mode and counters.
+    Waf,
     NotFound,
 }
 
 pub fn endpoint(method: &http::Method, path: &str) -> Endpoint {
     match (method.as_str(), path) {
         ("GET" | "HEAD", "/__bext/health") => Endpoint::Health,
+        ("GET" | "HEAD", "/__bext/upstreams") => Endpoint::Upstreams,
+        ("POST", p) if p.starts_with("/__bext/upstreams/") => Endpoint::UpstreamNode,
+        ("GET" | "HEAD", "/__bext/limits") => Endpoint::Limits,
+        ("GET" | "HEAD", "/__bext/waf") => Endpoint::Waf,
         _ => Endpoint::NotFound,
     }
 }

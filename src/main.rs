@@ -72,6 +72,10 @@ enum Command {
         /// Start the new process as a daemon (systemd Type=forking).
         #[arg(short = 'd', long)]
         daemon: bool,
+        /// Append the new process's output to this file (default: server.error_log,
+        /// else this command's own stdout/stderr).
+        #[arg(long)]
+        log: Option<PathBuf>,
         /// How long to wait for the new process to take over.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
@@ -194,11 +198,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reload {
             config,
             daemon,
+            log,
             timeout,
         } => {
             let opts = ReloadOptions {
                 config,
                 daemon,
+                log,
                 timeout,
             };
             match reload::reload(&opts) {

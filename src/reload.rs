@@ -30,6 +30,10 @@ pub struct ReloadOptions {
     pub config: PathBuf,
     /// Start the new process as a daemon (as under systemd's Type=forking).
     pub daemon: bool,
+    /// Where the new (foreground) process writes its output. `None` inherits
+    /// this command's stdout/stderr — then whoever reads them (`$(bext reload)`)
+    /// waits for the new server to exit, so scripts should pass a file.
+    pub log: Option<PathBuf>,
     pub timeout: Duration,
 }
 
@@ -52,7 +56,11 @@ pub fn reload(opts: &ReloadOptions) -> Result<Reloaded, ReloadError> {
             pid_file.display()
         )));
     }
-    let mut child = spawn_new(&opts.config, opts.daemon)?;
+    let log = opts
+        .log
+        .clone()
+        .or_else(|| plan.server.error_log.clone().map(PathBuf::from));
+    let mut child = spawn_new(&opts.config, opts.daemon, log.as_deref())?;
     // The running process connects to the upgrade socket the new one listens
     // on, retrying until it is there, so the signal may go out right away.
     signal(old_pid, libc::SIGQUIT)?;
@@ -64,7 +72,7 @@ pub fn reload(opts: &ReloadOptions) -> Result<Reloaded, ReloadError> {
     })
 }
 
-fn spawn_new(config: &Path, daemon: bool) -> Result<Child, ReloadError> {
+fn spawn_new(config: &Path, daemon: bool, log: Option<&Path>) -> Result<Child, ReloadError> {
     let exe = std::env::current_exe().map_err(ReloadError::Spawn)?;
     let mut cmd = Command::new(exe);
     cmd.arg("serve").arg("-c").arg(config).arg("-u");
@@ -72,6 +80,15 @@ fn spawn_new(config: &Path, daemon: bool) -> Result<Child, ReloadError> {
         cmd.arg("-d");
     }
     cmd.stdin(Stdio::null());
+    if let Some(path) = log {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(ReloadError::Spawn)?;
+        let err = file.try_clone().map_err(ReloadError::Spawn)?;
+        cmd.stdout(file).stderr(err);
+    }
     // Its own process group: the new server must outlive this command and
     // not receive the terminal's Ctrl-C meant for it.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

@@ -6,8 +6,19 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
+use crate::static_files::StaticRoot;
+
 /// Index of an upstream pool in the plan (`Plan::upstreams[id]`).
 pub type UpstreamId = usize;
+
+/// What answers the requests of a route.
+#[derive(Debug, Clone)]
+pub enum RouteTarget {
+    /// `proxy = "NAME"`: forwarded to that upstream pool.
+    Proxy(UpstreamId),
+    /// `render = "static"`: files under `static_root`, answered in `request_filter`.
+    Static(Arc<StaticRoot>),
+}
 
 /// A path pattern from `route_rules[].pattern`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,16 +144,28 @@ pub struct Route {
     pub pattern_text: String,
     pub pattern: Pattern,
     pub host: Option<HostMatch>,
-    pub upstream: UpstreamId,
+    pub target: RouteTarget,
     pub cache: bool,
     pub websocket: bool,
     pub websocket_idle_timeout: Duration,
     /// Overrides the upstream's `read_timeout` for this route.
     pub upstream_read_timeout: Option<Duration>,
+    /// `sticky = true|false` on the rule; `None` follows the upstream's `sticky`.
+    pub sticky: Option<bool>,
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The WAF inspects requests on this route (`waf = false` turns it off).
+    pub waf: bool,
 }
 
 impl Route {
+    /// The upstream pool, or `None` for a static route (which never proxies).
+    pub fn upstream(&self) -> Option<UpstreamId> {
+        match self.target {
+            RouteTarget::Proxy(id) => Some(id),
+            RouteTarget::Static(_) => None,
+        }
+    }
+
     fn matches(&self, host: Option<&str>, path: &str) -> bool {
         if let Some(h) = &self.host {
             match host {
@@ -195,12 +218,14 @@ mod tests {
             pattern_text: pattern.into(),
             pattern: Pattern::parse(pattern).unwrap(),
             host: host.map(|h| HostMatch::parse(h).unwrap()),
-            upstream: 0,
+            target: RouteTarget::Proxy(0),
             cache: true,
             websocket: false,
             websocket_idle_timeout: Duration::from_secs(300),
             upstream_read_timeout: None,
+            sticky: None,
             response_headers: vec![],
+            waf: true,
         }
     }
 

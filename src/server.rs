@@ -3,12 +3,17 @@
 //! Everything here runs before Pingora forks for `-d`, so it starts no threads
 //! and no runtimes.
 
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
 use crate::config::Plan;
+use crate::limits::LimitedApp;
 use crate::proxy::BextProxy;
+use crate::upstream::health::HealthService;
+use crate::upstream::Upstreams;
 
 /// Process-level switches from the command line (Pingora's `-d`, `-u`, `-t`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,9 +36,9 @@ fn server_conf(plan: &Plan, opts: RunOptions) -> ServerConf {
         user: s.user.clone(),
         group: s.group.clone(),
         upstream_keepalive_pool_size: s.keepalive_pool_size,
-        // Retries across nodes are decided by the upstream module; Pingora's own
-        // bound stays as a safety net.
-        max_retries: 2,
+        // Retries across nodes are decided by the upstream module (each pool's
+        // `retries`); Pingora's bound only has to let them happen.
+        max_retries: Upstreams::max_attempts(&plan.upstreams),
         // One single-threaded runtime per thread: each connection stays on the
         // thread that accepted it, which saves the work-stealing scheduler's
         // cross-thread wakeups on every request (nginx's worker model).
@@ -67,18 +72,26 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     let listen = plan.server.listen.clone();
     let tls = plan.tls.clone();
     let h2c = plan.server.h2c;
-    let app = BextProxy::new(plan);
+    let bext = BextProxy::new(plan);
+    let limits = bext.limits();
+    // Health probes run in their own service (started after the fork for -d).
+    let health = background_service("upstream health", HealthService::new(bext.upstreams()));
     // The HTTP/3 sidecar runs its own HttpProxy over a clone of the same state.
     let h3 = match tls.as_ref().filter(|t| t.http3) {
-        Some(t) => Some(crate::h3::service(&server.configuration, app.clone(), t)?),
+        Some(t) => Some(crate::h3::service(&server.configuration, bext.clone(), t)?),
         None => None,
     };
-    let mut proxy = http_proxy_service_with_name(&server.configuration, app, "bext proxy");
+    let mut http = http_proxy(&server.configuration, bext);
+    crate::tls::configure_http(&mut http, h2c);
+    // The limits' listener layer (connection caps, request-head deadline) wraps the proxy app.
+    let app = LimitedApp::new(http, limits);
+    let mut proxy = Service::new("bext proxy".to_string(), app);
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }
-    crate::tls::configure(&mut proxy, tls.as_ref(), h2c)?;
+    crate::tls::add_listeners(&mut proxy, tls.as_ref())?;
     server.add_service(proxy);
+    server.add_service(health);
     if let Some(h3) = h3 {
         server.add_service(h3);
     }

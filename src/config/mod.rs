@@ -2,10 +2,12 @@
 //! file, the key and the reason, and compile it into a [`Plan`] of internal types.
 //! Nothing outside this module sees TOML or user-facing serde types.
 
+mod limits;
 mod plan;
 mod summary;
 mod tls;
 pub mod units;
+pub mod upstream;
 mod user;
 
 use std::fmt;

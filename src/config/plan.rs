@@ -4,16 +4,20 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+use super::upstream::{compile_nodes, compile_policy, NodePlan, PoolPolicy};
 use super::user::{AdminSection, RouteRule, ServerSection, UpstreamSection, UserConfig};
 use super::{ConfigError, ConfigErrors};
 use crate::admin::AdminAccess;
-use crate::routing::{HostMatch, Pattern, Route, RouteTable};
+use crate::limits::LimitsPlan;
+use crate::routing::{HostMatch, Pattern, Route, RouteTable, RouteTarget};
+use crate::static_files::StaticRoot;
 use crate::tls::TlsPlan;
 
 /// The largest `server.error_page` we load: it is held in memory and sent on every 5xx.
@@ -27,6 +31,8 @@ pub struct Plan {
     pub upstreams: Vec<UpstreamPlan>,
     pub routes: RouteTable,
     pub admin: AdminAccess,
+    pub limits: LimitsPlan,
+    pub waf: std::sync::Arc<crate::waf::Waf>,
     /// `[tls]`, when present: HTTPS listeners, certificates, HTTP/3, edge HTTPS.
     pub tls: Option<TlsPlan>,
 }
@@ -55,11 +61,13 @@ pub struct ServerPlan {
 #[derive(Debug, Clone)]
 pub struct UpstreamPlan {
     pub name: String,
-    pub nodes: Vec<SocketAddr>,
+    pub nodes: Vec<NodePlan>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Balancing, health, retries, affinity (`config/upstream.rs`).
+    pub policy: PoolPolicy,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -94,6 +102,10 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .map(|(name, u)| compile_upstream(&mut errs, name, u))
         .collect();
     let admin = compile_admin(&mut errs, user.admin);
+    let limits = super::limits::compile(user.limits, &user.route_rules, parse_cidr)
+        .map_err(|list| list.into_iter().for_each(|(k, r)| errs.push(k, r)))
+        .unwrap_or_default();
+    let waf = compile_waf(&mut errs, user.waf);
     let tls = user
         .tls
         .and_then(|t| super::tls::compile(&mut errs, base, t, &server.listen));
@@ -108,8 +120,19 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .route_rules
         .into_iter()
         .enumerate()
-        .filter_map(|(i, r)| compile_route(&mut errs, &names, i, r))
-        .collect();
+        .filter_map(|(i, r)| compile_route(&mut errs, base, &names, i, r))
+        .collect::<Vec<Route>>();
+    for r in routes.iter().filter(|r| r.sticky == Some(true)) {
+        if upstreams
+            .get(r.upstream().unwrap_or(usize::MAX))
+            .is_some_and(|u| u.policy.sticky.is_none())
+        {
+            errs.push(
+                format!("route_rules[{}].sticky", r.index),
+                "the upstream has no `sticky = { cookie, secret }` to use",
+            );
+        }
+    }
     if errs.list.is_empty() {
         Ok(Plan {
             source: file.to_path_buf(),
@@ -117,6 +140,8 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             upstreams,
             routes: RouteTable::new(routes),
             admin,
+            limits,
+            waf: waf.ok_or_else(|| ConfigErrors(vec![]))?,
             tls,
         })
     } else {
@@ -192,6 +217,28 @@ fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPla
     }
 }
 
+fn compile_waf(
+    errs: &mut Errors,
+    w: crate::waf::config::WafSection,
+) -> Option<std::sync::Arc<crate::waf::Waf>> {
+    let plan = match crate::waf::config::compile(w) {
+        Ok(p) => p,
+        Err(list) => {
+            for (k, r) in list {
+                errs.push(k, r);
+            }
+            return None;
+        }
+    };
+    match crate::waf::Waf::new(plan) {
+        Ok(w) => Some(std::sync::Arc::new(w)),
+        Err(e) => {
+            errs.push("waf", e.to_string());
+            None
+        }
+    }
+}
+
 fn compile_cidrs(errs: &mut Errors, key: &str, list: Option<Vec<String>>) -> Vec<IpNet> {
     list.unwrap_or_default()
         .iter()
@@ -253,18 +300,8 @@ fn compile_upstream(errs: &mut Errors, name: String, u: UpstreamSection) -> Upst
             "at least one node address is required",
         );
     }
-    let nodes = u
-        .nodes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, a)| match resolve_node(a) {
-            Ok(addr) => Some(addr),
-            Err(e) => {
-                errs.push(format!("{key}.nodes[{i}]"), e);
-                None
-            }
-        })
-        .collect();
+    let nodes = compile_nodes(&key, &u.nodes, resolve_node, &mut |k, r| errs.push(k, r));
+    let policy = compile_policy(&key, &u, resolve_secret, &mut |k, r| errs.push(k, r));
     UpstreamPlan {
         name,
         nodes,
@@ -272,6 +309,7 @@ fn compile_upstream(errs: &mut Errors, name: String, u: UpstreamSection) -> Upst
         read_timeout: u.read_timeout.map_or(Duration::from_secs(30), |d| d.0),
         write_timeout: u.write_timeout.map_or(Duration::from_secs(30), |d| d.0),
         idle_timeout: u.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        policy,
     }
 }
 
@@ -299,7 +337,13 @@ fn resolve_node(a: &str) -> Result<SocketAddr, String> {
     }
 }
 
-fn compile_route(errs: &mut Errors, upstreams: &[&str], i: usize, r: RouteRule) -> Option<Route> {
+fn compile_route(
+    errs: &mut Errors,
+    base: &Path,
+    upstreams: &[&str],
+    i: usize,
+    r: RouteRule,
+) -> Option<Route> {
     let key = format!("route_rules[{i}]");
     let before = errs.list.len();
     let pattern = Pattern::parse(&r.pattern)
@@ -313,32 +357,7 @@ fn compile_route(errs: &mut Errors, upstreams: &[&str], i: usize, r: RouteRule) 
         Some(Ok(h)) => Some(h),
         None => None,
     };
-    let upstream = match r.proxy.as_deref() {
-        None => {
-            errs.push(
-                format!("{key}.proxy"),
-                "missing: every route must name an upstream with `proxy = \"NAME\"`",
-            );
-            None
-        }
-        Some(name) => {
-            let found = upstreams.iter().position(|u| *u == name);
-            if found.is_none() {
-                errs.push(
-                    format!("{key}.proxy"),
-                    format!(
-                        "unknown upstream \"{name}\" (defined: {})",
-                        if upstreams.is_empty() {
-                            "none".to_string()
-                        } else {
-                            upstreams.join(", ")
-                        }
-                    ),
-                );
-            }
-            found
-        }
-    };
+    let target = compile_target(errs, &key, base, upstreams, &r);
     let websocket = r.websocket.unwrap_or(false);
     if websocket && r.cache == Some(true) {
         errs.push(
@@ -370,13 +389,124 @@ fn compile_route(errs: &mut Errors, upstreams: &[&str], i: usize, r: RouteRule) 
         pattern_text: r.pattern,
         pattern: pattern?,
         host,
-        upstream: upstream?,
-        cache: r.cache.unwrap_or(true) && !websocket,
+        cache: r.cache.unwrap_or(true)
+            && !websocket
+            && matches!(target, Some(RouteTarget::Proxy(_))),
+        target: target?,
         websocket,
         websocket_idle_timeout: r
             .websocket_idle_timeout
             .map_or(Duration::from_secs(300), |d| d.0),
         upstream_read_timeout: r.timeout.map(|d| d.0),
+        sticky: r.sticky,
         response_headers,
+        waf: r.waf.unwrap_or(true),
     })
+}
+
+/// A route either proxies (`proxy`) or serves files (`render = "static"` with
+/// `static_root`), never both.
+fn compile_target(
+    errs: &mut Errors,
+    key: &str,
+    base: &Path,
+    upstreams: &[&str],
+    r: &RouteRule,
+) -> Option<RouteTarget> {
+    match (r.proxy.as_deref(), r.render.as_deref()) {
+        (Some(_), Some(_)) => {
+            errs.push(
+                format!("{key}.render"),
+                "a route either proxies or renders: remove `proxy` or `render`",
+            );
+            None
+        }
+        (None, None) => {
+            errs.push(
+                format!("{key}.proxy"),
+                "missing: every route must name an upstream with `proxy = \"NAME\"` \
+                 or serve files with `render = \"static\"`",
+            );
+            None
+        }
+        (Some(name), None) => {
+            if r.static_root.is_some() {
+                errs.push(
+                    format!("{key}.static_root"),
+                    "only used with `render = \"static\"`; remove it from a proxy route",
+                );
+            }
+            compile_upstream_ref(errs, key, upstreams, name).map(RouteTarget::Proxy)
+        }
+        (None, Some("static")) => compile_static(errs, key, base, r).map(RouteTarget::Static),
+        (None, Some(other)) => {
+            errs.push(
+                format!("{key}.render"),
+                format!("unknown renderer \"{other}\": only \"static\" is supported"),
+            );
+            None
+        }
+    }
+}
+
+fn compile_upstream_ref(
+    errs: &mut Errors,
+    key: &str,
+    upstreams: &[&str],
+    name: &str,
+) -> Option<usize> {
+    let found = upstreams.iter().position(|u| *u == name);
+    if found.is_none() {
+        errs.push(
+            format!("{key}.proxy"),
+            format!(
+                "unknown upstream \"{name}\" (defined: {})",
+                if upstreams.is_empty() {
+                    "none".to_string()
+                } else {
+                    upstreams.join(", ")
+                }
+            ),
+        );
+    }
+    found
+}
+
+/// `static_root` must be an existing directory (relative to the config file).
+/// Keys that only mean something when proxying are refused rather than
+/// silently ignored.
+fn compile_static(
+    errs: &mut Errors,
+    key: &str,
+    base: &Path,
+    r: &RouteRule,
+) -> Option<Arc<StaticRoot>> {
+    let proxy_only = [
+        ("websocket", r.websocket == Some(true)),
+        ("cache", r.cache == Some(true)),
+        ("timeout", r.timeout.is_some()),
+        ("websocket_idle_timeout", r.websocket_idle_timeout.is_some()),
+    ];
+    for (name, set) in proxy_only {
+        if set {
+            errs.push(
+                format!("{key}.{name}"),
+                "not used by a `render = \"static\"` route (files are served from disk); remove it",
+            );
+        }
+    }
+    let Some(dir) = r.static_root.as_deref() else {
+        errs.push(
+            format!("{key}.static_root"),
+            "missing: a `render = \"static\"` route needs `static_root = \"DIR\"` (e.g. \"priv/static\")",
+        );
+        return None;
+    };
+    match StaticRoot::open(&base.join(dir)) {
+        Ok(root) => Some(Arc::new(root)),
+        Err(e) => {
+            errs.push(format!("{key}.static_root"), e);
+            None
+        }
+    }
 }

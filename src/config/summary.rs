@@ -3,7 +3,7 @@
 use std::fmt;
 
 use super::Plan;
-use crate::routing::HostMatch;
+use crate::routing::{HostMatch, RouteTarget};
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -47,11 +47,18 @@ impl fmt::Display for Plan {
                 Some(HostMatch::Exact(h)) => h.clone(),
                 Some(HostMatch::Wildcard(suffix)) => format!("*{suffix}"),
             };
-            let upstream = self
-                .upstreams
-                .get(r.upstream)
-                .map_or("?", |u| u.name.as_str());
-            let mut flags = vec![if r.cache { "cache" } else { "no-cache" }];
+            let upstream = match &r.target {
+                RouteTarget::Proxy(id) => self
+                    .upstreams
+                    .get(*id)
+                    .map_or("?".to_string(), |u| u.name.clone()),
+                RouteTarget::Static(root) => format!("static {}", root.dir().display()),
+            };
+            // Static routes are answered before the cache: its flag would mislead.
+            let mut flags = match r.target {
+                RouteTarget::Static(_) => vec!["files"],
+                RouteTarget::Proxy(_) => vec![if r.cache { "cache" } else { "no-cache" }],
+            };
             if r.websocket {
                 flags.push("websocket");
             }

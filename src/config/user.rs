@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::units::HumanDuration;
+use super::limits::{LimitsSection, RateSection};
+use super::units::{ByteSize, HumanDuration};
+use super::upstream::{HealthSection, NodeEntry, StickySection};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +21,10 @@ pub struct UserConfig {
     pub route_rules: Vec<RouteRule>,
     #[serde(default)]
     pub admin: AdminSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub waf: crate::waf::config::WafSection,
     pub tls: Option<TlsSection>,
 }
 
@@ -79,11 +85,19 @@ pub struct ServerSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
-    pub nodes: Vec<String>,
+    pub nodes: Vec<NodeEntry>,
     pub connect_timeout: Option<HumanDuration>,
     pub read_timeout: Option<HumanDuration>,
     pub write_timeout: Option<HumanDuration>,
     pub idle_timeout: Option<HumanDuration>,
+    // Multi-node keys, validated in `config/upstream.rs`.
+    pub balance: Option<String>,
+    pub hash_on: Option<String>,
+    pub health: Option<HealthSection>,
+    pub retries: Option<u32>,
+    pub retry_non_idempotent: Option<bool>,
+    pub sticky: Option<StickySection>,
+    pub close_spread: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,10 +106,22 @@ pub struct RouteRule {
     pub pattern: String,
     pub host: Option<String>,
     pub proxy: Option<String>,
+    /// `"static"`: serve files from `static_root` instead of proxying.
+    pub render: Option<String>,
+    /// Directory the URL path is mapped under; relative to the config file.
+    pub static_root: Option<String>,
     pub cache: Option<bool>,
     pub websocket: Option<bool>,
     pub websocket_idle_timeout: Option<HumanDuration>,
     pub timeout: Option<HumanDuration>,
+    /// Sticky affinity on this route (default: on when the upstream has `sticky`).
+    pub sticky: Option<bool>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Per-route request rate per client IP (on top of `limits.rate`).
+    pub rate: Option<RateSection>,
+    /// Per-route request body limit (overrides `limits.max_body`).
+    pub max_body: Option<ByteSize>,
+    /// `false` turns the WAF off for this route.
+    pub waf: Option<bool>,
 }

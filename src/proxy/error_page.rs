@@ -4,7 +4,7 @@
 //! on the page ties what they report to the log line.
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -54,6 +54,18 @@ small{{color:#777}}</style></head>\n<body><h1>{title}</h1><p>{message}</p>\
         status: u16,
         request_id: Option<&HeaderValue>,
     ) -> pingora::Result<()> {
+        self.respond_with(session, status, request_id, &[]).await
+    }
+
+    /// [`respond`](Self::respond) plus headers the status needs (`Allow` on a
+    /// 405, `Content-Range` on a 416).
+    pub async fn respond_with(
+        &self,
+        session: &mut Session,
+        status: u16,
+        request_id: Option<&HeaderValue>,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> pingora::Result<()> {
         let minted;
         let id = match request_id {
             Some(id) => id,
@@ -70,6 +82,9 @@ small{{color:#777}}</style></head>\n<body><h1>{title}</h1><p>{message}</p>\
         resp.insert_header(request_id::HEADER, id.clone())?;
         if status == 503 {
             resp.insert_header("retry-after", "5")?;
+        }
+        for (name, value) in extra {
+            resp.insert_header(name.clone(), value.clone())?;
         }
         let head_only = session.req_header().method == http::Method::HEAD;
         session
@@ -89,8 +104,11 @@ fn is_unavailable(status: u16) -> bool {
 fn describe(status: u16) -> (&'static str, &'static str) {
     match status {
         400 => ("Bad Request", "The request could not be understood."),
+        403 => ("Forbidden", "This file cannot be served."),
         404 => ("Not Found", "Nothing is served at this address."),
+        405 => ("Method Not Allowed", "This address only answers GET and HEAD."),
         408 => ("Request Timeout", "The request took too long to arrive."),
+        416 => ("Range Not Satisfiable", "The requested range is outside the file."),
         502 => (
             "Temporarily Unavailable",
             "The application is not answering right now. Please try again in a moment.",

@@ -14,9 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
+use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
@@ -27,9 +29,12 @@ use forwarded::Arrival;
 
 use crate::admin::{self, AdminAccess, Endpoint};
 use crate::config::Plan;
-use crate::routing::{request_host, RouteTable};
+use crate::limits::Limits;
+use crate::routing::{request_host, RouteTable, RouteTarget};
+use crate::static_files;
 use crate::tls::{self, EdgePolicy};
-use crate::upstream::Pool;
+use crate::upstream::{self as upstream, Upstreams};
+use crate::waf;
 
 /// `Clone` shares every piece of state (fields are `Arc`s or immutable
 /// values): the HTTP/3 sidecar runs a clone in its own `HttpProxy`, and both
@@ -37,25 +42,43 @@ use crate::upstream::Pool;
 #[derive(Clone)]
 pub struct BextProxy {
     routes: Arc<RouteTable>,
-    pools: Arc<[Pool]>,
+    upstreams: Arc<Upstreams>,
     trusted_proxies: Vec<IpNet>,
     client_timeout: Duration,
     pages: ErrorPages,
     admin: AdminAccess,
+    limits: Arc<Limits>,
+    waf: std::sync::Arc<crate::waf::Waf>,
     edge: EdgePolicy,
 }
 
 impl BextProxy {
     pub fn new(plan: Plan) -> BextProxy {
+        let limits = Arc::new(Limits::new(
+            plan.limits,
+            plan.server.trusted_proxies.clone(),
+        ));
         BextProxy {
             edge: EdgePolicy::new(plan.tls.as_ref()),
-            pools: plan.upstreams.iter().map(Pool::new).collect(),
+            upstreams: Arc::new(Upstreams::new(&plan.upstreams)),
             routes: Arc::new(plan.routes),
             trusted_proxies: plan.server.trusted_proxies,
             client_timeout: plan.server.client_timeout,
             pages: ErrorPages::new(plan.server.error_page),
             admin: plan.admin,
+            limits,
+            waf: plan.waf,
         }
+    }
+
+    /// The pools, shared with the health-check service.
+    pub fn upstreams(&self) -> Arc<Upstreams> {
+        self.upstreams.clone()
+    }
+
+    /// The limits, shared with the listener ([`crate::limits::LimitedApp`]).
+    pub fn limits(&self) -> Arc<Limits> {
+        self.limits.clone()
     }
 
     /// Answers a `/__bext/*` request (or 404s it when the caller is not allowed).
@@ -69,10 +92,36 @@ impl BextProxy {
         }
         let req = session.req_header();
         match admin::endpoint(&req.method, req.uri.path()) {
+            Endpoint::Waf => {
+                let counts: serde_json::Map<String, serde_json::Value> = waf::COUNTERS
+                    .snapshot()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+                    .collect();
+                let mode = format!("{:?}", self.waf.mode()).to_lowercase();
+                let body = serde_json::json!({ "mode": mode, "counters": counts });
+                admin::respond_json(session, 200, &body, ctx.request_id.as_ref()).await
+            }
             Endpoint::Health => {
                 let body =
                     serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") });
                 admin::respond_json(session, 200, &body, ctx.request_id.as_ref()).await
+            }
+            Endpoint::Upstreams => {
+                upstream::admin::list(session, &self.upstreams, ctx.request_id.as_ref()).await
+            }
+            Endpoint::UpstreamNode => {
+                upstream::admin::node_action(session, &self.upstreams, ctx.request_id.as_ref())
+                    .await
+            }
+            Endpoint::Limits => {
+                admin::respond_json(
+                    session,
+                    200,
+                    &self.limits.to_json(),
+                    ctx.request_id.as_ref(),
+                )
+                .await
             }
             Endpoint::NotFound => {
                 let body = admin::error_body("no such admin endpoint");
@@ -108,7 +157,15 @@ impl ProxyHttp for BextProxy {
     /// module whose per-request context costs CPU for nothing.
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        self.limits.early(session, &mut ctx.limits);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if self.limits.respond_early(session, &mut ctx.limits).await? {
+            return Ok(true);
+        }
         let req = session.req_header();
         ctx.request_id = Some(request_id::from_client(req.headers.get(request_id::HEADER)));
         if self.edge.redirect_plain(session, &self.admin).await? {
@@ -126,22 +183,111 @@ impl ProxyHttp for BextProxy {
             return Ok(true);
         };
         ctx.websocket = tunnel::admit(session, &route, self.client_timeout);
-        ctx.route = Some(route);
+        let waf_on = route.waf;
+        ctx.route = Some(route.clone());
+        if self
+            .limits
+            .admit_route(session, route.index, ctx.websocket, &mut ctx.limits)
+            .await?
+        {
+            return Ok(true);
+        }
+        let id = ctx.request_id.as_ref();
+        if waf::phase::on_request(&self.waf, waf_on, session, &mut ctx.waf, id).await? {
+            return Ok(true);
+        }
+        if let RouteTarget::Static(root) = &route.target {
+            let extras = static_files::Extras {
+                route_headers: &route.response_headers,
+                request_id: ctx.request_id.as_ref(),
+            };
+            static_files::serve(session, root, extras, &self.pages).await?;
+            return Ok(true);
+        }
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Size limits see every chunk as it arrives; the WAF may then hold it back.
+        self.limits
+            .body_chunk(body.as_ref(), end_of_stream, &mut ctx.limits)?;
+        let id = ctx.request_id.as_ref();
+        waf::phase::on_body(&self.waf, session, body, end_of_stream, &mut ctx.waf, id)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
-        let node = self
-            .pools
-            .get(route.upstream)
-            .and_then(Pool::select)
-            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no node available"))?;
-        ctx.node = Some(node.addr);
-        Ok(node.peer(tunnel::peer_requirements(route, ctx.websocket)))
+        // Static routes are answered in request_filter and never get here.
+        let upstream = route.upstream().ok_or_else(|| {
+            Error::explain(
+                ErrorType::InternalError,
+                "static route reached upstream_peer",
+            )
+        })?;
+        let request = upstream::PeerRequest {
+            req: session.req_header(),
+            upstream,
+            route_sticky: route.sticky,
+            websocket: ctx.websocket,
+            client_ip: Self::arrival(session).peer,
+            requirements: tunnel::peer_requirements(route, ctx.websocket),
+        };
+        let peer = self.upstreams.peer(&mut ctx.upstream, request)?;
+        ctx.node = ctx.upstream.node_addr();
+        Ok(peer)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream.connected(ctx.websocket, fd);
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _s: &mut Session,
+        _p: &HttpPeer,
+        ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.upstream.connect_failed(e)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let e = e.more_context(format!("Peer: {peer}"));
+        ctx.upstream.proxy_failed(session, e, client_reused)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream.response_head(session, resp)
     }
 
     async fn upstream_request_filter(
@@ -169,6 +315,7 @@ impl ProxyHttp for BextProxy {
     ) -> Result<()> {
         hop_by_hop::strip_response(resp);
         self.edge.decorate(session, resp)?;
+        ctx.upstream.response(resp, tls::is_secure(session))?;
         if let Some(route) = &ctx.route {
             for (name, value) in &route.response_headers {
                 resp.insert_header(name.clone(), value.clone())?;
@@ -186,7 +333,12 @@ impl ProxyHttp for BextProxy {
         // whatever this hook returns, so the page must say `Connection: close`
         // rather than promise a keep-alive the client would then find dead.
         session.set_keepalive(None);
-        if code > 0 && session.response_written().is_none() {
+        if ctx.waf.blocked() && session.response_written().is_none() {
+            let id = ctx.request_id.as_ref();
+            if let Err(write_err) = waf::phase::respond_blocked(session, id).await {
+                log::debug!("could not send the waf 403 page: {write_err}");
+            }
+        } else if code > 0 && session.response_written().is_none() {
             if let Err(write_err) = self
                 .pages
                 .respond(session, code, ctx.request_id.as_ref())
@@ -202,6 +354,7 @@ impl ProxyHttp for BextProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.upstream.finish();
         let Some(e) = e else { return };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         log::warn!(

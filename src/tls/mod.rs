@@ -88,22 +88,19 @@ pub fn h2_options() -> H2Options {
     o
 }
 
-/// Applies HTTP/2 limits and h2c to the proxy service and adds one TLS
-/// listener per `tls.listen` address. Never panics: the certificates were
-/// loaded and checked when the plan was compiled.
-pub fn configure<SV>(
-    service: &mut Service<HttpProxy<SV>>,
-    tls: Option<&TlsPlan>,
-    h2c: bool,
-) -> pingora::Result<()> {
-    if let Some(app) = service.app_logic_mut() {
-        app.h2_options = Some(h2_options());
-        if h2c {
-            let mut options = app.server_options.take().unwrap_or_default();
-            options.h2c = true;
-            app.server_options = Some(options);
-        }
+/// Applies the HTTP/2 limits (TLS and h2c) and h2c itself to the proxy app.
+pub fn configure_http<SV>(app: &mut HttpProxy<SV>, h2c: bool) {
+    app.h2_options = Some(h2_options());
+    if h2c {
+        let mut options = app.server_options.take().unwrap_or_default();
+        options.h2c = true;
+        app.server_options = Some(options);
     }
+}
+
+/// Adds one TLS listener (ALPN h2, http/1.1) per `tls.listen` address. Never
+/// panics: the certificates were loaded and checked when the plan was compiled.
+pub fn add_listeners<A>(service: &mut Service<A>, tls: Option<&TlsPlan>) -> pingora::Result<()> {
     let Some(tls) = tls else {
         return Ok(());
     };

@@ -1,26 +1,30 @@
-//! Upstream pools: the Phoenix nodes behind one `[upstreams.NAME]`, how a node is
-//! chosen for a request, and the connection options used to reach it.
+//! Upstream pools: the Phoenix nodes behind each `[upstreams.NAME]`, how a node
+//! is chosen for a request (balancing, signed affinity cookie, retries on
+//! another node), their health (active probes in a background service plus
+//! passive marking on failed connects), draining, and the websocket tunnels
+//! open to each node (closed when the node goes down or is drained).
 //!
-//! Selection is plain round robin today. Health checks, least-connections,
-//! consistent hashing, sticky LiveView affinity and draining plug in behind
-//! [`Pool::select`] without the proxy phases changing.
+//! The proxy phases call [`Upstreams`] and [`RequestState`] one line each; no
+//! decision about nodes is made in `proxy`.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+pub mod admin;
+mod balance;
+pub mod health;
+mod node;
+mod pool;
+mod request;
+mod retry;
+mod sticky;
+mod tunnels;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
+pub use node::{Node, NodeSnapshot};
+pub use pool::Pool;
+pub use request::{PeerRequest, RequestState};
 
 use crate::config::UpstreamPlan;
-
-/// One Phoenix node of a pool.
-#[derive(Debug)]
-pub struct Node {
-    pub addr: SocketAddr,
-    /// Pre-built peer with the pool's options; cloned per request (cheaper than
-    /// rebuilding the address string and options every time).
-    peer: HttpPeer,
-}
 
 /// What a route needs from the connection to the node.
 #[derive(Debug, Clone, Copy)]
@@ -31,99 +35,122 @@ pub struct PeerRequirements {
     pub allow_websocket: bool,
 }
 
-/// The nodes behind one upstream name.
+/// Every pool of the plan, shared by the proxy, the health service and the admin API.
 #[derive(Debug)]
-pub struct Pool {
-    pub name: String,
-    nodes: Vec<Node>,
-    next: AtomicUsize,
+pub struct Upstreams {
+    pools: Vec<Arc<Pool>>,
 }
 
-impl Pool {
-    pub fn new(plan: &UpstreamPlan) -> Pool {
-        let nodes = plan
-            .nodes
+impl Upstreams {
+    pub fn new(plans: &[UpstreamPlan]) -> Upstreams {
+        Upstreams {
+            pools: plans.iter().map(|p| Arc::new(Pool::new(p))).collect(),
+        }
+    }
+
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Arc<Pool>> {
+        self.pools.get(index)
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// Attempts Pingora must allow per request (`ServerConf::max_retries`) so
+    /// that every pool's `retries` can happen; the pools bound themselves.
+    pub fn max_attempts(plans: &[UpstreamPlan]) -> usize {
+        plans
             .iter()
-            .map(|addr| {
-                // Plain HTTP/1.1 to Phoenix on a private address; no SNI.
-                let mut peer = HttpPeer::new(*addr, false, String::new());
-                peer.options.connection_timeout = Some(plan.connect_timeout);
-                peer.options.read_timeout = Some(plan.read_timeout);
-                peer.options.write_timeout = Some(plan.write_timeout);
-                peer.options.idle_timeout = Some(plan.idle_timeout);
-                peer.options.http_upstream_request_policy =
-                    HttpUpstreamRequestPolicy::deny_upgrades();
-                Node { addr: *addr, peer }
-            })
-            .collect();
-        Pool {
-            name: plan.name.clone(),
-            nodes,
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    pub fn nodes(&self) -> &[Node] {
-        &self.nodes
-    }
-
-    /// Picks the node for the next request. `None` when the pool has no node to offer.
-    pub fn select(&self) -> Option<&Node> {
-        match self.nodes.len() {
-            0 => None,
-            1 => self.nodes.first(),
-            n => {
-                let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-                self.nodes.get(i)
-            }
-        }
-    }
-}
-
-impl Node {
-    /// The peer to connect to for one request, with the route's requirements applied.
-    pub fn peer(&self, req: PeerRequirements) -> Box<HttpPeer> {
-        let mut peer = Box::new(self.peer.clone());
-        if let Some(t) = req.read_timeout {
-            peer.options.read_timeout = Some(t);
-        }
-        if req.allow_websocket {
-            peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::standard();
-        }
-        peer
+            .map(|p| p.policy.retries as usize + 1)
+            .max()
+            .unwrap_or(1)
+            .max(2)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::upstream::{NodePlan, PoolPolicy};
+    use http::HeaderMap;
+    use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 
-    fn plan(nodes: &[&str]) -> UpstreamPlan {
+    pub(crate) fn plan(nodes: &[&str], policy: PoolPolicy) -> UpstreamPlan {
         UpstreamPlan {
             name: "phoenix".into(),
-            nodes: nodes.iter().map(|n| n.parse().unwrap()).collect(),
+            nodes: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NodePlan {
+                    addr: n.parse().unwrap(),
+                    id: format!("n{i}"),
+                    weight: 1,
+                    drained: false,
+                })
+                .collect(),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(2),
             write_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(4),
+            policy,
+        }
+    }
+
+    fn input(headers: &HeaderMap, tried: u64) -> pool::SelectInput<'_> {
+        pool::SelectInput {
+            headers,
+            client_ip: Some("10.0.0.1".parse().unwrap()),
+            sticky: false,
+            websocket: false,
+            tried,
         }
     }
 
     #[test]
-    fn round_robin_visits_every_node_evenly() {
-        let pool = Pool::new(&plan(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]));
+    fn round_robin_visits_every_node_evenly_and_skips_tried_ones() {
+        let pool = Pool::new(&plan(
+            &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
+            PoolPolicy::default(),
+        ));
+        let h = HeaderMap::new();
         let mut counts = [0; 3];
         for _ in 0..300 {
-            let port = pool.select().unwrap().addr.port();
-            counts[port as usize - 1] += 1;
+            counts[pool.select(input(&h, 0)).unwrap().index] += 1;
         }
         assert_eq!(counts, [100, 100, 100]);
+        for _ in 0..10 {
+            assert_ne!(pool.select(input(&h, 0b010)).unwrap().index, 1);
+        }
+        assert!(!pool.has_untried(0b111));
+    }
+
+    #[test]
+    fn drained_node_gets_no_new_clients_and_all_down_means_none() {
+        let pool = Pool::new(&plan(
+            &["127.0.0.1:1", "127.0.0.1:2"],
+            PoolPolicy::default(),
+        ));
+        assert_eq!(pool.set_drained("n0", true), Some(true));
+        assert_eq!(pool.set_drained("nope", true), None);
+        let h = HeaderMap::new();
+        for _ in 0..10 {
+            assert_eq!(pool.select(input(&h, 0)).unwrap().index, 1);
+        }
+        let health = &pool.policy.health;
+        for _ in 0..health.unhealthy_after {
+            pool.nodes()[1].record_failure("refused".into(), health);
+        }
+        assert!(pool.select(input(&h, 0)).is_none());
     }
 
     #[test]
     fn route_requirements_shape_the_peer() {
-        let pool = Pool::new(&plan(&["127.0.0.1:1"]));
-        let node = pool.select().unwrap();
+        let pool = Pool::new(&plan(&["127.0.0.1:1"], PoolPolicy::default()));
+        let node = &pool.nodes()[0];
         let p = node.peer(PeerRequirements {
             read_timeout: None,
             allow_websocket: false,

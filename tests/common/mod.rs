@@ -3,7 +3,7 @@
 //! hyper 1) and a tiny raw HTTP/1.1 client for byte-exact requests.
 //!
 //! Every test crate uses a different subset of these helpers.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::collapsible_match)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -1,0 +1,468 @@
+//! Flood and abuse absorption: per-client request rates, connection and
+//! websocket caps, size limits, slow-client deadlines and protocol hygiene.
+//! Owns every decision; the proxy phases only call in:
+//!
+//! | where                              | what                                        |
+//! |------------------------------------|---------------------------------------------|
+//! | [`LimitedApp`] (listener)          | connection caps, head deadline, head budget |
+//! | `early_request_filter` → [`Limits::early`] | hygiene 400, 414/431, global rate 429 |
+//! | `request_filter` → [`Limits::respond_early`], [`Limits::admit_route`] | answer the above; route rate, 413 by Content-Length, websocket cap |
+//! | `request_body_filter` → [`Limits::body_chunk`] | streamed 413, minimum body rate (408) |
+//!
+//! Every per-client table is a fixed-size sketch (see `rate.rs`, `conns.rs`):
+//! memory does not depend on how many addresses talk to bext. Rejections are
+//! counted per reason ([`Limits::counters`], `GET /__bext/limits`) and logged
+//! at most once a second.
+
+pub mod client_key;
+mod conns;
+pub mod hygiene;
+mod rate;
+pub mod sizes;
+mod stream;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ipnet::IpNet;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+
+use client_key::ClientKey;
+use conns::{listed, ConnLimiter, Permit};
+use rate::{Decision, RateLimiter};
+use sizes::HeadLimits;
+
+pub use stream::LimitedApp;
+
+/// `rate = { requests, per, burst }`: `requests` per `per` sustained, up to
+/// `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateSpec {
+    pub requests: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+/// Limits of one route rule (index = position in `route_rules`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteLimits {
+    pub rate: Option<RateSpec>,
+    pub max_body: Option<u64>,
+}
+
+/// `[limits]`, validated. `0` disables a connection cap or the body rate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsPlan {
+    pub rate: Option<RateSpec>,
+    pub allow: Vec<IpNet>,
+    pub ipv6_prefix: u8,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_websockets_per_ip: usize,
+    pub max_request_target: u64,
+    pub max_header_line: u64,
+    pub max_headers_size: u64,
+    pub max_headers: usize,
+    pub max_body: u64,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub min_body_rate: u64,
+    pub body_rate_grace: Duration,
+    pub min_send_rate: Option<u64>,
+    pub routes: Vec<RouteLimits>,
+}
+
+impl Default for LimitsPlan {
+    fn default() -> Self {
+        LimitsPlan {
+            rate: None,
+            allow: Vec::new(),
+            ipv6_prefix: 64,
+            max_connections: 100_000,
+            max_connections_per_ip: 1_000,
+            max_websockets_per_ip: 100,
+            max_request_target: 8 << 10,
+            max_header_line: 8 << 10,
+            max_headers_size: 64 << 10,
+            max_headers: 100,
+            max_body: 100 << 20,
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(90),
+            min_body_rate: 1 << 10,
+            body_rate_grace: Duration::from_secs(10),
+            min_send_rate: None,
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// Why a request or connection was refused; also the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Rate,
+    RouteRate,
+    Connections,
+    Websockets,
+    Target,
+    Headers,
+    Body,
+    SlowBody,
+    Framing,
+}
+
+impl Reason {
+    const ALL: [Reason; 9] = [
+        Reason::Rate,
+        Reason::RouteRate,
+        Reason::Connections,
+        Reason::Websockets,
+        Reason::Target,
+        Reason::Headers,
+        Reason::Body,
+        Reason::SlowBody,
+        Reason::Framing,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Rate => "rate",
+            Reason::RouteRate => "route_rate",
+            Reason::Connections => "connections",
+            Reason::Websockets => "websockets",
+            Reason::Target => "request_target",
+            Reason::Headers => "headers",
+            Reason::Body => "body_size",
+            Reason::SlowBody => "slow_body",
+            Reason::Framing => "framing",
+        }
+    }
+}
+
+/// A refusal decided in `early_request_filter`, answered in `request_filter`.
+#[derive(Debug, Clone, Copy)]
+struct Verdict {
+    status: u16,
+    retry_after: Option<u32>,
+}
+
+/// Per-request limits state (a field of the proxy's `Ctx`).
+#[derive(Debug, Default)]
+pub struct LimitsCtx {
+    client: Option<IpAddr>,
+    key: Option<ClientKey>,
+    exempt: bool,
+    verdict: Option<Verdict>,
+    body_limit: u64,
+    body_seen: u64,
+    body_started: Option<Instant>,
+    websocket: Option<Permit>,
+}
+
+impl LimitsCtx {
+    /// The client address the limits counted this request against.
+    pub fn client(&self) -> Option<IpAddr> {
+        self.client
+    }
+}
+
+/// The runtime side of the limits, shared by the listener and the proxy.
+pub struct Limits {
+    plan: LimitsPlan,
+    trusted: Vec<IpNet>,
+    head: HeadLimits,
+    rate: Option<RateLimiter>,
+    route_rates: Vec<Option<RateLimiter>>,
+    conns: ConnLimiter,
+    websockets: ConnLimiter,
+    counters: [AtomicU64; Reason::ALL.len()],
+    last_log_sec: AtomicU64,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits").field("plan", &self.plan).finish()
+    }
+}
+
+fn usize_of(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+impl Limits {
+    pub fn new(plan: LimitsPlan, trusted_proxies: Vec<IpNet>) -> Limits {
+        Limits {
+            head: HeadLimits {
+                max_request_target: usize_of(plan.max_request_target),
+                max_header_line: usize_of(plan.max_header_line),
+                max_headers_size: usize_of(plan.max_headers_size),
+                max_headers: plan.max_headers,
+            },
+            rate: plan.rate.map(RateLimiter::new),
+            route_rates: plan
+                .routes
+                .iter()
+                .map(|r| r.rate.map(RateLimiter::new))
+                .collect(),
+            conns: ConnLimiter::new(plan.max_connections, plan.max_connections_per_ip),
+            websockets: ConnLimiter::new(0, plan.max_websockets_per_ip),
+            counters: Default::default(),
+            last_log_sec: AtomicU64::new(0),
+            trusted: trusted_proxies,
+            plan,
+        }
+    }
+
+    /// Rejections so far, per reason (the `bext_limits_rejected_total` metric).
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    r.as_str(),
+                    self.counters[*r as usize].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    /// Connections currently open through the listener.
+    pub fn open_connections(&self) -> usize {
+        self.conns.open()
+    }
+
+    /// Counts a rejection and logs it, at most one line per second.
+    fn record(&self, reason: Reason, client: Option<IpAddr>, status: u16) {
+        self.counters[reason as usize].fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_log_sec.load(Ordering::Relaxed);
+        if now != last
+            && self
+                .last_log_sec
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            log::warn!(
+                "limits: refused client={} reason={} status={status} (logged at most once a second; totals at /__bext/limits)",
+                client.map_or_else(|| "-".to_string(), |c| c.to_string()),
+                reason.as_str()
+            );
+        }
+    }
+
+    fn exempt(&self, ip: IpAddr) -> bool {
+        listed(ip, &self.plan.allow)
+    }
+
+    /// Called for every accepted connection, before anything is read.
+    pub(crate) fn admit_connection(&self, peer: Option<IpAddr>) -> Result<Permit, ()> {
+        let exempt = peer.is_none_or(|ip| self.exempt(ip) || listed(ip, &self.trusted));
+        let key = peer.map(|ip| ClientKey::new(ip, self.plan.ipv6_prefix));
+        self.conns.acquire(key, exempt).map_err(|_| {
+            self.record(Reason::Connections, peer, 503);
+        })
+    }
+
+    /// `early_request_filter`: identifies the client, ends the head deadline,
+    /// and decides refusals that do not depend on the route.
+    pub fn early(&self, session: &mut Session, ctx: &mut LimitsCtx) {
+        stream::headers_complete(session.stream());
+        if let Some(rate) = self.plan.min_send_rate {
+            session.set_min_send_rate(Some(usize_of(rate)));
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_canonical());
+        let req = session.req_header();
+        ctx.client = client_key::real_ip(req, peer, &self.trusted);
+        ctx.key = ctx
+            .client
+            .map(|ip| ClientKey::new(ip, self.plan.ipv6_prefix));
+        ctx.exempt = ctx.client.is_some_and(|ip| self.exempt(ip));
+        ctx.body_limit = self.plan.max_body;
+        let raw = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
+        let req = session.req_header();
+        let refusal = if let Some(why) = hygiene::check(req, raw.as_ref()) {
+            log::debug!("limits: refused framing: {why}");
+            Some((Reason::Framing, 400, None))
+        } else if let Some(o) = sizes::check_head(req, &self.head) {
+            log::debug!("limits: refused head: {}", o.what);
+            let reason = if o.status == 414 {
+                Reason::Target
+            } else {
+                Reason::Headers
+            };
+            Some((reason, o.status, None))
+        } else {
+            self.check_rate(self.rate.as_ref(), ctx)
+                .map(|retry| (Reason::Rate, 429, Some(retry)))
+        };
+        if let Some((reason, status, retry_after)) = refusal {
+            ctx.verdict = Some(Verdict {
+                status,
+                retry_after,
+            });
+            self.record(reason, ctx.client, status);
+        }
+    }
+
+    fn check_rate(&self, limiter: Option<&RateLimiter>, ctx: &LimitsCtx) -> Option<u32> {
+        let (limiter, key) = (limiter?, ctx.key?);
+        if ctx.exempt {
+            return None;
+        }
+        match limiter.check(key) {
+            Decision::Allow => None,
+            Decision::Deny { retry_after_secs } => Some(retry_after_secs),
+        }
+    }
+
+    /// `request_filter`, first thing: answers a refusal decided in [`Self::early`].
+    /// `Ok(true)` means a response was sent.
+    pub async fn respond_early(&self, session: &mut Session, ctx: &mut LimitsCtx) -> Result<bool> {
+        match ctx.verdict {
+            Some(v) => respond(session, v.status, v.retry_after)
+                .await
+                .map(|_| true),
+            None => Ok(false),
+        }
+    }
+
+    /// `request_filter`, once the route is known: the route's rate, its body
+    /// limit against `Content-Length`, and the websocket cap.
+    pub async fn admit_route(
+        &self,
+        session: &mut Session,
+        route_index: usize,
+        websocket: bool,
+        ctx: &mut LimitsCtx,
+    ) -> Result<bool> {
+        let route = self.plan.routes.get(route_index);
+        if let Some(max) = route.and_then(|r| r.max_body) {
+            ctx.body_limit = max;
+        }
+        let limiter = self.route_rates.get(route_index).and_then(Option::as_ref);
+        if let Some(retry) = self.check_rate(limiter, ctx) {
+            self.record(Reason::RouteRate, ctx.client, 429);
+            return respond(session, 429, Some(retry)).await.map(|_| true);
+        }
+        let declared = sizes::content_length(session.req_header());
+        if declared.is_some_and(|len| len > ctx.body_limit) {
+            self.record(Reason::Body, ctx.client, 413);
+            return respond(session, 413, None).await.map(|_| true);
+        }
+        if declared.is_some_and(|len| len > 0)
+            || session
+                .req_header()
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING)
+        {
+            ctx.body_started = Some(Instant::now());
+        }
+        if websocket {
+            // Tunnel traffic also flows through request_body_filter: it is
+            // not a request body and max_body must not cut it.
+            ctx.body_limit = u64::MAX;
+            match self.websockets.acquire(ctx.key, ctx.exempt) {
+                Ok(permit) => ctx.websocket = Some(permit),
+                Err(_) => {
+                    self.record(Reason::Websockets, ctx.client, 429);
+                    return respond(session, 429, Some(1)).await.map(|_| true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// `request_body_filter`: the streamed body against the route's limit and
+    /// the minimum body rate. The body is never buffered here.
+    pub fn body_chunk(
+        &self,
+        body: Option<&Bytes>,
+        end_of_stream: bool,
+        ctx: &mut LimitsCtx,
+    ) -> Result<()> {
+        ctx.body_seen += body.map_or(0, |b| b.len() as u64);
+        if ctx.body_seen > ctx.body_limit {
+            self.record(Reason::Body, ctx.client, 413);
+            return Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                "request body larger than max_body",
+            );
+        }
+        if end_of_stream || self.plan.min_body_rate == 0 {
+            return Ok(());
+        }
+        let Some(started) = ctx.body_started else {
+            return Ok(());
+        };
+        let elapsed = started.elapsed();
+        if let Some(measured) = elapsed.checked_sub(self.plan.body_rate_grace) {
+            let floor = self.plan.min_body_rate as f64 * measured.as_secs_f64();
+            if (ctx.body_seen as f64) < floor {
+                self.record(Reason::SlowBody, ctx.client, 408);
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(408),
+                    "request body slower than limits.min_body_rate",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Rejection totals as JSON, for the admin API.
+    pub fn to_json(&self) -> serde_json::Value {
+        let rejected: serde_json::Map<String, serde_json::Value> = self
+            .counters()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into()))
+            .collect();
+        serde_json::json!({
+            "rejected": rejected,
+            "open_connections": self.open_connections(),
+            "sketch_bytes": RateLimiter::memory_bytes()
+                * (usize::from(self.rate.is_some()) + self.route_rates.iter().flatten().count()),
+        })
+    }
+}
+
+/// A short plain-text refusal. Framing and size errors close the connection
+/// (the rest of the request cannot be trusted or is not worth reading).
+async fn respond(session: &mut Session, status: u16, retry_after: Option<u32>) -> Result<()> {
+    let text: &'static str = match status {
+        400 => "Bad Request\n",
+        408 => "Request Timeout\n",
+        413 => "Payload Too Large\n",
+        414 => "URI Too Long\n",
+        429 => "Too Many Requests\n",
+        431 => "Request Header Fields Too Large\n",
+        _ => "Refused\n",
+    };
+    let mut resp = ResponseHeader::build(status, Some(5))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", text.len())?;
+    resp.insert_header("cache-control", "no-store")?;
+    if let Some(secs) = retry_after {
+        resp.insert_header("retry-after", secs)?;
+    }
+    if status != 429 {
+        session.set_keepalive(None);
+        resp.insert_header("connection", "close")?;
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(Bytes::from_static(text.as_bytes())), true)
+            .await?;
+    }
+    Ok(())
+}

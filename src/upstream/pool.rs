@@ -1,0 +1,211 @@
+//! A pool: the nodes behind one `[upstreams.NAME]` and the choice of a node
+//! for one request attempt (sticky cookie first, then the pool's balancing),
+//! plus the reactions to health and drain changes (closing tunnels).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::COOKIE;
+use http::HeaderMap;
+
+use super::balance::Balancer;
+use super::node::{Node, Transition};
+use super::sticky::Sticky;
+use crate::config::upstream::{Balance, HashOn, PoolPolicy};
+use crate::config::UpstreamPlan;
+
+#[derive(Debug)]
+pub struct Pool {
+    pub name: String,
+    pub nodes: Vec<Arc<Node>>,
+    balancer: Balancer,
+    sticky: Option<Sticky>,
+    pub policy: PoolPolicy,
+}
+
+/// What a request brings to node selection.
+#[derive(Debug, Clone, Copy)]
+pub struct SelectInput<'a> {
+    pub headers: &'a HeaderMap,
+    pub client_ip: Option<IpAddr>,
+    /// The route wants affinity (and the pool offers it).
+    pub sticky: bool,
+    /// A websocket handshake: a drained node's cookie no longer holds it.
+    pub websocket: bool,
+    /// Bit i set: node i already failed this request.
+    pub tried: u64,
+}
+
+/// The node chosen for one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    pub index: usize,
+    /// The node a valid affinity cookie of the request named, if any.
+    pub cookie_node: Option<usize>,
+}
+
+fn tried(mask: u64, i: usize) -> bool {
+    i < 64 && mask & (1 << i) != 0
+}
+
+fn ip_key(ip: Option<IpAddr>, buf: &mut [u8; 16]) -> &[u8] {
+    match ip {
+        Some(IpAddr::V4(v4)) => {
+            buf[..4].copy_from_slice(&v4.octets());
+            &buf[..4]
+        }
+        Some(IpAddr::V6(v6)) => {
+            buf.copy_from_slice(&v6.octets());
+            &buf[..]
+        }
+        None => &buf[..0],
+    }
+}
+
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_bytes())
+}
+
+impl Pool {
+    pub fn new(plan: &UpstreamPlan) -> Pool {
+        let nodes: Vec<Arc<Node>> = plan
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Arc::new(Node::new(i, n, plan)))
+            .collect();
+        let sticky = plan
+            .policy
+            .sticky
+            .as_ref()
+            .and_then(|s| Sticky::new(&plan.name, s));
+        Pool {
+            name: plan.name.clone(),
+            balancer: Balancer::new(plan.policy.balance.clone(), &nodes),
+            nodes,
+            sticky,
+            policy: plan.policy.clone(),
+        }
+    }
+
+    pub fn nodes(&self) -> &[Arc<Node>] {
+        &self.nodes
+    }
+
+    /// Affinity is offered: a cookie is configured and there is a choice to pin.
+    pub fn sticky(&self) -> Option<&Sticky> {
+        self.sticky.as_ref().filter(|_| self.nodes.len() > 1)
+    }
+
+    pub fn node_by_id(&self, id: &str) -> Option<&Arc<Node>> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Picks the node for one attempt. `None`: no node may take the request.
+    pub fn select(&self, input: SelectInput) -> Option<Choice> {
+        let fresh = |n: &Node| n.available() && !tried(input.tried, n.index);
+        let any = |n: &Node| n.available();
+        let mut buf = [0u8; 16];
+        if let Some(sticky) = self.sticky().filter(|_| input.sticky) {
+            let cookie_node = sticky
+                .node_in(input.headers)
+                .and_then(|id| self.nodes.iter().position(|n| n.id == id));
+            if let Some(i) = cookie_node {
+                let n = &self.nodes[i];
+                if n.is_healthy() && !tried(input.tried, i) && !(n.is_drained() && input.websocket)
+                {
+                    return Some(Choice {
+                        index: i,
+                        cookie_node,
+                    });
+                }
+            }
+            let key = ip_key(input.client_ip, &mut buf);
+            let index = self
+                .balancer
+                .hashed(&self.nodes, key, &fresh)
+                .or_else(|| self.balancer.hashed(&self.nodes, key, &any))?;
+            return Some(Choice { index, cookie_node });
+        }
+        let key: &[u8] = match self.balancer.kind() {
+            Balance::Hash(HashOn::Header(h)) => match input.headers.get(h) {
+                Some(v) => v.as_bytes(),
+                None => ip_key(input.client_ip, &mut buf),
+            },
+            Balance::Hash(HashOn::Cookie(c)) => match cookie_value(input.headers, c) {
+                Some(v) => v,
+                None => ip_key(input.client_ip, &mut buf),
+            },
+            Balance::Hash(HashOn::ClientIp) => ip_key(input.client_ip, &mut buf),
+            _ => &[],
+        };
+        let index = self
+            .balancer
+            .pick(&self.nodes, key, fresh)
+            .or_else(|| self.balancer.pick(&self.nodes, key, any))?;
+        Some(Choice {
+            index,
+            cookie_node: None,
+        })
+    }
+
+    /// Whether a node this request has not tried yet could take it.
+    pub fn has_untried(&self, tried_mask: u64) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.available() && !tried(tried_mask, n.index))
+    }
+
+    /// Acts on a health change of `node`: logs it and closes its tunnels when it went down.
+    pub fn on_transition(&self, node: &Node, t: Transition) {
+        match t {
+            Transition::None => {}
+            Transition::WentDown => {
+                log::warn!(
+                    "upstream {} node {} ({}) is unhealthy; closing its {} tunnel(s) over {:?}",
+                    self.name,
+                    node.id,
+                    node.addr,
+                    node.tunnels.len(),
+                    self.policy.close_spread
+                );
+                node.tunnels.close_all(self.policy.close_spread);
+            }
+            Transition::WentUp => {
+                log::info!(
+                    "upstream {} node {} ({}) is healthy again",
+                    self.name,
+                    node.id,
+                    node.addr
+                )
+            }
+        }
+    }
+
+    /// Drains (no new clients; its tunnels are closed) or undrains a node.
+    /// Returns `None` for an unknown id, else whether the state changed.
+    pub fn set_drained(&self, id: &str, drained: bool) -> Option<bool> {
+        let node = self.node_by_id(id)?;
+        let changed = node.set_drained(drained);
+        if changed && drained {
+            log::info!(
+                "upstream {} node {} drained; closing its {} tunnel(s) over {:?}",
+                self.name,
+                id,
+                node.tunnels.len(),
+                self.policy.close_spread
+            );
+            node.tunnels.close_all(self.policy.close_spread);
+        } else if changed {
+            log::info!("upstream {} node {} undrained", self.name, id);
+        }
+        Some(changed)
+    }
+}

@@ -1,0 +1,183 @@
+//! Open websocket tunnels per node, and closing them from outside the proxy.
+//!
+//! Pingora's duplex loop (`proxy_h1.rs`) has no hook that wakes for an event
+//! of ours: body filters only run when bytes arrive, so an idle LiveView
+//! socket would never notice a flag. What does wake it is its own upstream
+//! socket. When a 101 is forwarded we record the upstream connection's fd
+//! (from `connected_to_upstream`) with its local and peer addresses; closing a
+//! tunnel is `shutdown(fd, SHUT_RDWR)` on that socket. The upstream read
+//! returns EOF, Pingora ends the upgraded response, and the client's
+//! connection is closed, so the LiveView client reconnects (to a healthy node).
+//!
+//! Safety of acting on a raw fd: the tunnel deregisters when its request ends
+//! (the guard lives in the request context), and before the shutdown the fd's
+//! local and peer addresses are compared with the recorded ones, so a number
+//! reused by another socket in the short gap between Pingora closing it and
+//! the context being dropped is left alone.
+
+use std::collections::HashMap;
+use std::mem::ManuallyDrop;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::io::{FromRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The identity of one upstream TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnIdentity {
+    fd: RawFd,
+    local: SocketAddr,
+    peer: SocketAddr,
+}
+
+/// Runs `f` on a borrowed view of `fd` without ever closing it.
+fn with_socket<T>(fd: RawFd, f: impl FnOnce(&TcpStream) -> T) -> T {
+    // SAFETY: the TcpStream is never dropped (ManuallyDrop), so it does not
+    // close `fd`; the calls made on it (getsockname, getpeername, shutdown) are
+    // harmless on any fd and fail cleanly on one that is not a socket.
+    let s = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+    f(&s)
+}
+
+impl ConnIdentity {
+    /// Reads the addresses of the connected socket `fd`.
+    pub fn of(fd: RawFd) -> Option<ConnIdentity> {
+        if fd < 0 {
+            return None;
+        }
+        with_socket(fd, |s| {
+            Some(ConnIdentity {
+                fd,
+                local: s.local_addr().ok()?,
+                peer: s.peer_addr().ok()?,
+            })
+        })
+    }
+
+    /// Shuts the connection down if `fd` still is this connection.
+    fn shutdown(&self) -> bool {
+        if ConnIdentity::of(self.fd) != Some(*self) {
+            return false;
+        }
+        with_socket(self.fd, |s| s.shutdown(Shutdown::Both).is_ok())
+    }
+}
+
+/// The open tunnels of one node.
+#[derive(Debug, Default)]
+pub struct TunnelSet {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, ConnIdentity>>,
+}
+
+impl TunnelSet {
+    pub fn len(&self) -> usize {
+        self.open.lock().map_or(0, |m| m.len())
+    }
+
+    fn insert(&self, conn: ConnIdentity) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.open.lock() {
+            m.insert(id, conn);
+        }
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut m) = self.open.lock() {
+            m.remove(&id);
+        }
+    }
+
+    /// Closes every tunnel open now, spread evenly over `spread` so that the
+    /// clients do not all reconnect at once. Must run inside a tokio runtime.
+    pub fn close_all(self: &Arc<Self>, spread: Duration) {
+        let ids: Vec<u64> = match self.open.lock() {
+            Ok(m) => m.keys().copied().collect(),
+            Err(_) => return,
+        };
+        if ids.is_empty() {
+            return;
+        }
+        let set = self.clone();
+        let step = spread / ids.len() as u32;
+        tokio::spawn(async move {
+            let mut closed = 0usize;
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 && !step.is_zero() {
+                    tokio::time::sleep(step).await;
+                }
+                // Still open? (It may have ended on its own meanwhile.)
+                let conn = set.open.lock().ok().and_then(|m| m.get(id).copied());
+                if conn.is_some_and(|c| c.shutdown()) {
+                    closed += 1;
+                }
+            }
+            log::info!(
+                "closed {closed} websocket tunnel(s) of {} planned",
+                ids.len()
+            );
+        });
+    }
+}
+
+/// Keeps a tunnel registered while its request lives; deregisters on drop.
+#[derive(Debug)]
+pub struct TunnelGuard {
+    set: Arc<TunnelSet>,
+    id: u64,
+}
+
+impl TunnelGuard {
+    pub fn register(set: &Arc<TunnelSet>, conn: ConnIdentity) -> TunnelGuard {
+        TunnelGuard {
+            set: set.clone(),
+            id: set.insert(conn),
+        }
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.set.remove(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::io::AsRawFd;
+
+    #[tokio::test]
+    async fn close_all_shuts_the_recorded_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server_side, _) = listener.accept().unwrap();
+        let set = Arc::new(TunnelSet::default());
+        let guard = TunnelGuard::register(&set, ConnIdentity::of(client.as_raw_fd()).unwrap());
+        assert_eq!(set.len(), 1);
+        set.close_all(Duration::ZERO);
+        // The peer sees EOF once our side is shut down.
+        server_side
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 8];
+        let n = tokio::task::spawn_blocking(move || server_side.read(&mut buf).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+        drop(guard);
+        assert_eq!(set.len(), 0);
+    }
+
+    #[test]
+    fn a_reused_fd_is_left_alone() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let mut id = ConnIdentity::of(client.as_raw_fd()).unwrap();
+        id.peer = "127.0.0.1:1".parse().unwrap();
+        assert!(!id.shutdown());
+    }
+}

