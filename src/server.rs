@@ -3,6 +3,8 @@
 //! Everything here runs before Pingora forks for `-d`, so it starts no threads
 //! and no runtimes.
 
+use std::time::Duration;
+
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -12,6 +14,7 @@ use pingora::services::listening::Service;
 use crate::config::Plan;
 use crate::limits::LimitedApp;
 use crate::proxy::BextProxy;
+use crate::upstream::farewell::ShutdownTunnels;
 use crate::upstream::health::HealthService;
 use crate::upstream::Upstreams;
 
@@ -72,10 +75,15 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     let listen = plan.server.listen.clone();
     let tls = plan.tls.clone();
     let h2c = plan.server.h2c;
+    let grace = plan.server.grace_period;
     let bext = BextProxy::new(plan);
     let limits = bext.limits();
     // Health probes run in their own service (started after the fork for -d).
     let health = background_service("upstream health", HealthService::new(bext.upstreams()));
+    let farewell = background_service(
+        "tunnel farewell",
+        ShutdownTunnels::new(bext.upstreams(), grace),
+    );
     // The HTTP/3 sidecar runs its own HttpProxy over a clone of the same state.
     let h3 = match tls.as_ref().filter(|t| t.http3) {
         Some(t) => Some(crate::h3::service(&server.configuration, bext.clone(), t)?),
@@ -84,7 +92,8 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     let mut http = http_proxy(&server.configuration, bext);
     crate::tls::configure_http(&mut http, h2c);
     // The limits' listener layer (connection caps, request-head deadline) wraps the proxy app.
-    let app = LimitedApp::new(http, limits);
+    let app = LimitedApp::new(http, limits)
+        .with_idle_drain(grace.saturating_sub(Duration::from_secs(1)));
     let mut proxy = Service::new("bext proxy".to_string(), app);
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
@@ -92,6 +101,7 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     crate::tls::add_listeners(&mut proxy, tls.as_ref())?;
     server.add_service(proxy);
     server.add_service(health);
+    server.add_service(farewell);
     if let Some(h3) = h3 {
         server.add_service(h3);
     }

@@ -122,7 +122,17 @@ fn check_accepts_shipped_configs() {
     for rel in ["conf/bext.example.toml", "conf/phoenix.toml"] {
         let path = repo_path(rel);
         assert!(path.exists(), "{rel} is not shipped");
-        let (code, stdout, stderr) = check(&path);
+        // The example's sticky secret comes from the environment, as it should in production.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bext"))
+            .args(["check", "-c", path.to_str().unwrap()])
+            .env("BEXT_STICKY_SECRET", "an-example-secret-of-32-bytes!!!")
+            .output()
+            .unwrap();
+        let (code, stdout, stderr) = (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
         assert_eq!(code, 0, "{rel}\nstdout:\n{stdout}\nstderr:\n{stderr}");
         assert!(stdout.contains("/live/*"), "{rel} summary:\n{stdout}");
         assert!(stdout.contains("phoenix"), "{rel} summary:\n{stdout}");

@@ -202,6 +202,7 @@ async fn upgrades_under_load_lose_no_request() {
     let failed = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let url = bext.url("/echo");
+    let t0 = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..CONCURRENCY {
         let (sent, failed, errors, url) =
@@ -220,7 +221,10 @@ async fn upgrades_under_load_lose_no_request() {
                         false
                     }
                     Err(e) => {
-                        errors.lock().unwrap().push(format!("{e:?}"));
+                        errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("at {:?}: {e:?}", t0.elapsed()));
                         false
                     }
                 };
@@ -260,6 +264,7 @@ async fn upgrades_under_load_lose_no_request() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        eprintln!("reload {} done at {:?}", upgrades + 1, t0.elapsed());
         let new = read_pid(&pid_path).unwrap();
         assert_ne!(new, pid);
         old_pids.push(pid);
@@ -289,4 +294,76 @@ async fn upgrades_under_load_lose_no_request() {
         &errors[..errors.len().min(10)]
     );
     assert!(sent.load(Ordering::Relaxed) >= TOTAL);
+}
+
+/// A LiveView-style socket opened before an upgrade keeps exchanging messages
+/// while the old process drains, then gets a clean 1001 "going away" close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_survives_the_handoff_then_gets_1001() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let origin = StubOrigin::start("n1").await;
+    let run = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let conf = config(port, run.path(), &origin, 1, "4s").replace(
+        "[[route_rules]]\npattern = \"/*\"",
+        "[[route_rules]]\npattern = \"/live/*\"\nproxy = \"app\"\ncache = false\nwebsocket = true\n\n[[route_rules]]\npattern = \"/*\"",
+    );
+    let mut bext = Bext::start(&conf).await;
+    let pid_path = run.path().join("bext.pid");
+    let _guard = PidFileGuard(pid_path.clone());
+    wait_pid_file(&pid_path, None).await;
+
+    let url = format!("ws://{}/live/websocket?vsn=2.0.0", bext.addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("ws handshake");
+    ws.send(Message::Text("before".into())).await.unwrap();
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(t))) if t == "before"));
+
+    let conf_path = bext.dir().join("bext.toml");
+    let log = run.path().join("new.log");
+    let out = run_bext(&[
+        "reload",
+        "-c",
+        conf_path.to_str().unwrap(),
+        "--log",
+        log.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The old process still carries this tunnel: messages keep flowing until
+    // it says goodbye with 1001.
+    let mut echoed_after_reload = 0;
+    let close = loop {
+        let text = format!("during {echoed_after_reload}");
+        if ws.send(Message::Text(text.clone())).await.is_err() {
+            panic!("tunnel dropped without a close frame after {echoed_after_reload} echoes");
+        }
+        let next = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("no answer within the 60 s safety net");
+        match next {
+            Some(Ok(Message::Text(t))) => {
+                assert_eq!(t, text);
+                echoed_after_reload += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some(Ok(Message::Close(frame))) => break frame,
+            other => panic!("unexpected {other:?} after {echoed_after_reload} echoes"),
+        }
+    };
+    let frame = close.expect("close frame carries a status code");
+    assert_eq!(frame.code, CloseCode::Away, "{frame:?}");
+    assert!(
+        echoed_after_reload >= 5,
+        "only {echoed_after_reload} echoes after the reload"
+    );
+    assert!(bext.wait_exit(Duration::from_secs(30)).await.is_some());
 }

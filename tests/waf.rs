@@ -3,7 +3,6 @@
 //! per-route `waf = false`, exclusions, LiveView traffic and bodies.
 
 // The shared harness trips a newer clippy lint; it is not ours to rewrite.
-#![allow(clippy::collapsible_match)]
 
 mod common;
 

@@ -3,7 +3,6 @@
 //! `tests/waf_corpus/`). Fails below the targets of issue 6.
 
 // The shared harness trips a newer clippy lint; it is not ours to rewrite.
-#![allow(clippy::collapsible_match)]
 
 mod common;
 

@@ -23,6 +23,13 @@ listen = ["127.0.0.1:{port}"]
 threads = 1
 client_timeout = "{client_timeout}"
 
+# Idle keep-alive connections are closed after the same time.
+[limits]
+keepalive_timeout = "{client_timeout}"
+# 1000 tunnels come from one test address.
+max_connections_per_ip = 0
+max_websockets_per_ip = 0
+
 [upstreams.app]
 nodes = ["{origin}"]
 
@@ -102,7 +109,8 @@ async fn tunnel_outlives_client_timeout() {
 }
 
 /// The counterpart of `tunnel_outlives_client_timeout`: with the same
-/// settings, an idle plain HTTP keep-alive connection IS closed by bext.
+/// settings (keep-alive idle = client_timeout = 1 s), an idle plain HTTP
+/// keep-alive connection IS closed by bext.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http_connection_is_closed_after_client_timeout() {
     let origin = StubOrigin::start("a").await;
@@ -124,7 +132,7 @@ async fn idle_http_connection_is_closed_after_client_timeout() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(origin.requests_to("/idle-http-2").len(), 1);
     // ...but once idle it is closed. 30 s is only a safety net for the poll;
-    // client_timeout is 1 s.
+    // limits.keepalive_timeout is 1 s.
     assert!(
         wait_closed(&mut conn, Duration::from_secs(30)).await,
         "idle keep-alive connection stayed open past client_timeout"
@@ -239,4 +247,28 @@ async fn thousand_concurrent_tunnels() {
     .await;
     let conns = result.expect("1000 tunnels did not finish within the 240 s safety net");
     drop(conns);
+}
+
+/// Fresh tunnels are stable: many short-lived sockets opened one after another
+/// each echo twice, with a pause longer than the request-head deadline between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_tunnels_stay_open_past_the_head_deadline() {
+    let origin = StubOrigin::start("a").await;
+    let conf = config(free_port(), &origin, "30s", "30s").replace(
+        "keepalive_timeout = \"30s\"",
+        "keepalive_timeout = \"30s\"\nheader_timeout = \"1s\"",
+    );
+    let bext = Bext::start(&conf).await;
+    let mut sockets = Vec::new();
+    for i in 0..40 {
+        let mut ws = connect(&bext, "/live/websocket?vsn=2.0.0")
+            .await
+            .expect("websocket handshake through bext");
+        echo(&mut ws, &format!("first {i}")).await;
+        sockets.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        echo(ws, &format!("second {i}")).await;
+    }
 }

@@ -267,6 +267,7 @@ impl Peek for GuardedStream {
 pub struct LimitedApp<A> {
     inner: Arc<A>,
     limits: Arc<Limits>,
+    idle_drain: Duration,
 }
 
 impl<A> LimitedApp<A> {
@@ -274,7 +275,18 @@ impl<A> LimitedApp<A> {
         LimitedApp {
             inner: Arc::new(inner),
             limits,
+            idle_drain: Duration::ZERO,
         }
+    }
+
+    /// How long idle keep-alive connections stay open after shutdown starts
+    /// (graceful stop or upgrade), waiting for one more request to answer with
+    /// `Connection: close`. Closing them at once races with a client that is
+    /// sending its next request at that moment: it gets a reset instead of a
+    /// response. Set from `server.grace_period`.
+    pub fn with_idle_drain(mut self, idle_drain: Duration) -> LimitedApp<A> {
+        self.idle_drain = idle_drain;
+        self
     }
 }
 
@@ -339,6 +351,11 @@ where
     }
 
     async fn cleanup(&self) {
+        // The listeners have stopped accepting. Busy connections finish their
+        // request with `Connection: close` (Pingora turns keep-alive off once
+        // shutdown is flagged); idle ones are only aborted near the end of the
+        // grace period, so each client's next request is answered, not reset.
+        tokio::time::sleep(self.idle_drain).await;
         self.inner.http_cleanup().await;
     }
 }

@@ -327,6 +327,19 @@ impl ProxyHttp for BextProxy {
         Ok(())
     }
 
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream && ctx.websocket {
+            ctx.upstream.tunnel_end(body);
+        }
+        Ok(None)
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = error_page::status_for(e);
         // Pingora 0.9 closes the client connection after a failed proxy attempt

@@ -23,9 +23,9 @@ pub fn admit(session: &mut Session, route: &Route, client_timeout: Duration) -> 
     if upgrade {
         strip_upgrade(session);
     }
+    // Keep-alive idle time is the limits' (`limits.keepalive_timeout`), and
+    // must stay off once shutdown has started, so it is not touched here.
     session.set_read_timeout(Some(client_timeout));
-    // Whole seconds, at least one: Pingora reads 0 as "no timeout".
-    session.set_keepalive(Some(client_timeout.as_secs().max(1)));
     false
 }
 

@@ -9,13 +9,14 @@
 
 pub mod admin;
 mod balance;
+pub mod farewell;
 pub mod health;
 mod node;
 mod pool;
 mod request;
 mod retry;
 mod sticky;
-mod tunnels;
+pub mod tunnels;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,14 @@ impl Upstreams {
 
     pub fn pools(&self) -> &[Arc<Pool>] {
         &self.pools
+    }
+
+    /// The tunnel sets of every node of every pool.
+    pub fn tunnel_sets(&self) -> Vec<Arc<tunnels::TunnelSet>> {
+        self.pools
+            .iter()
+            .flat_map(|p| p.nodes().iter().map(|n| n.tunnels.clone()))
+            .collect()
     }
 
     pub fn get(&self, index: usize) -> Option<&Arc<Pool>> {

@@ -122,6 +122,13 @@ impl RequestState {
         Ok(())
     }
 
+    /// `response_body_filter` at the end of a tunnel's stream to the client.
+    pub fn tunnel_end(&self, body: &mut Option<bytes::Bytes>) {
+        if let Some(t) = &self.tunnel {
+            t.farewell(body);
+        }
+    }
+
     /// `logging`: releases the node (in flight) and the tunnel registration.
     /// (Failed attempts were already counted by the retry decisions.)
     pub fn finish(&mut self) {

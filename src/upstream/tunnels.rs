@@ -19,9 +19,18 @@ use std::collections::HashMap;
 use std::mem::ManuallyDrop;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::io::{FromRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use bytes::Bytes;
+
+/// The frame a client gets when bext ends its tunnel: WebSocket Close with
+/// status 1001 "going away" (RFC 6455 §7.4.1), unmasked as server frames are.
+/// Phoenix's JS client treats it as a clean close and reconnects.
+pub const GOING_AWAY_FRAME: &[u8] = &[
+    0x88, 0x0C, 0x03, 0xE9, b'g', b'o', b'i', b'n', b'g', b' ', b'a', b'w', b'a', b'y',
+];
 
 /// The identity of one upstream TCP connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,11 +73,26 @@ impl ConnIdentity {
     }
 }
 
+/// One registered tunnel: its upstream connection, and whether bext is the
+/// one ending it (so the client gets a 1001 close frame, not a bare EOF).
+#[derive(Debug, Clone)]
+struct Entry {
+    conn: ConnIdentity,
+    closing: Arc<AtomicBool>,
+}
+
+impl Entry {
+    fn close(&self) -> bool {
+        self.closing.store(true, Ordering::Release);
+        self.conn.shutdown()
+    }
+}
+
 /// The open tunnels of one node.
 #[derive(Debug, Default)]
 pub struct TunnelSet {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, ConnIdentity>>,
+    open: Mutex<HashMap<u64, Entry>>,
 }
 
 impl TunnelSet {
@@ -76,12 +100,29 @@ impl TunnelSet {
         self.open.lock().map_or(0, |m| m.len())
     }
 
-    fn insert(&self, conn: ConnIdentity) -> u64 {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn insert(&self, entry: Entry) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut m) = self.open.lock() {
-            m.insert(id, conn);
+            m.insert(id, entry);
         }
         id
+    }
+
+    /// Closes one tunnel now if it is still open; true when it was.
+    fn close_one(&self, id: u64) -> bool {
+        let entry = self.open.lock().ok().and_then(|m| m.get(&id).cloned());
+        entry.is_some_and(|e| e.close())
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        self.open
+            .lock()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     fn remove(&self, id: u64) {
@@ -93,10 +134,7 @@ impl TunnelSet {
     /// Closes every tunnel open now, spread evenly over `spread` so that the
     /// clients do not all reconnect at once. Must run inside a tokio runtime.
     pub fn close_all(self: &Arc<Self>, spread: Duration) {
-        let ids: Vec<u64> = match self.open.lock() {
-            Ok(m) => m.keys().copied().collect(),
-            Err(_) => return,
-        };
+        let ids = self.ids();
         if ids.is_empty() {
             return;
         }
@@ -109,8 +147,7 @@ impl TunnelSet {
                     tokio::time::sleep(step).await;
                 }
                 // Still open? (It may have ended on its own meanwhile.)
-                let conn = set.open.lock().ok().and_then(|m| m.get(id).copied());
-                if conn.is_some_and(|c| c.shutdown()) {
+                if set.close_one(*id) {
                     closed += 1;
                 }
             }
@@ -122,18 +159,57 @@ impl TunnelSet {
     }
 }
 
+/// Closes every open tunnel of `sets`, spread evenly over `spread`, and returns
+/// how many were closed. Used when the process stops (graceful stop or
+/// upgrade): awaited in place, so the runtime stays up while it works.
+pub async fn close_all_of(sets: &[Arc<TunnelSet>], spread: Duration) -> usize {
+    let all: Vec<(&Arc<TunnelSet>, u64)> = sets
+        .iter()
+        .flat_map(|s| s.ids().into_iter().map(move |id| (s, id)))
+        .collect();
+    if all.is_empty() {
+        return 0;
+    }
+    let step = spread / all.len() as u32;
+    let mut closed = 0;
+    for (i, (set, id)) in all.iter().enumerate() {
+        if i > 0 && !step.is_zero() {
+            tokio::time::sleep(step).await;
+        }
+        if set.close_one(*id) {
+            closed += 1;
+        }
+    }
+    closed
+}
+
 /// Keeps a tunnel registered while its request lives; deregisters on drop.
 #[derive(Debug)]
 pub struct TunnelGuard {
     set: Arc<TunnelSet>,
     id: u64,
+    closing: Arc<AtomicBool>,
 }
 
 impl TunnelGuard {
     pub fn register(set: &Arc<TunnelSet>, conn: ConnIdentity) -> TunnelGuard {
+        let closing = Arc::new(AtomicBool::new(false));
+        let id = set.insert(Entry {
+            conn,
+            closing: closing.clone(),
+        });
         TunnelGuard {
             set: set.clone(),
-            id: set.insert(conn),
+            id,
+            closing,
+        }
+    }
+
+    /// At the end of the tunnel's stream to the client: when bext ended the
+    /// tunnel, the client's last bytes are a 1001 close frame.
+    pub fn farewell(&self, body: &mut Option<Bytes>) {
+        if self.closing.load(Ordering::Acquire) {
+            *body = Some(Bytes::from_static(GOING_AWAY_FRAME));
         }
     }
 }
