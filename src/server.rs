@@ -92,8 +92,8 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     let mut http = http_proxy(&server.configuration, bext);
     crate::tls::configure_http(&mut http, h2c);
     // The limits' listener layer (connection caps, request-head deadline) wraps the proxy app.
-    let app = LimitedApp::new(http, limits)
-        .with_idle_drain(grace.saturating_sub(Duration::from_secs(1)));
+    let app =
+        LimitedApp::new(http, limits).with_idle_drain(grace.saturating_sub(Duration::from_secs(1)));
     let mut proxy = Service::new("bext proxy".to_string(), app);
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
