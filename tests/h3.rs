@@ -253,3 +253,36 @@ async fn h3_early_answer_before_the_body_is_read_does_not_hang() {
     let r = h3_get(&mut c.send, "https://a.test/after-early-answer").await;
     assert_eq!(r.status(), 200);
 }
+
+/// The limits apply to HTTP/3 clients by their real address: the per-IP
+/// rate limit answers 429 with Retry-After, and the per-IP connection cap
+/// refuses extra QUIC connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_clients_get_the_same_rate_limit_and_connection_cap() {
+    let f = start("[limits]\nmax_connections_per_ip = 2\nrate = { requests = 3, per = \"60s\" }\n")
+        .await;
+    let mut c = h3_connect_ready(f.addr, "a.test", &[&f.cert]).await;
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for i in 0..10 {
+        let r = h3_get(&mut c.send, &format!("https://a.test/rated/{i}")).await;
+        if r.status() == 429 {
+            retry_after = retry_after.or(r.header("retry-after"));
+        }
+        statuses.push(r.status());
+    }
+    assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(retry_after.is_some(), "429 without Retry-After");
+    assert!(f.origin.requests().len() < 10);
+
+    // One connection is open; a second is allowed, a third is refused.
+    let _second = h3_connect(f.addr, "a.test", &[&f.cert])
+        .await
+        .expect("second connection within the cap");
+    let third = h3_connect(f.addr, "a.test", &[&f.cert]).await;
+    assert!(
+        third.is_err(),
+        "a third QUIC connection from one IP was accepted"
+    );
+}

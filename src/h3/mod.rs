@@ -35,6 +35,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::limits::Limits;
 use crate::proxy::BextProxy;
 use crate::tls::TlsPlan;
 use exchange::Pipeline;
@@ -72,6 +73,8 @@ pub enum H3Error {
 /// The sidecar as a Pingora background service.
 pub struct H3Sidecar {
     proxy: Arc<HttpProxy<BextProxy>>,
+    /// The same connection caps (total, per client IP) as the TCP listeners.
+    limits: Arc<Limits>,
     listen: Vec<SocketAddr>,
     config: quinn::ServerConfig,
 }
@@ -83,6 +86,7 @@ pub fn service(
     tls: &TlsPlan,
 ) -> Result<GenBackgroundService<H3Sidecar>, H3Error> {
     let sidecar = H3Sidecar {
+        limits: app.limits(),
         proxy: Arc::new(http_proxy(conf, app)),
         listen: tls.listen.clone(),
         config: quic_config(tls)?,
@@ -120,8 +124,8 @@ impl BackgroundService for H3Sidecar {
         let mut endpoints = JoinSet::new();
         for addr in &self.listen {
             let (addr, config) = (*addr, self.config.clone());
-            let (proxy, shutdown) = (self.proxy.clone(), shutdown.clone());
-            endpoints.spawn(run_endpoint(addr, config, proxy, shutdown));
+            let (proxy, limits) = (self.proxy.clone(), self.limits.clone());
+            endpoints.spawn(run_endpoint(addr, config, proxy, limits, shutdown.clone()));
         }
         while endpoints.join_next().await.is_some() {}
     }
@@ -158,6 +162,7 @@ async fn run_endpoint(
     addr: SocketAddr,
     config: quinn::ServerConfig,
     proxy: Arc<HttpProxy<BextProxy>>,
+    limits: Arc<Limits>,
     mut shutdown: ShutdownWatch,
 ) {
     let Some(endpoint) = bind(addr, &config, &mut shutdown).await else {
@@ -177,6 +182,11 @@ async fn run_endpoint(
                     incoming.refuse();
                     continue;
                 };
+                let client = incoming.remote_address().ip().to_canonical();
+                let Ok(capped) = limits.admit_connection(Some(client)) else {
+                    incoming.refuse();
+                    continue;
+                };
                 let pipe = Pipeline {
                     proxy: proxy.clone(),
                     peer: incoming.remote_address(),
@@ -187,7 +197,7 @@ async fn run_endpoint(
                     if let Err(e) = serve_connection(incoming, pipe).await {
                         log::debug!("http3 connection: {e}");
                     }
-                    drop(permit);
+                    drop((permit, capped));
                 };
                 // Like Pingora's own listeners: each connection lives on one of
                 // the service's threads, picked at random.
