@@ -7,6 +7,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${BEXT_BIN:-$here/target/release/bext}
 d=${BENCH_TMP:-$(mktemp -d)}
+limits=${BEXT_LIMITS:-'allow = ["127.0.0.0/8"]'}
 cat >"$d/bext.toml" <<CONF
 [server]
 listen = ["127.0.0.1:$BENCH_PORT"]
@@ -29,7 +30,11 @@ proxy = "origin"
 # connection scenario opens 5000 connections from one address). BEXT_LIMITS
 # replaces this block, e.g. to measure the cost of a rate limit.
 [limits]
-${BEXT_LIMITS:-allow = ["127.0.0.0/8"]}
+$limits
+
+# BEXT_WAF_MODE=off measures the WAF's cost (default: block, as shipped).
+[waf]
+mode = "${BEXT_WAF_MODE:-block}"
 CONF
 # HTTPS + HTTP/2 for the h2 scenario (and HTTP/3 on the same port, udp).
 if [[ -n ${BENCH_H2_PORT:-} && -n ${BENCH_CERT:-} && -n ${BENCH_KEY:-} ]]; then
