@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Candidate for ../shared/bench/peers.sh: writes a bext config from the harness's
 # BENCH_* environment and execs the release binary (so the measured process is bext).
-#   peers.sh --only nginx,candidate --scenarios small,big --candidate "exec $PWD/bench/bext-candidate.sh"
+#   peers.sh --only nginx,candidate --scenarios small,big,h2 --candidate "exec $PWD/bench/bext-candidate.sh"
 set -euo pipefail
 : "${BENCH_PORT:?} ${BENCH_BACKEND:?}"
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,4 +40,15 @@ mode = "${BEXT_WAF_MODE:-block}"
 [cache]
 max_size = "256MiB"
 CONF
+# HTTPS + HTTP/2 for the h2 scenario (and HTTP/3 on the same port, udp).
+if [[ -n ${BENCH_H2_PORT:-} && -n ${BENCH_CERT:-} && -n ${BENCH_KEY:-} ]]; then
+  cat >>"$d/bext.toml" <<CONF
+
+[tls]
+listen = ["127.0.0.1:$BENCH_H2_PORT"]
+cert = "$BENCH_CERT"
+key = "$BENCH_KEY"
+http3 = true
+CONF
+fi
 RUST_LOG=${RUST_LOG:-warn} exec "$bin" serve -c "$d/bext.toml"

@@ -3,13 +3,15 @@
 //! `config` turns `bext.config.toml` into a [`config::Plan`]; `server` runs the
 //! Pingora server for a plan; `proxy` is the request pipeline; `routing` and
 //! `upstream` decide where each request goes; `static_files` answers
-//! `render = "static"` routes from disk.
+//! `render = "static"` routes from disk; `tls` terminates HTTPS and `h3`
+//! bridges HTTP/3 into the same pipeline.
 
 pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod demo_origin;
+pub mod h3;
 pub mod import;
 pub mod limits;
 pub mod proxy;
@@ -17,5 +19,6 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod static_files;
+pub mod tls;
 pub mod upstream;
 pub mod waf;

@@ -73,6 +73,8 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     }
 
     let listen = plan.server.listen.clone();
+    let tls = plan.tls.clone();
+    let h2c = plan.server.h2c;
     let grace = plan.server.grace_period;
     let bext = BextProxy::new(plan);
     let limits = bext.limits();
@@ -82,16 +84,27 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
         "tunnel farewell",
         ShutdownTunnels::new(bext.upstreams(), grace),
     );
+    // The HTTP/3 sidecar runs its own HttpProxy over a clone of the same state.
+    let h3 = match tls.as_ref().filter(|t| t.http3) {
+        Some(t) => Some(crate::h3::service(&server.configuration, bext.clone(), t)?),
+        None => None,
+    };
+    let mut http = http_proxy(&server.configuration, bext);
+    crate::tls::configure_http(&mut http, h2c);
     // The limits' listener layer (connection caps, request-head deadline) wraps the proxy app.
-    let app = LimitedApp::new(http_proxy(&server.configuration, bext), limits)
-        .with_idle_drain(grace.saturating_sub(Duration::from_secs(1)));
+    let app =
+        LimitedApp::new(http, limits).with_idle_drain(grace.saturating_sub(Duration::from_secs(1)));
     let mut proxy = Service::new("bext proxy".to_string(), app);
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }
+    crate::tls::add_listeners(&mut proxy, tls.as_ref())?;
     server.add_service(proxy);
     server.add_service(health);
     server.add_service(farewell);
+    if let Some(h3) = h3 {
+        server.add_service(h3);
+    }
     log::info!(
         "bext {} listening on {}",
         env!("CARGO_PKG_VERSION"),
@@ -101,6 +114,9 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Some(t) = &tls {
+        crate::tls::log_listeners(t);
+    }
     server.run_forever()
 }
 

@@ -62,6 +62,7 @@ pub struct CacheCtx {
 /// route by them, and they are not part of the key (cache poisoning).
 const UNKEYED_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
 
+#[derive(Clone)]
 pub struct EdgeCache {
     store: &'static Store,
     lock: &'static CacheKeyLockImpl,

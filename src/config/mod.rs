@@ -5,6 +5,7 @@
 mod limits;
 mod plan;
 mod summary;
+mod tls;
 pub mod units;
 pub mod upstream;
 mod user;

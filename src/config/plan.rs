@@ -20,6 +20,7 @@ use crate::admin::AdminAccess;
 use crate::limits::LimitsPlan;
 use crate::routing::{HostMatch, Pattern, Route, RouteTable, RouteTarget};
 use crate::static_files::StaticRoot;
+use crate::tls::TlsPlan;
 
 /// The largest `server.error_page` we load: it is held in memory and sent on every 5xx.
 const MAX_ERROR_PAGE: u64 = 1 << 20;
@@ -35,6 +36,8 @@ pub struct Plan {
     pub limits: LimitsPlan,
     pub waf: std::sync::Arc<crate::waf::Waf>,
     pub cache: CachePlan,
+    /// `[tls]`, when present: HTTPS listeners, certificates, HTTP/3, edge HTTPS.
+    pub tls: Option<TlsPlan>,
 }
 
 /// `[cache]`, validated. See `crate::cache` for what each knob does.
@@ -87,6 +90,8 @@ pub struct ServerPlan {
     pub user: Option<String>,
     pub group: Option<String>,
     pub keepalive_pool_size: usize,
+    /// Accept cleartext HTTP/2 (prior knowledge) on `listen`.
+    pub h2c: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -103,13 +108,18 @@ pub struct UpstreamPlan {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-struct Errors<'a> {
+pub(super) struct Errors<'a> {
     file: &'a Path,
     list: Vec<ConfigError>,
 }
 
 impl Errors<'_> {
-    fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+    /// Problems found so far (to tell whether a section added any).
+    pub(super) fn count(&self) -> usize {
+        self.list.len()
+    }
+
+    pub(super) fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.list.push(ConfigError {
             file: self.file.to_path_buf(),
             key: key.into(),
@@ -133,6 +143,9 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .unwrap_or_default();
     let waf = compile_waf(&mut errs, user.waf);
     let cache = compile_cache(&mut errs, user.cache);
+    let tls = user
+        .tls
+        .and_then(|t| super::tls::compile(&mut errs, base, t, &server.listen));
     let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     if user.route_rules.is_empty() {
         errs.push(
@@ -167,6 +180,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             limits,
             waf: waf.ok_or_else(|| ConfigErrors(vec![]))?,
             cache,
+            tls,
         })
     } else {
         Err(ConfigErrors(errs.list))
@@ -237,6 +251,7 @@ fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPla
         user: s.user,
         group: s.group,
         keepalive_pool_size: s.keepalive_pool_size.unwrap_or(128),
+        h2c: s.h2c.unwrap_or(false),
     }
 }
 

@@ -11,6 +11,23 @@ impl fmt::Display for Plan {
         writeln!(f, "{}: OK", self.source.display())?;
         let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
         writeln!(f, "listen: {} (threads {})", listen.join(", "), s.threads)?;
+        if let Some(t) = &self.tls {
+            let listen: Vec<String> = t.listen.iter().map(|a| a.to_string()).collect();
+            let mut names = t.certs.hosts();
+            if t.certs.has_default() {
+                names.push("(default)".into());
+            }
+            writeln!(
+                f,
+                "tls: {} (h2, http/1.1{}); certificates: {}{}{}",
+                listen.join(", "),
+                if t.http3 { ", h3" } else { "" },
+                names.join(", "),
+                t.redirect_status
+                    .map_or(String::new(), |s| format!("; http redirects with {s}")),
+                if t.hsts.is_some() { "; hsts" } else { "" }
+            )?;
+        }
         writeln!(f, "upstreams:")?;
         for u in &self.upstreams {
             let nodes: Vec<String> = u.nodes.iter().map(|a| a.to_string()).collect();

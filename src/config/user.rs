@@ -27,6 +27,7 @@ pub struct UserConfig {
     pub waf: crate::waf::config::WafSection,
     #[serde(default)]
     pub cache: CacheSection,
+    pub tls: Option<TlsSection>,
 }
 
 /// `[cache]`: the edge cache shared by every route with `cache = true`.
@@ -40,6 +41,31 @@ pub struct CacheSection {
     pub stale_while_revalidate: Option<HumanDuration>,
     pub stale_if_error: Option<HumanDuration>,
     pub lock_timeout: Option<HumanDuration>,
+}
+
+/// `[tls]`: HTTPS (HTTP/1.1 + HTTP/2) listeners, SNI certificates, HTTP/3, edge HTTPS.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub listen: Option<Vec<String>>,
+    /// The default certificate (clients without SNI or with an unknown name).
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    #[serde(default)]
+    pub certificates: Vec<TlsCertificateSection>,
+    pub http3: Option<bool>,
+    pub redirect_http: Option<bool>,
+    pub redirect_status: Option<u16>,
+    pub hsts: Option<String>,
+}
+
+/// `[[tls.certificates]]`: one certificate chosen by SNI for `hosts`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificateSection {
+    pub hosts: Vec<String>,
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -67,6 +93,8 @@ pub struct ServerSection {
     pub user: Option<String>,
     pub group: Option<String>,
     pub keepalive_pool_size: Option<usize>,
+    /// Cleartext HTTP/2 (prior knowledge) on the plain listeners.
+    pub h2c: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -30,10 +30,12 @@ pub fn check(req: &RequestHeader, raw_head: Option<&Bytes>) -> Option<&'static s
             return Some("repeated Content-Length");
         }
     }
+    // HTTP/1 only (`raw_head` is `None` for HTTP/2): an HTTP/2 request always
+    // carries its authority in the URI (`:authority`) and usually no `Host`.
+    let raw = raw_head?;
     if req.uri.authority().is_some() && req.headers.get(HOST).is_none() {
         return Some("absolute-form request-target without Host");
     }
-    let raw = raw_head?;
     if req.headers.contains_key(TRANSFER_ENCODING) && has_content_length_line(raw) {
         return Some("both Content-Length and Transfer-Encoding");
     }
@@ -77,6 +79,13 @@ mod tests {
             r.append_header(k.to_string(), v).unwrap();
         }
         (r, Bytes::from_static(raw.as_bytes()))
+    }
+
+    #[test]
+    fn http2_authority_without_host_is_fine() {
+        // HTTP/2 (no raw head): the authority is in the URI, Host is optional.
+        let r = RequestHeader::build("GET", b"https://a.test/x", None).unwrap();
+        assert_eq!(check(&r, None), None);
     }
 
     #[test]

@@ -35,11 +35,16 @@ use crate::config::Plan;
 use crate::limits::Limits;
 use crate::routing::{request_host, RouteTable, RouteTarget};
 use crate::static_files;
+use crate::tls::{self, EdgePolicy};
 use crate::upstream::{self as upstream, Upstreams};
 use crate::waf;
 
+/// `Clone` shares every piece of state (fields are `Arc`s or immutable
+/// values): the HTTP/3 sidecar runs a clone in its own `HttpProxy`, and both
+/// must see the same pools, counters and caches. Keep new fields that way.
+#[derive(Clone)]
 pub struct BextProxy {
-    routes: RouteTable,
+    routes: Arc<RouteTable>,
     upstreams: Arc<Upstreams>,
     trusted_proxies: Vec<IpNet>,
     client_timeout: Duration,
@@ -48,6 +53,7 @@ pub struct BextProxy {
     limits: Arc<Limits>,
     waf: std::sync::Arc<crate::waf::Waf>,
     cache: EdgeCache,
+    edge: EdgePolicy,
 }
 
 impl BextProxy {
@@ -57,8 +63,9 @@ impl BextProxy {
             plan.server.trusted_proxies.clone(),
         ));
         BextProxy {
+            edge: EdgePolicy::new(plan.tls.as_ref()),
             upstreams: Arc::new(Upstreams::new(&plan.upstreams)),
-            routes: plan.routes,
+            routes: Arc::new(plan.routes),
             trusted_proxies: plan.server.trusted_proxies,
             client_timeout: plan.server.client_timeout,
             pages: ErrorPages::new(plan.server.error_page),
@@ -139,7 +146,7 @@ impl BextProxy {
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip().to_canonical()),
-            scheme: "http",
+            scheme: tls::scheme(session),
             local_port: session
                 .server_addr()
                 .and_then(|a| a.as_inet())
@@ -171,6 +178,10 @@ impl ProxyHttp for BextProxy {
         }
         let req = session.req_header();
         ctx.request_id = Some(request_id::from_client(req.headers.get(request_id::HEADER)));
+        if self.edge.redirect_plain(session, &self.admin).await? {
+            return Ok(true);
+        }
+        let req = session.req_header();
         if admin::is_admin_path(req.uri.path()) {
             self.admin_request(session, ctx).await?;
             return Ok(true);
@@ -364,8 +375,8 @@ impl ProxyHttp for BextProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         hop_by_hop::strip_response(resp);
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.upstream.response(resp, tls)?;
+        self.edge.decorate(session, resp)?;
+        ctx.upstream.response(resp, tls::is_secure(session))?;
         self.cache.finish_response(session, resp, &ctx.cache)?;
         if let Some(route) = &ctx.route {
             for (name, value) in &route.response_headers {
