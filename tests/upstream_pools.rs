@@ -44,8 +44,10 @@ async fn least_conn_sends_new_requests_to_the_idle_node() {
     .await;
     let cl = client();
     let mut held = vec![];
-    for _ in 0..2 {
-        let (cl, url) = (cl.clone(), bext.url("/hold"));
+    for i in 0..2 {
+        // Distinct URLs: two concurrent GETs of one cacheable URL would wait
+        // on the cache lock (stampede protection) instead of both going out.
+        let (cl, url) = (cl.clone(), bext.url(&format!("/{i}/hold")));
         held.push(tokio::spawn(async move { get(&cl, &url, None).await }));
         // Wait until the held request reached a node, so the next one sees its count.
         let before: usize = held.len();
@@ -58,7 +60,13 @@ async fn least_conn_sends_new_requests_to_the_idle_node() {
     let idle = [&a, &b, &c]
         .into_iter()
         .find(|n| n.held() == 0)
-        .expect("one idle node")
+        .unwrap_or_else(|| {
+            panic!(
+                "one idle node: held {:?}\n{}",
+                [a.held(), b.held(), c.held()],
+                bext.stderr()
+            )
+        })
         .id()
         .to_string();
     for _ in 0..30 {

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use pingora::cache::key::{CacheHashKey, HashBinary};
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::predictor::Predictor;
 use pingora::cache::{
     CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason, RespCacheable,
 };
@@ -66,8 +67,15 @@ const UNKEYED_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
 pub struct EdgeCache {
     store: &'static Store,
     lock: &'static CacheKeyLockImpl,
+    /// Remembers keys whose responses were not storable (Phoenix's private
+    /// pages), so later requests for them skip the cache lock and lookup
+    /// ("hit-for-pass"). A bounded LRU: 16 × 4096 keys.
+    predictor: &'static Predictor<PREDICTOR_SHARDS>,
     plan: CachePlan,
 }
+
+const PREDICTOR_SHARDS: usize = 16;
+const PREDICTOR_SHARD_CAPACITY: usize = 4096;
 
 impl EdgeCache {
     /// Storage and lock are leaked: Pingora needs `&'static` ones. One per plan.
@@ -77,7 +85,14 @@ impl EdgeCache {
             usize::try_from(plan.max_object_size).unwrap_or(usize::MAX),
         );
         let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(plan.lock_timeout));
-        EdgeCache { store, lock, plan }
+        let predictor: &'static Predictor<PREDICTOR_SHARDS> =
+            Box::leak(Box::new(Predictor::new(PREDICTOR_SHARD_CAPACITY, None)));
+        EdgeCache {
+            store,
+            lock,
+            predictor,
+            plan,
+        }
     }
 
     pub fn store(&self) -> &'static Store {
@@ -111,9 +126,13 @@ impl EdgeCache {
         ctx.key = Some(KeyParts::from_request(req, scheme));
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(self.plan.lock_timeout);
-        session
-            .cache
-            .enable(self.store, None, None, Some(self.lock), Some(overrides));
+        session.cache.enable(
+            self.store,
+            None,
+            Some(self.predictor),
+            Some(self.lock),
+            Some(overrides),
+        );
     }
 
     /// `cache_key_callback`.
