@@ -63,6 +63,9 @@ pub struct NodeSnapshot {
     pub last_error: Option<String>,
 }
 
+/// Connection-pool group of websocket handshakes (see [`Node::peer`]).
+const WEBSOCKET_POOL: u64 = 0x7765_6273_6f63_6b74;
+
 impl Node {
     pub fn new(index: usize, plan: &NodePlan, pool: &UpstreamPlan) -> Node {
         // Plain HTTP/1.1 to Phoenix on a private address; no SNI.
@@ -98,6 +101,13 @@ impl Node {
         }
         if req.allow_websocket {
             peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::standard();
+            // Handshakes get their own connection-pool bucket, so they always
+            // open a fresh connection. On a pooled keep-alive connection the
+            // 101 can come back before Pingora 0.9 has queued the (empty)
+            // request body's end, and its proxy loop then takes that end for
+            // the end of the upgraded stream and closes the new tunnel at once.
+            // Upgraded connections are never pooled, so nothing is lost.
+            peer.group_key = WEBSOCKET_POOL;
         }
         peer
     }
