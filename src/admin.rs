@@ -129,12 +129,7 @@ pub async fn respond_json(
     if let Some(id) = request_id {
         resp.insert_header(request_id::HEADER, id.clone())?;
     }
-    let head = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head).await?;
-    if !head {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+    crate::proxy::error_page::send(session, resp, body).await
 }
 
 /// A JSON error body: `{"error": "..."}`.

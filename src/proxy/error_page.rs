@@ -86,15 +86,25 @@ small{{color:#777}}</style></head>\n<body><h1>{title}</h1><p>{message}</p>\
         for (name, value) in extra {
             resp.insert_header(name.clone(), value.clone())?;
         }
-        let head_only = session.req_header().method == http::Method::HEAD;
-        session
-            .write_response_header(Box::new(resp), head_only)
-            .await?;
-        if !head_only {
-            session.write_response_body(Some(body), true).await?;
-        }
-        Ok(())
+        send(session, resp, body).await
     }
+}
+
+/// Writes a complete response that bext generated itself (error pages, admin
+/// JSON, WAF blocks): the header, then the body unless the request was HEAD.
+pub async fn send(
+    session: &mut Session,
+    resp: ResponseHeader,
+    body: Bytes,
+) -> pingora::Result<()> {
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
 }
 
 fn is_unavailable(status: u16) -> bool {

@@ -226,13 +226,6 @@ pub async fn respond_blocked(
     if let Some(id) = request_id {
         resp.insert_header(crate::proxy::request_id::HEADER, id.clone())?;
     }
-    let head_only = session.req_header().method == http::Method::HEAD;
     session.set_keepalive(None);
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
-    if !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+    crate::proxy::error_page::send(session, resp, body).await
 }
