@@ -125,6 +125,7 @@ async fn reload_hands_over_and_applies_the_new_config() {
         stdout.contains(&format!("pid {new} took over from pid {old}")),
         "{stdout}"
     );
+    eprintln!("{}", stdout.trim());
 
     // The old process finishes and exits; from then on only the new config answers.
     let status = bext.wait_exit(Duration::from_secs(30)).await;

@@ -110,6 +110,7 @@ async fn large_bodies_stream_in_bounded_memory() {
         "VmHWM before {hwm_before} kB, after upload {hwm_after_upload} kB, \
          after download {hwm_after} kB; VmRSS before {rss_before} kB, after {rss_after} kB"
     );
+    eprintln!("50 MB up + 50 MB down: {report}");
     assert!(
         hwm_after_upload.saturating_sub(hwm_before) <= MAX_GROWTH_KB,
         "upload was buffered: {report}"

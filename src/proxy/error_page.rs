@@ -92,11 +92,7 @@ small{{color:#777}}</style></head>\n<body><h1>{title}</h1><p>{message}</p>\
 
 /// Writes a complete response that bext generated itself (error pages, admin
 /// JSON, WAF blocks): the header, then the body unless the request was HEAD.
-pub async fn send(
-    session: &mut Session,
-    resp: ResponseHeader,
-    body: Bytes,
-) -> pingora::Result<()> {
+pub async fn send(session: &mut Session, resp: ResponseHeader, body: Bytes) -> pingora::Result<()> {
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(resp), head_only)
