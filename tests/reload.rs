@@ -52,14 +52,20 @@ upgrade_sock = "{run}/upgrade.sock"
 
 [upstreams.app]
 nodes = ["{origin}"]
-
+{new_route}
 [[route_rules]]
 pattern = "/*"
 proxy = "app"
 headers = {{ "X-Generation" = "{generation}" }}
 "#,
         run = run.display(),
-        origin = origin.addr()
+        origin = origin.addr(),
+        // From generation 2 on, a route that did not exist before.
+        new_route = if generation >= 2 {
+            "\n[[route_rules]]\npattern = \"/brand-new\"\nproxy = \"app\"\nheaders = { \"X-New-Route\" = \"yes\" }\n"
+        } else {
+            ""
+        }
     )
 }
 
@@ -133,6 +139,13 @@ async fn reload_hands_over_and_applies_the_new_config() {
     for _ in 0..5 {
         assert_eq!(generation_seen(&url).await.as_deref(), Some("2"));
     }
+    // The route added by the new config answers.
+    let r = client().get(bext.url("/brand-new")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers().get("x-new-route").and_then(|v| v.to_str().ok()),
+        Some("yes")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
