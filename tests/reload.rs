@@ -94,15 +94,63 @@ async fn wait_pid_file(path: &Path, not: Option<i32>) -> i32 {
     }
 }
 
+/// A running bext (started by the harness) with its pid file in `run`.
+struct Fixture {
+    origin: StubOrigin,
+    run: tempfile::TempDir,
+    port: u16,
+    bext: Bext,
+    pid_path: PathBuf,
+    guard: PidFileGuard,
+    pid: i32,
+}
+
+impl Fixture {
+    /// Starts generation 1 of [`config`] with `grace`, after `edit`.
+    async fn start(grace: &str, edit: impl FnOnce(String) -> String) -> Fixture {
+        let origin = StubOrigin::start("n1").await;
+        let run = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        let bext = Bext::start(&edit(config(port, run.path(), &origin, 1, grace))).await;
+        let pid_path = run.path().join("bext.pid");
+        let guard = PidFileGuard(pid_path.clone());
+        let pid = wait_pid_file(&pid_path, None).await;
+        Fixture {
+            origin,
+            run,
+            port,
+            bext,
+            pid_path,
+            guard,
+            pid,
+        }
+    }
+}
+
+/// `bext reload -c CONF --log LOG`, waiting up to 60 s for the takeover.
+fn reload(conf: &Path, log: &Path) -> std::process::Output {
+    run_bext(&[
+        "reload",
+        "-c",
+        conf.to_str().unwrap(),
+        "--log",
+        log.to_str().unwrap(),
+        "--timeout",
+        "60s",
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_hands_over_and_applies_the_new_config() {
-    let origin = StubOrigin::start("n1").await;
-    let run = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let mut bext = Bext::start(&config(port, run.path(), &origin, 1, "1s")).await;
-    let pid_path = run.path().join("bext.pid");
-    let _guard = PidFileGuard(pid_path.clone());
-    let old = wait_pid_file(&pid_path, None).await;
+    let Fixture {
+        origin,
+        run,
+        port,
+        mut bext,
+        pid_path,
+        guard: _guard,
+        pid: old,
+    } = Fixture::start("1s", |c| c).await;
     assert_eq!(old as u32, bext.pid());
     let url = bext.url("/echo");
     assert_eq!(generation_seen(&url).await.as_deref(), Some("1"));
@@ -110,15 +158,7 @@ async fn reload_hands_over_and_applies_the_new_config() {
     let conf_path = bext.dir().join("bext.toml");
     std::fs::write(&conf_path, config(port, run.path(), &origin, 2, "1s")).unwrap();
     let log = run.path().join("new.log");
-    let out = run_bext(&[
-        "reload",
-        "-c",
-        conf_path.to_str().unwrap(),
-        "--log",
-        log.to_str().unwrap(),
-        "--timeout",
-        "60s",
-    ]);
+    let out = reload(&conf_path, &log);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -150,13 +190,15 @@ async fn reload_hands_over_and_applies_the_new_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_with_a_broken_config_leaves_the_running_process_alone() {
-    let origin = StubOrigin::start("n1").await;
-    let run = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let mut bext = Bext::start(&config(port, run.path(), &origin, 1, "1s")).await;
-    let pid_path = run.path().join("bext.pid");
-    let _guard = PidFileGuard(pid_path.clone());
-    let old = wait_pid_file(&pid_path, None).await;
+    let Fixture {
+        origin,
+        run,
+        port,
+        mut bext,
+        pid_path,
+        guard: _guard,
+        pid: old,
+    } = Fixture::start("1s", |c| c).await;
 
     let conf_path = bext.dir().join("bext.toml");
     let broken = config(port, run.path(), &origin, 2, "1s")
@@ -200,13 +242,15 @@ async fn reload_without_a_running_bext_says_so() {
 async fn upgrades_under_load_lose_no_request() {
     const TOTAL: usize = 20_000;
     const CONCURRENCY: usize = 64;
-    let origin = StubOrigin::start("n1").await;
-    let run = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let bext = Bext::start(&config(port, run.path(), &origin, 1, "2s")).await;
-    let pid_path = run.path().join("bext.pid");
-    let _guard = PidFileGuard(pid_path.clone());
-    wait_pid_file(&pid_path, None).await;
+    let Fixture {
+        origin,
+        run,
+        port,
+        bext,
+        pid_path,
+        guard: _guard,
+        ..
+    } = Fixture::start("2s", |c| c).await;
     let conf_path = bext.dir().join("bext.toml");
 
     let sent = Arc::new(AtomicUsize::new(0));
@@ -259,17 +303,7 @@ async fn upgrades_under_load_lose_no_request() {
         let out = tokio::task::spawn_blocking({
             let p = conf_path.clone();
             let log = run.path().join("new.log");
-            move || {
-                run_bext(&[
-                    "reload",
-                    "-c",
-                    p.to_str().unwrap(),
-                    "--log",
-                    log.to_str().unwrap(),
-                    "--timeout",
-                    "60s",
-                ])
-            }
+            move || reload(&p, &log)
         })
         .await
         .unwrap();
@@ -318,17 +352,18 @@ async fn websocket_survives_the_handoff_then_gets_1001() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
     use tokio_tungstenite::tungstenite::Message;
 
-    let origin = StubOrigin::start("n1").await;
-    let run = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let conf = config(port, run.path(), &origin, 1, "4s").replace(
-        "[[route_rules]]\npattern = \"/*\"",
-        "[[route_rules]]\npattern = \"/live/*\"\nproxy = \"app\"\ncache = false\nwebsocket = true\n\n[[route_rules]]\npattern = \"/*\"",
-    );
-    let mut bext = Bext::start(&conf).await;
-    let pid_path = run.path().join("bext.pid");
-    let _guard = PidFileGuard(pid_path.clone());
-    wait_pid_file(&pid_path, None).await;
+    let Fixture {
+        run,
+        mut bext,
+        guard: _guard,
+        ..
+    } = Fixture::start("4s", |conf| {
+        conf.replace(
+            "[[route_rules]]\npattern = \"/*\"",
+            "[[route_rules]]\npattern = \"/live/*\"\nproxy = \"app\"\ncache = false\nwebsocket = true\n\n[[route_rules]]\npattern = \"/*\"",
+        )
+    })
+    .await;
 
     let url = format!("ws://{}/live/websocket?vsn=2.0.0", bext.addr());
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
@@ -339,13 +374,7 @@ async fn websocket_survives_the_handoff_then_gets_1001() {
 
     let conf_path = bext.dir().join("bext.toml");
     let log = run.path().join("new.log");
-    let out = run_bext(&[
-        "reload",
-        "-c",
-        conf_path.to_str().unwrap(),
-        "--log",
-        log.to_str().unwrap(),
-    ]);
+    let out = reload(&conf_path, &log);
     assert!(
         out.status.success(),
         "{}",

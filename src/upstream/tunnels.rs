@@ -134,27 +134,13 @@ impl TunnelSet {
     /// Closes every tunnel open now, spread evenly over `spread` so that the
     /// clients do not all reconnect at once. Must run inside a tokio runtime.
     pub fn close_all(self: &Arc<Self>, spread: Duration) {
-        let ids = self.ids();
-        if ids.is_empty() {
+        if self.is_empty() {
             return;
         }
-        let set = self.clone();
-        let step = spread / ids.len() as u32;
+        let sets = [self.clone()];
         tokio::spawn(async move {
-            let mut closed = 0usize;
-            for (i, id) in ids.iter().enumerate() {
-                if i > 0 && !step.is_zero() {
-                    tokio::time::sleep(step).await;
-                }
-                // Still open? (It may have ended on its own meanwhile.)
-                if set.close_one(*id) {
-                    closed += 1;
-                }
-            }
-            log::info!(
-                "closed {closed} websocket tunnel(s) of {} planned",
-                ids.len()
-            );
+            let closed = close_all_of(&sets, spread).await;
+            log::info!("closed {closed} websocket tunnel(s)");
         });
     }
 }
@@ -176,6 +162,7 @@ pub async fn close_all_of(sets: &[Arc<TunnelSet>], spread: Duration) -> usize {
         if i > 0 && !step.is_zero() {
             tokio::time::sleep(step).await;
         }
+        // Still open? (It may have ended on its own meanwhile.)
         if set.close_one(*id) {
             closed += 1;
         }

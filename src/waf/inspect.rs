@@ -296,9 +296,10 @@ pub(super) fn has_body(req: &Parts) -> bool {
             .is_some_and(|n| n > 0)
 }
 
-pub(super) fn head(waf: &Waf, req: &Parts, v: &mut Verdict) {
-    let raw_path = req.uri.path();
-    let (decoded_path, _) = canonical(raw_path.as_bytes(), false);
+/// Runs `f` with a [`Pass`] over `req`: the canonical path (for exclusions
+/// and path-scoped rules) and the referer check are computed once here.
+fn with_pass(waf: &Waf, req: &Parts, v: &mut Verdict, f: impl FnOnce(&mut Pass)) {
+    let (decoded_path, _) = canonical(req.uri.path().as_bytes(), false);
     let path_text = String::from_utf8_lossy(&decoded_path);
     let mut pass = Pass {
         waf,
@@ -306,8 +307,16 @@ pub(super) fn head(waf: &Waf, req: &Parts, v: &mut Verdict) {
         v,
         foreign_referer: protocol::foreign_referer(req),
     };
-    protocol::head(&mut pass, req);
-    pass.value(Kind::Path, b"", raw_path.as_bytes());
+    f(&mut pass);
+}
+
+pub(super) fn head(waf: &Waf, req: &Parts, v: &mut Verdict) {
+    with_pass(waf, req, v, |pass| head_values(pass, req));
+}
+
+fn head_values(pass: &mut Pass, req: &Parts) {
+    protocol::head(pass, req);
+    pass.value(Kind::Path, b"", req.uri.path().as_bytes());
     if let Some(q) = req.uri.query() {
         let mut count = 0;
         pass.args(q.as_bytes(), Kind::QueryName, Kind::QueryValue, &mut count);
@@ -331,24 +340,19 @@ pub(super) fn head(waf: &Waf, req: &Parts, v: &mut Verdict) {
         }
         pass.value(Kind::Header, n.as_bytes(), value.as_bytes());
         if protocol::is_filename_header(n) {
-            protocol::filename(&mut pass, n.as_bytes(), value.as_bytes());
+            protocol::filename(pass, n.as_bytes(), value.as_bytes());
         }
     }
 }
 
 pub(super) fn body(waf: &Waf, req: &Parts, data: &[u8], truncated: bool, v: &mut Verdict) {
-    let raw_path = req.uri.path();
-    let (decoded_path, _) = canonical(raw_path.as_bytes(), false);
-    let path_text = String::from_utf8_lossy(&decoded_path);
-    let mut pass = Pass {
-        waf,
-        path: &path_text,
-        v,
-        foreign_referer: protocol::foreign_referer(req),
-    };
     if data.is_empty() {
         return;
     }
+    with_pass(waf, req, v, |pass| body_values(pass, req, data, truncated));
+}
+
+fn body_values(pass: &mut Pass, req: &Parts, data: &[u8], truncated: bool) {
     let ct = req
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -366,11 +370,11 @@ pub(super) fn body(waf: &Waf, req: &Parts, data: &[u8], truncated: bool, v: &mut
         || mime.ends_with(b"+json")
         || mime == b"application/x-ndjson"
     {
-        json(&mut pass, data, truncated);
+        json(pass, data, truncated);
     } else if mime.starts_with(b"multipart/") {
-        multipart(&mut pass, ct, data, truncated);
+        multipart(pass, ct, data, truncated);
     } else if mime.ends_with(b"xml") {
-        xml(&mut pass, data);
+        xml(pass, data);
     } else if !is_binary(mime, data) {
         pass.value(Kind::BodyValue, b"", data);
     }
