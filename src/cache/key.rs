@@ -69,7 +69,12 @@ impl KeyParts {
     }
 
     pub fn cache_key(&self) -> CacheKey {
-        CacheKey::new(self.primary(), "")
+        let mut key = CacheKey::new(self.primary(), "");
+        // Pingora hashes the primary key (blake2b) again at every use: the
+        // predictor, the lock, the lookup and the fill. Once is enough.
+        let bin = key.primary_bin();
+        key.set_primary_bin_override(bin);
+        key
     }
 
     pub fn primary_hash(&self) -> HashBinary {

@@ -32,7 +32,8 @@ pub struct Observed<'a> {
 }
 
 pub fn render(o: &Observed, ctx: &CacheCtx) -> String {
-    let mut s = String::from(NAME);
+    let mut s = String::with_capacity(64);
+    s.push_str(NAME);
     if let Some(reason) = ctx.bypass {
         let _ = write!(s, "; fwd={reason}");
         return s;

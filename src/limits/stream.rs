@@ -57,6 +57,12 @@ pub struct GuardedStream {
     inner: Stream,
     phase: AtomicU8,
     header_timeout: Duration,
+    /// When the current head started to arrive.
+    head_started: Instant,
+    /// The timer is only armed once a head read would block: a head that
+    /// arrives in one read (nearly all of them) then costs no timer-wheel
+    /// registration, which tokio does under the driver's lock.
+    armed: bool,
     deadline: Pin<Box<Sleep>>,
     head_bytes: usize,
     head_budget: usize,
@@ -78,6 +84,8 @@ impl GuardedStream {
             inner,
             phase: AtomicU8::new(HEAD),
             header_timeout,
+            head_started: Instant::now(),
+            armed: true,
             deadline: Box::pin(tokio::time::sleep(header_timeout)),
             head_bytes: 0,
             head_budget,
@@ -136,8 +144,8 @@ impl AsyncRead for GuardedStream {
                     this.phase.store(HEAD, Ordering::Relaxed);
                     this.head_bytes = 0;
                     this.line_done = false;
-                    let at = Instant::now() + this.header_timeout;
-                    this.deadline.as_mut().reset(at);
+                    this.head_started = Instant::now();
+                    this.armed = false;
                 }
                 this.head_bytes += fresh.len();
                 if !this.line_done && fresh.contains(&b'\n') {
@@ -161,6 +169,11 @@ impl AsyncRead for GuardedStream {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
+                if phase == HEAD && !this.armed {
+                    let at = this.head_started + this.header_timeout;
+                    this.deadline.as_mut().reset(at);
+                    this.armed = true;
+                }
                 if phase == HEAD && this.deadline.as_mut().poll(cx).is_ready() {
                     if this.head_bytes > 0 {
                         this.answer(cx, TIMEOUT_408);
