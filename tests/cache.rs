@@ -89,6 +89,40 @@ async fn miss_then_hit_with_cache_status_and_age() {
     assert_eq!(origin.count("/a"), 1);
 }
 
+/// Entries are stored without Pingora's case-preserving name map (a cheaper
+/// clone on every hit): a hit must still carry every header the miss had,
+/// with the same values, in a head any HTTP/1.1 client parses.
+#[tokio::test]
+async fn a_hit_carries_the_same_headers_as_the_miss() {
+    let (bext, _origin) = start("").await;
+    let req = format!("GET /same?{CC60} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+    let miss = raw_request(bext.addr(), req.as_bytes()).await;
+    let hit = raw_request(bext.addr(), req.as_bytes()).await;
+    assert!(miss
+        .header("cache-status")
+        .unwrap_or_default()
+        .contains("stored"));
+    assert!(hit
+        .header("cache-status")
+        .unwrap_or_default()
+        .contains("hit"));
+    assert_eq!(hit.status, 200);
+    assert_eq!(hit.body, miss.body);
+    // Set per response by bext, or the connection: not part of what is stored.
+    let varying = ["cache-status", "age", "x-request-id", "date", "connection"];
+    for (name, value) in &miss.headers {
+        if varying.contains(&name.as_str()) {
+            continue;
+        }
+        assert_eq!(
+            hit.header_all(name),
+            miss.header_all(name),
+            "header {name} (miss had {value:?})"
+        );
+    }
+    assert!(hit.header("age").is_some());
+}
+
 #[tokio::test]
 async fn expose_tags_keeps_the_header() {
     let (bext, _origin) = start("[cache]\nexpose_tags = true\n").await;

@@ -64,6 +64,14 @@ impl FillInfo {
     }
 }
 
+/// The header without its case-preserving name map. Every hit clones the
+/// stored header twice (here and in Pingora's hit path) and the map doubles
+/// that work; without it Pingora writes the standard names title-cased
+/// (`Content-Type`) and others in lower case, which HTTP/1.1 allows.
+fn without_case(header: ResponseHeader) -> ResponseHeader {
+    ResponseHeader::from(http::response::Parts::from(header))
+}
+
 /// A response's cache metadata, kept parsed: rebuilding a [`CacheMeta`] from
 /// it costs a header clone, where deserializing Pingora's format costs a zstd
 /// decompression and a header parse on every hit.
@@ -87,7 +95,7 @@ impl StoredMeta {
             sie: meta.stale_if_error_sec(),
             variance: meta.variance(),
             epoch_override: meta.epoch_override(),
-            header: meta.response_header_copy(),
+            header: without_case(meta.response_header_copy()),
         }
     }
 
