@@ -12,6 +12,7 @@
 
 pub mod body;
 pub mod config;
+mod confirm;
 pub mod exclusions;
 mod inspect;
 pub mod normalize;
