@@ -12,7 +12,7 @@ use super::confirm;
 use super::exclusions::excluded;
 use super::normalize::{canonical, Evasion};
 use super::rules::{self, Category, Rule, Scope, S_FILENAME, S_HEADER, S_NAME, S_PATH, S_VALUE};
-use super::{excerpt, protocol, Hit, Verdict, Waf};
+use super::{excerpt, protocol, upload, Hit, Verdict, Waf};
 
 /// Headers never inspected for content: framing, negotiation, tokens and
 /// values the browser produces itself. Cookie is split into pairs instead.
@@ -355,8 +355,8 @@ fn head_values(pass: &mut Pass, req: &Parts) {
             Kind::Header
         };
         pass.value(kind, n.as_bytes(), value.as_bytes());
-        if protocol::is_filename_header(n) {
-            protocol::filename(pass, n.as_bytes(), value.as_bytes());
+        if upload::is_filename_header(n) {
+            upload::filename(pass, n.as_bytes(), value.as_bytes());
         }
     }
 }
@@ -492,7 +492,7 @@ fn multipart(pass: &mut Pass, ct: &[u8], data: &[u8], truncated: bool) {
                 protocol::session_name(pass, &canonical(part.name, false).0);
                 if let Some(f) = part.filename {
                     pass.value(Kind::Filename, part.name, f);
-                    protocol::filename(pass, part.name, f);
+                    upload::filename(pass, part.name, f);
                 } else {
                     pass.value(Kind::BodyValue, part.name, part.body);
                 }

@@ -156,21 +156,22 @@ macro_rules! unix_cmds_loose {
     };
 }
 
-/// Commands whose names are not ordinary words: after a shell separator they
-/// are a command whatever follows.
+/// Commands whose names are not ordinary words, or that CRS counts at PL1
+/// whatever follows: after a shell separator they are a command.
 macro_rules! unix_cmds_strong {
     () => {
-        r"(?:tac|ls|whoami|uname|wget|curl|nc|ncat|netcat|socat|telnet|ssh|scp|tftp|ftp|bash|sh|zsh|ksh|csh|tcsh|busybox|python[23]?|perl|php|lua|nmap|printf|printenv|ifconfig|passwd|chmod|chown|rm|mv|cp|pkill|killall|grep|egrep|awk|gawk|sed|base64|base32|xxd|od|hexdump|strace|ltrace|sudo|crontab|nohup|setsid|mkfifo|mknod|unzip|gzip|gunzip|xz|unxz|bzip2|systemctl|useradd|usermod|hostname|pwd|chef-\w+|knife|ansible(?:-[a-z]+)?|cscli|c89|c99|gcc|docker|kubectl|mysql|psql|sqlite3|powershell|pwsh|cmd|certutil|bitsadmin|wmic|regedit|bcdboot|bcdedit|taskkill|tasklist|systeminfo|ipconfig|netstat|whois|nslookup|xargs|nano|openssl|gpg|sh\.exe|cmd\.exe)"
+        r"(?:tac|ls|whoami|uname|wget|curl|nc|ncat|netcat|socat|telnet|ssh|scp|tftp|ftp|bash|sh|zsh|ksh|csh|tcsh|busybox|python[23]?|perl|php|lua|nmap|printf|printenv|ifconfig|passwd|chmod|chown|rm|mv|cp|pkill|killall|grep|egrep|awk|gawk|sed|base64|base32|xxd|od|hexdump|strace|ltrace|sudo|crontab|nohup|setsid|mkfifo|mknod|unzip|gzip|gunzip|xz|unxz|bzip2|systemctl|useradd|usermod|hostname|pwd|chef-\w+|knife|ansible(?:-[a-z]+)?|cscli|c89|c99|gcc|docker|kubectl|mysql|psql|sqlite3|powershell|pwsh|cmd|certutil|bitsadmin|wmic|regedit|bcdboot|bcdedit|taskkill|tasklist|systeminfo|ipconfig|netstat|whois|nslookup|xargs|nano|openssl|gpg|echo|env|eval|exec|trap|dash|ping|alias|shutdown|reboot|halt|init|node|ruby|timeout|sh\.exe|cmd\.exe)"
     };
 }
 
-/// Commands that are also English words (or common abbreviations): prose
-/// such as "hello; time he came" or "a hero; more than" has them right after
-/// a separator, so they count only with command-like arguments (see
+/// Commands that are also English words ("time", "more", "find") or two or
+/// three letters that often start a word ("id", "ps", "net"): prose such as
+/// "hello; time he came" or "a hero; more than" has them right after a
+/// separator, so they count only with command-like arguments (see
 /// `cmd_args!`).
 macro_rules! unix_cmds_word {
     () => {
-        r"(?:nl|id|ip|cd|cc|dd|su|ps|env|echo|ping|kill|find|head|tail|more|less|strings|time|sleep|trap|alias|export|eval|exec|dash|zip|service|history|make|net|reg|host|tee|timeout|watch|script|expect|shutdown|reboot|halt|init|node|ruby|dig)"
+        r"(?:nl|id|ip|cd|cc|dd|su|ps|net|reg|tee|zip|dig|time|more|less|find|head|tail|watch|make|host|kill|sleep|script|expect|export|service|history|strings)"
     };
 }
 
@@ -192,14 +193,14 @@ pub static RULES: &[Rule] = &[
     code(920020, Protocol, CRITICAL, "both Content-Length and Transfer-Encoding, or a malformed Content-Length"),
     code(920030, Protocol, CRITICAL, "CR, LF or NUL in a header value or argument name"),
     code(920040, Protocol, CRITICAL, "NUL byte in the path, an argument or a header"),
-    code(920050, Protocol, WARNING, "invalid UTF-8 in a body argument"),
+    code(920050, Protocol, WARNING, "broken multi-byte UTF-8 (truncated or overlong) in a body argument"),
     code(920060, Protocol, CRITICAL, "%u full-width or overlong UTF-8 encoding (filter evasion)"),
-    code(920070, Protocol, CRITICAL, "request Content-Type not allowed"),
-    code(920080, Protocol, CRITICAL, "charset in Content-Type not allowed"),
+    code(920070, Protocol, CRITICAL, "request Content-Type not allowed (on a request with a body)"),
+    code(920080, Protocol, CRITICAL, "charset in Content-Type not allowed (on a request with a body)"),
     code(920090, Protocol, CRITICAL, "restricted request header (Proxy, Lock-Token, Content-Range, If, Request-Range, X-HTTP-Method-Override, X-Middleware-Subrequest)"),
     code(920100, Protocol, CRITICAL, "restricted file extension in the path (backups, databases, logs, configs)"),
     code(920110, Protocol, CRITICAL, "conflicting or repeated Connection header tokens (keep-alive and close)"),
-    code(920055, Protocol, CRITICAL, "invalid UTF-8 after decoding the path or the query string"),
+    code(920055, Protocol, CRITICAL, "broken multi-byte UTF-8 (truncated or overlong) after decoding the path or the query string"),
     code(920190, Protocol, CRITICAL, "Accept header naming a charset that is not allowed"),
     code(920210, Protocol, CRITICAL, "request body without a Content-Type header"),
     code(920200, Protocol, CRITICAL, "\\uXXXX escape in a query or form argument (Unicode filter bypass)"),
@@ -210,7 +211,7 @@ pub static RULES: &[Rule] = &[
     code(920150, Protocol, WARNING, "invalid percent-encoding in an argument name"),
     code(920160, Protocol, WARNING, "Range header with an invalid or descending byte range"),
     code(920170, Protocol, WARNING, "double percent-encoding in the path or an argument"),
-    code(920180, Protocol, CRITICAL, "multipart field name or file name with a quote, semicolon, = or backslash (parser confusion)"),
+    code(920180, Protocol, CRITICAL, "multipart field name or file name with a quote, semicolon or backslash (parser confusion)"),
     code(921050, ProtocolAttack, CRITICAL, "Content-Type with a second media type in its parameters"),
     code(922010, Multipart, CRITICAL, "multipart part with a charset that is not UTF-8 / ISO-8859-1 / Windows-1252"),
     code(922020, Multipart, CRITICAL, "multipart part with Content-Transfer-Encoding"),
@@ -223,14 +224,14 @@ pub static RULES: &[Rule] = &[
     // ---- protocol attacks ----------------------------------------------------
     rx(921010, ProtocolAttack, S_DATA, "HTTP request line inside a parameter (request smuggling / splitting)",
         r#"\b(?:get|post|head|put|delete|options|connect|trace|patch)\s+\S+\s+http/\d"#),
-    rx(921020, ProtocolAttack, S_DATA, "header injection: CR/LF followed by a header name",
+    rx(921020, ProtocolAttack, S_DATA, "header injection: CR/LF followed by a header name and value",
         r#"[\r\n]\s*(?:location|refresh|set-cookie|content-(?:type|length)|host|transfer-encoding|x-[a-z-]+)\s*:[ \t]*[^\s]"#),
-    rx(921030, ProtocolAttack, S_NAME | S_VALUE, "LDAP injection",
+    rx(921030, ProtocolAttack, S_NAME | S_VALUE, "LDAP injection (a filter breakout: a `)` the value did not open)",
         r#"\)\s*\(\s*(?:[|&!]|[\w.-]+\s*[<>~]?=)|\)\s*\(\s*$|\*\s*\)\s*[|&!]\s*\("#),
     rx(921040, ProtocolAttack, S_DATA, "mod_proxy unix-socket SSRF (unix:...|http://)",
         r#"unix:[^|]*\|"#),
     // ---- local file inclusion / path traversal -------------------------------
-    rx(930010, Lfi, S_ANY, "path traversal (../ or ..\\ after decoding)",
+    rx(930010, Lfi, S_ANY, "path traversal (a ../ or ..\\ segment after decoding; a trailing /.. in the path only above the root)",
         r#"(?:^|[\\/;])\.{2,3}[\\/;]|[\\/;]\.{2,3}(?:$|[\\/;])|0x(?:2e|2f|5c)(?:\.|0x2e|0x2f|0x5c)"#),
     rx(930020, Lfi, S_ANY, "access to an operating-system file",
         r#"(?:^|[^\w])(?:etc/(?:passwd|shadow|gshadow|subuid|subgid|group|hosts|issue|crontab|sudoers|fstab|hostname|resolv\.conf|ssh/|mysql|apache2?/|httpd/|nginx/|php)|proc/(?:self|\d+|interrupts|cpuinfo|meminfo|version|mounts|net|sys|kcore|config\.gz|cmdline|environ)\b|sys/(?:class|kernel|devices|block|module)|(?:boot|win|system)\.ini\b|windows[\\/]system32|\.ssh/(?:id_|authorized_keys|known_hosts)|id_(?:rsa|dsa|ecdsa|ed25519)\b|\.aws/credentials|\.docker/config|\.kube/config|httpd\.conf\b|\.(?:bash|zsh|mysql|psql|sh|python|node_repl)_history\b|/\.history\b|(?:^|/)\.htpasswd\b|(?:^|/)\.htaccess\b|var/log/|usr/local/apps?/|/?wp-config\.php|web\.config\b|\.git/(?:config|head|index))"#),
@@ -246,7 +247,7 @@ pub static RULES: &[Rule] = &[
     rx(931030, Rfi, S_VALUE, "URL ending in a question mark (include suffix trick)",
         r#"^(?:file|ftps?|https?)(?::/*[^?#\s]*)?\?+$"#),
     // ---- remote command execution ---------------------------------------------
-    rx(932020, Rce, S_DATA | S_PATH, "Unix command after a shell separator",
+    rx(932020, Rce, S_DATA | S_PATH, "Unix command after a shell separator (word-like commands need command-like arguments)",
         concat!(r"(?:`|\$\()\s*(?:\w+=\S*\s+)*(?:[\w.-]*/)*", unix_cmds!(), r"(?:$|[\s;&|<>`)]|\$\{?ifs)|(?:[;&|\n]|\|\||&&)\s*(?:\w+=\S*\s+)*(?:(?:[\w.-]*/)*", unix_cmds_strong!(), r"(?:$|[\s;&|<>`)]|\$\{?ifs)|(?:[\w.-]*/)+", unix_cmds_word!(), r"(?:$|[\s;&|<>`)]|\$\{?ifs)|", unix_cmds_word!(), cmd_args!(), ")")),
     rx(932030, Rce, S_DATA, "Unix command with arguments and shell syntax",
         concat!(r"^\s*(?:", unix_cmds_strong!(), "|", unix_cmds_word!(), r")\s*[;&|`]|^\s*", unix_cmds_strong!(), r"\s+(?:[^\n]*[;&|<>`$]|-{1,2}[a-z]|[^\n]*\n$|[\w./-]+\s*\n)|^\s*(?:[\w.-]*/)*", unix_cmds_word!(), r"\s+(?:-{1,2}[a-z]|(?:[/~.$'`\\]|[\w-]+\.\w)[^\n]*(?:[;&|<>`$]|\n$))")),
@@ -282,7 +283,7 @@ pub static RULES: &[Rule] = &[
     // (`localhost/admin`): a bare `localhost` is a host setting, and cloud
     // metadata addresses are only fetched as URLs. An address written as one
     // number must be a full 32-bit one (`0x7f000001`, `2130706433`).
-    rx(934020, Generic, S_VALUE, "server-side request forgery to an internal address or a dangerous scheme",
+    rx(934020, Generic, S_VALUE, "server-side request forgery to an internal address or a dangerous scheme (parameter values)",
         r#"^(?:(?:https?|gopher|dict|ftp|ldaps?|tftp|file|jar|netdoc|sftp)?:/*)(?:[^@/]*@)?(?:localhost(?:\.localdomain)?|ip6-(?:localhost|loopback)|127\.\d+\.\d+\.\d+|0\.0\.0\.0|169\.254\.169\.254|metadata\.google\.internal|\[(?:::1?|::ffff:[\d.]+|0:0:0:0:0:0:0:1)\])(?::\d+)?(?:[/?#]|$)|^(?:[^@/]*@)?(?:localhost(?:\.localdomain)?|ip6-(?:localhost|loopback)|127\.\d+\.\d+\.\d+|0\.0\.0\.0|\[(?:::1?|::ffff:[\d.]+|0:0:0:0:0:0:0:1)\])(?::\d+)?[/?#]|^(?:https?|ftp|gopher|dict):/*(?:0x[0-9a-f]{8}\b|\d{8,10}\b|0177\.)|^(?:gopher|dict|jar|netdoc|tftp|ldaps?)://"#),
     rx(934030, Generic, S_ANY, "prototype pollution",
         r#"__proto__|\bconstructor\s*(?:\.|\[\s*['`]?)\s*prototype\b|constructor\]\s*\[\s*['`]?prototype"#),
@@ -295,7 +296,7 @@ pub static RULES: &[Rule] = &[
     rx(934070, Generic, S_DATA, "server-side template injection probe",
         r#"\{\{\s*[\w.]*\s*[*+/-]\s*\d+\s*\}\}|\{\{[^}]*(?:__class__|__globals__|__builtins__|__subclasses__|\bconfig\b|\blipsum\b|\bcycler\b|\bjoiner\b|\brequest\.application)|\$\{\s*\d+\s*[*+]\s*\d+\s*\}|<%=?\s*\d+\s*[*+]\s*\d+\s*%>|#\{\s*\d+\s*[*+]\s*\d+\s*\}"#),
     // ---- XSS ------------------------------------------------------------------
-    rx(941010, Xss, S_ANY, "script or dangerous HTML tag",
+    rx(941010, Xss, S_ANY, "script, style or applet tag, or another dangerous HTML tag with attributes",
         r#"<\s*/?\s*(?:\w+:)?(?:script|applet|vmlframe|style)\b|<\s*(?:v|xi|vml|t|html):\w+|<\s*(?:\w+:)?(?:iframe|frame|frameset|object|embed|meta|base|link|svg|math|form|isindex|marquee|bgsound|layer|ilayer|xss|import|handler|listener|portal|noscript|noembed|xmp|plaintext|keygen)[\s/+]|<!\[cdata\[|<!--.*?-->\s*<"#),
     rx(941020, Xss, S_ANY, "event handler attribute",
         r#"(?:^|[\s"'`;/=(,])on[a-z]{3,25}\s*=[^=]"#),
