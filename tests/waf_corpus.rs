@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use common::{free_port, repo_path, Bext};
 
-/// Targets. `MAX_FP_CRS_NEG` is a ratchet at the level reached so far; the
-/// issue's goal is 0.05 (see the README, "WAF: known gaps").
+/// Targets of issue 6 (see the README, "Web application firewall"): every
+/// one is met, so each is now a floor the rules must not fall below.
 const MIN_DETECTION: f64 = 0.90;
 const MAX_FP_BENIGN: f64 = 0.01;
-const MAX_FP_CRS_NEG: f64 = 0.12;
+const MAX_FP_CRS_NEG: f64 = 0.05;
 const MIN_CATEGORY: f64 = 0.75;
 
 struct Kill(std::process::Child);

@@ -1,6 +1,12 @@
 //! Offline replay of the WAF dev corpus through `Waf` directly (no sockets):
 //! a fast loop for rule work. The end-to-end score is `waf_corpus.rs`.
 //! Run: cargo test --test waf_offline -- --ignored --nocapture
+//!
+//! `SHOW` selects what is listed, by file prefix: `SHOW=att` lists attack
+//! misses, `SHOW=ben` / `SHOW=crs` list false positives (with the rule ids,
+//! locations and excerpts that fired), and `SHOW=all` lists every verdict of
+//! the selected files (for diffing two rule versions). False positives on
+//! crs_negatives are always summarised per rule id.
 
 use std::collections::BTreeMap;
 
@@ -83,10 +89,20 @@ fn build(rec: &serde_json::Value) -> Option<(http::request::Parts, Vec<u8>)> {
     Some((req.into_parts().0, body))
 }
 
-fn run(file: &str, waf: &Waf, show: bool) -> (usize, usize, BTreeMap<String, (usize, usize)>) {
+/// Per-file tallies: records, blocked, per-category (blocked, total), and
+/// for blocked records of a negative file, how often each rule id fired.
+struct Tally {
+    n: usize,
+    blocked: usize,
+    cats: BTreeMap<String, (usize, usize)>,
+    fp_rules: BTreeMap<u32, usize>,
+}
+
+fn run(file: &str, waf: &Waf, show: bool, all: bool) -> Tally {
     let text = std::fs::read_to_string(bext_corpus(file)).expect("corpus file");
     let (mut n, mut blocked) = (0, 0);
     let mut cats: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut fp_rules: BTreeMap<u32, usize> = BTreeMap::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let rec: serde_json::Value = serde_json::from_str(line).expect("json");
         n += 1;
@@ -108,18 +124,36 @@ fn run(file: &str, waf: &Waf, show: bool) -> (usize, usize, BTreeMap<String, (us
             blocked += 1;
             e.0 += 1;
         }
-        let interesting = if file == "attacks.jsonl" { !hit } else { hit };
-        if show && interesting {
+        let attack = file == "attacks.jsonl";
+        if hit && !attack {
+            for h in &v.hits {
+                *fp_rules.entry(h.rule.id).or_default() += 1;
+            }
+        }
+        let interesting = if attack { !hit } else { hit };
+        if show && (interesting || all) {
+            let tag = match (attack, hit) {
+                (true, true) => "HIT",
+                (true, false) => "MISS",
+                (false, true) => "FP",
+                (false, false) => "PASS",
+            };
             println!(
-                "{} {} {} | {}",
-                if hit { "FP" } else { "MISS" },
+                "{} {} {} pl={} | {}",
+                tag,
                 rec["id"],
                 cat,
+                rec["pl"],
                 v.log_line()
             );
         }
     }
-    (n, blocked, cats)
+    Tally {
+        n,
+        blocked,
+        cats,
+        fp_rules,
+    }
 }
 
 fn bext_corpus(f: &str) -> std::path::PathBuf {
@@ -133,13 +167,20 @@ fn bext_corpus(f: &str) -> std::path::PathBuf {
 fn offline_corpus_report() {
     let waf = Waf::new(WafPlan::default()).expect("rules");
     let show = std::env::var("SHOW").unwrap_or_default();
+    let all = show.contains("all");
     for f in ["attacks.jsonl", "benign.jsonl", "crs_negatives.jsonl"] {
-        let (n, b, cats) = run(f, &waf, show.contains(&f[..3]));
+        let t = run(f, &waf, show.contains(&f[..3]), all);
+        let (n, b) = (t.n, t.blocked);
         println!("== {f}: {b}/{n} = {:.3}", b as f64 / n as f64);
         if f == "attacks.jsonl" {
-            for (c, (hit, tot)) in cats {
+            for (c, (hit, tot)) in t.cats {
                 println!("   {c:16} {hit}/{tot} = {:.3}", hit as f64 / tot as f64);
             }
+        } else if !t.fp_rules.is_empty() {
+            let mut by: Vec<_> = t.fp_rules.into_iter().collect();
+            by.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            let list: Vec<String> = by.iter().map(|(id, c)| format!("{id}x{c}")).collect();
+            println!("   rules in false positives: {}", list.join(" "));
         }
     }
 }

@@ -8,10 +8,11 @@ use std::borrow::Cow;
 use http::request::Parts;
 
 use super::body::{self, JsonError};
+use super::confirm;
 use super::exclusions::excluded;
 use super::normalize::{canonical, Evasion};
-use super::rules::{self, Rule, Scope, S_FILENAME, S_HEADER, S_NAME, S_PATH, S_VALUE};
-use super::{excerpt, protocol, Hit, Verdict, Waf};
+use super::rules::{self, Category, Rule, Scope, S_FILENAME, S_HEADER, S_NAME, S_PATH, S_VALUE};
+use super::{excerpt, protocol, upload, Hit, Verdict, Waf};
 
 /// Headers never inspected for content: framing, negotiation, tokens and
 /// values the browser produces itself. Cookie is split into pairs instead.
@@ -69,6 +70,11 @@ pub(super) enum Kind {
     QueryName,
     QueryValue,
     Header,
+    /// The Referer header: a URL the browser fills in. Command-injection
+    /// rules do not apply to it (`;` is ordinary in URL paths, and no app
+    /// hands its Referer to a shell); the XSS and SQL rules still do, since
+    /// referers are reflected into pages and written to databases.
+    Referer,
     CookieName,
     CookieValue,
     BodyName,
@@ -82,7 +88,7 @@ impl Kind {
             Kind::Path => S_PATH,
             Kind::QueryName | Kind::CookieName | Kind::BodyName => S_NAME,
             Kind::QueryValue | Kind::CookieValue | Kind::BodyValue => S_VALUE,
-            Kind::Header => S_HEADER,
+            Kind::Header | Kind::Referer => S_HEADER,
             Kind::Filename => S_FILENAME | S_VALUE,
         }
     }
@@ -92,7 +98,7 @@ impl Kind {
             Kind::Path => "path",
             Kind::QueryName => "query-name",
             Kind::QueryValue => "query",
-            Kind::Header => "header",
+            Kind::Header | Kind::Referer => "header",
             Kind::CookieName => "cookie-name",
             Kind::CookieValue => "cookie",
             Kind::BodyName => "body-name",
@@ -171,9 +177,10 @@ impl Pass<'_> {
         let scope = kind.scope();
         let waf = self.waf;
         self.run(&waf.all, scope, kind, name, &text, redact);
-        if text
-            .iter()
-            .any(|b| matches!(b, b'\'' | b'"' | b'\\' | b'^'))
+        if !matches!(kind, Kind::Referer)
+            && text
+                .iter()
+                .any(|b| matches!(b, b'\'' | b'"' | b'\\' | b'^'))
         {
             let cmd: Vec<u8> = text
                 .iter()
@@ -205,7 +212,11 @@ impl Pass<'_> {
             let Some((rule, re)) = set.rules.get(i) else {
                 continue;
             };
-            if rule.scope & scope == 0 || self.v.hits.iter().any(|h| h.rule.id == rule.id) {
+            if rule.scope & scope == 0
+                || (matches!(kind, Kind::Referer) && rule.category == Category::Rce)
+                || self.v.hits.iter().any(|h| h.rule.id == rule.id)
+                || !confirm::holds(rule.id, scope, text)
+            {
                 continue;
             }
             let at = re.find(text).map_or(0, |m| m.start());
@@ -224,9 +235,9 @@ impl Pass<'_> {
         if ev.double_encoded && matches!(kind, Kind::Path | Kind::QueryValue | Kind::QueryName) {
             self.hit(920170, label, name, text, 0, false);
         }
-        if ev.invalid_utf8 && matches!(kind, Kind::Path | Kind::QueryValue | Kind::QueryName) {
+        if ev.broken_utf8 && matches!(kind, Kind::Path | Kind::QueryValue | Kind::QueryName) {
             self.hit(920055, label, name, text, 0, false);
-        } else if ev.invalid_utf8 && matches!(kind, Kind::BodyValue | Kind::BodyName) {
+        } else if ev.broken_utf8 && matches!(kind, Kind::BodyValue | Kind::BodyName) {
             self.hit(920050, label, name, text, 0, false);
         }
         if ev.bad_percent && matches!(kind, Kind::QueryName | Kind::BodyName) {
@@ -338,9 +349,14 @@ fn head_values(pass: &mut Pass, req: &Parts) {
         if SKIP_HEADERS.contains(&n) {
             continue;
         }
-        pass.value(Kind::Header, n.as_bytes(), value.as_bytes());
-        if protocol::is_filename_header(n) {
-            protocol::filename(pass, n.as_bytes(), value.as_bytes());
+        let kind = if n == "referer" {
+            Kind::Referer
+        } else {
+            Kind::Header
+        };
+        pass.value(kind, n.as_bytes(), value.as_bytes());
+        if upload::is_filename_header(n) {
+            upload::filename(pass, n.as_bytes(), value.as_bytes());
         }
     }
 }
@@ -476,7 +492,7 @@ fn multipart(pass: &mut Pass, ct: &[u8], data: &[u8], truncated: bool) {
                 protocol::session_name(pass, &canonical(part.name, false).0);
                 if let Some(f) = part.filename {
                     pass.value(Kind::Filename, part.name, f);
-                    protocol::filename(pass, part.name, f);
+                    upload::filename(pass, part.name, f);
                 } else {
                     pass.value(Kind::BodyValue, part.name, part.body);
                 }

@@ -12,12 +12,14 @@
 
 pub mod body;
 pub mod config;
+mod confirm;
 pub mod exclusions;
 mod inspect;
 pub mod normalize;
 pub mod phase;
 mod protocol;
 pub mod rules;
+mod upload;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -241,3 +243,5 @@ fn excerpt(s: &[u8], start: usize, redact: bool) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_fp;

@@ -23,8 +23,9 @@ pub struct Evasion {
     pub fullwidth: bool,
     /// A `%` not followed by two hex digits.
     pub bad_percent: bool,
-    /// The decoded bytes are not valid UTF-8.
-    pub invalid_utf8: bool,
+    /// The decoded bytes hold a broken multi-byte UTF-8 sequence (see
+    /// [`broken_multibyte`]).
+    pub broken_utf8: bool,
     /// Overlong UTF-8 (`C0 AF` for `/`).
     pub overlong: bool,
 }
@@ -62,8 +63,8 @@ pub fn canonical(input: &[u8], plus_is_space: bool) -> (Cow<'_, [u8]>, Evasion) 
             cur = html_entities(&cur);
         }
     }
-    if std::str::from_utf8(&cur).is_err() {
-        ev.invalid_utf8 = true;
+    if broken_multibyte(&cur) {
+        ev.broken_utf8 = true;
     }
     let mut out = fold_unicode(&cur, &mut ev);
     if out.contains(&0) {
@@ -72,6 +73,49 @@ pub fn canonical(input: &[u8], plus_is_space: bool) -> (Cow<'_, [u8]>, Evasion) 
     }
     out.make_ascii_lowercase();
     (Cow::Owned(out), ev)
+}
+
+/// Whether `s` holds a multi-byte UTF-8 sequence that is cut short or
+/// malformed: a lead byte (C0..F4) without the continuation bytes it
+/// announces, or an overlong, surrogate or out-of-range form. Lenient
+/// decoders disagree on these, which is what makes them a filter evasion.
+/// Bytes that never start a UTF-8 sequence (F5..FF, or a stray continuation
+/// byte) are not flagged: they are legacy single-byte text (`%FF` is `ÿ` in
+/// Latin-1) that no decoder turns into ASCII.
+pub fn broken_multibyte(s: &[u8]) -> bool {
+    let mut i = 0;
+    while i < s.len() {
+        let b = s[i];
+        let need = match b {
+            0xc0..=0xdf => 1,
+            0xe0..=0xef => 2,
+            0xf0..=0xf4 => 3,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let rest = &s[i + 1..];
+        let cont = rest
+            .iter()
+            .take(need)
+            .take_while(|c| (0x80..0xc0).contains(*c))
+            .count();
+        if cont < need {
+            return true;
+        }
+        let second = rest[0];
+        let malformed = matches!(b, 0xc0 | 0xc1)
+            || (b == 0xe0 && second < 0xa0)
+            || (b == 0xed && second >= 0xa0)
+            || (b == 0xf0 && second < 0x90)
+            || (b == 0xf4 && second >= 0x90);
+        if malformed {
+            return true;
+        }
+        i += 1 + need;
+    }
+    false
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -368,9 +412,18 @@ mod tests {
     }
 
     #[test]
-    fn invalid_utf8_and_bad_percent_are_flagged() {
-        let (_, ev) = canonical(b"%ff%zz", false);
-        assert!(ev.invalid_utf8 && ev.bad_percent);
+    fn broken_utf8_and_bad_percent_are_flagged() {
+        let (_, ev) = canonical(b"%e2%a3%zz", false);
+        assert!(ev.broken_utf8 && ev.bad_percent);
+        // Truncated and overlong sequences are broken ...
+        assert!(broken_multibyte(b"\xc0"));
+        assert!(broken_multibyte(b"a\xe2\xa3"));
+        assert!(broken_multibyte(b"\xe0\x80\xaf"));
+        // ... single-byte legacy text and valid UTF-8 are not.
+        assert!(!broken_multibyte(b"test\xfd"));
+        assert!(!broken_multibyte(b"/\xffindex.html"));
+        assert!(!broken_multibyte(b"\x9cscript\x9e"));
+        assert!(!broken_multibyte("Haßelt été 日本 😀".as_bytes()));
     }
 
     #[test]

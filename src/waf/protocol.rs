@@ -1,6 +1,6 @@
 //! Checks on the shape of the request rather than its content: method,
 //! framing headers, Content-Type and charset, restricted headers, Range,
-//! scanner User-Agents, uploaded file names, multipart part headers and
+//! scanner User-Agents, multipart part headers and
 //! session-id parameters. (Malformed request lines and raw CR/LF in headers
 //! never get here: Pingora answers 400 first.)
 
@@ -243,8 +243,18 @@ pub(super) fn head(pass: &mut Pass, req: &Parts) {
         }
     }
     framing(pass, req);
-    if let Some(ct) = header(req, "content-type") {
-        content_type(pass, ct, "header", b"content-type");
+    let body = super::inspect::has_body(req);
+    match header(req, "content-type") {
+        Some(ct) => content_type(pass, ct, "header", b"content-type", body),
+        // A sized body with no type at all: no parser on the way
+        // (Plug.Parsers included) knows what it is, so its content escapes
+        // every parsed check; clients that submit data say what it is. A
+        // chunked body without a type is left alone: that is how tools
+        // stream raw bytes (`curl -T -`), and bext inspects it as text.
+        None if body && !req.headers.contains_key(http::header::TRANSFER_ENCODING) => {
+            pass.hit(920210, "header", b"content-type", b"", 0, false)
+        }
+        None => {}
     }
     for name in RESTRICTED_HEADERS {
         if req.headers.contains_key(*name) {
@@ -319,11 +329,17 @@ fn framing(pass: &mut Pass, req: &Parts) {
 }
 
 /// Content-Type allow list and charset check (request or multipart part).
-fn content_type(pass: &mut Pass, ct: &[u8], kind: &str, name: &[u8]) {
+/// The allow lists only matter when there is a `body` for the type to
+/// describe: a bodiless request is parsed by nothing, and an empty header
+/// is no type at all. A second media type hidden in the parameters is
+/// checked regardless: it is aimed at the parsers of whatever reads the
+/// header.
+fn content_type(pass: &mut Pass, ct: &[u8], kind: &str, name: &[u8], body: bool) {
     let end = ct.iter().position(|&b| b == b';').unwrap_or(ct.len());
     let mime = ct[..end].trim_ascii().to_ascii_lowercase();
     let vendor_json = mime.starts_with(b"application/vnd.") && mime.ends_with(b"+json");
-    if kind == "header" && !ALLOWED_TYPES.contains(&mime.as_slice()) && !vendor_json {
+    let typed_body = body && !mime.is_empty();
+    if kind == "header" && typed_body && !ALLOWED_TYPES.contains(&mime.as_slice()) && !vendor_json {
         pass.hit(920070, kind, name, ct, 0, false);
     }
     let params = ct[end..].to_ascii_lowercase();
@@ -333,6 +349,9 @@ fn content_type(pass: &mut Pass, ct: &[u8], kind: &str, name: &[u8]) {
             .any(|t| super::body::find(&params, t).is_some())
     {
         pass.hit(921050, kind, name, ct, 0, false);
+    }
+    if !typed_body {
+        return;
     }
     if super::body::find(&params, b"charset")
         .is_some_and(|i| super::body::find(&params[i + 7..], b"charset").is_some())
@@ -384,14 +403,14 @@ pub(super) fn part_headers(pass: &mut Pass, part: &Part) {
         } else if n.eq_ignore_ascii_case(b"content-transfer-encoding") {
             pass.hit(922020, "body", part.name, v, 0, false);
         } else if n.eq_ignore_ascii_case(b"content-type") {
-            content_type(pass, v, "body", part.name);
+            content_type(pass, v, "body", part.name, true);
         }
     }
     if part
         .name
         .iter()
         .chain(part.filename.unwrap_or(b""))
-        .any(|&b| matches!(b, b'"' | b';' | b'=' | b'\\' | b'\''))
+        .any(|&b| matches!(b, b'"' | b';' | b'\\' | b'\''))
     {
         pass.hit(920180, "body", part.name, part.name, 0, false);
     }
@@ -422,8 +441,10 @@ fn bad_accept_charset(a: &[u8]) -> bool {
     })
 }
 
-/// Quoted parameter values holding `;`, `=`, `\\` or `'`, or unbalanced quotes:
-/// parsers disagree on these (multipart bypass).
+/// Quoted parameter values holding `;`, `\\` or `'`, or unbalanced quotes:
+/// parsers disagree on these (multipart bypass). A `=` inside quotes is
+/// not one of them: parsers split a parameter at its first `=`, before the
+/// quoted value starts (`filename="a=b.txt"` is read the same everywhere).
 fn confusing_disposition(v: &[u8]) -> bool {
     let mut inside = false;
     for (i, &b) in v.iter().enumerate() {
@@ -431,7 +452,7 @@ fn confusing_disposition(v: &[u8]) -> bool {
             b'"' => inside = !inside,
             // `&auml;` is an HTML entity, not a parameter separator.
             b';' if inside && is_entity_end(&v[..i]) => {}
-            b';' | b'=' | b'\\' | b'\'' if inside => return true,
+            b';' | b'\\' | b'\'' if inside => return true,
             _ => {}
         }
     }
@@ -474,80 +495,19 @@ pub(super) fn include_param(pass: &mut Pass, name: &[u8], raw: &[u8]) {
     }
 }
 
-pub(super) fn is_filename_header(name: &str) -> bool {
-    matches!(
-        name,
-        "x-filename" | "x_filename" | "x.filename" | "x-file-name" | "x-file"
-    )
-}
-
-/// Upload file names: PHP / JSP extensions and restricted server files.
-pub(super) fn filename(pass: &mut Pass, name: &[u8], f: &[u8]) {
-    let lower = f.to_ascii_lowercase();
-    let base = lower
-        .rsplit(|&b| b == b'/' || b == b'\\')
-        .next()
-        .unwrap_or(&lower);
-    let trimmed: &[u8] = {
-        let end = base
-            .iter()
-            .rposition(|&b| !matches!(b, b'.' | b' ' | b'\t'))
-            .map_or(0, |e| e + 1);
-        &base[..end]
-    };
-    let compact: Vec<u8> = trimmed.iter().copied().filter(|&b| b != b' ').collect();
-    let ext = compact.rsplit(|&b| b == b'.').next().unwrap_or(b"");
-    let php_n = ext.starts_with(b"php") && ext[3..].iter().all(u8::is_ascii_digit);
-    let php = [
-        &b"phtml"[..],
-        b"phtml",
-        b"pht",
-        b"phar",
-        b"phps",
-        b"pgif",
-        b"shtml",
-        b"inc",
-    ];
-    if compact.contains(&b'.') && (php_n || php.contains(&ext)) {
-        pass.hit(933010, "filename", name, f, 0, false);
-    }
-    if compact.contains(&b'.') && (ext == b"jsp" || ext == b"jspx") {
-        pass.hit(944010, "filename", name, f, 0, false);
-    }
-    let restricted = [
-        &b".htaccess"[..],
-        b".htpasswd",
-        b"web.config",
-        b".user.ini",
-        b"php.ini",
-        b".env",
-        b".bashrc",
-        b".profile",
-        b"wp-config",
-        b"config.php",
-        b"settings.php",
-        b"local.xml",
-        b".git",
-    ];
-    if restricted
-        .iter()
-        .any(|r| super::body::find(&compact, r).is_some())
-    {
-        pass.hit(932010, "filename", name, f, 0, false);
-    }
-}
-
 /// A session-id parameter name, with the Referer missing or foreign.
 pub(super) fn session_name(pass: &mut Pass, canonical_name: &[u8]) {
     if !pass.foreign_referer {
         return;
     }
     let n = std::str::from_utf8(canonical_name).unwrap_or("");
+    // Framework cookies are namespaced (`next-auth.session-token`); a bare
+    // `session_token` is as often an app's own form or API token.
     let generic = n != "session"
         && (n.ends_with("_session")
             || n.ends_with(".session")
-            || n.ends_with("session_token")
-            || n.ends_with("session-token")
+            || n.ends_with(".session_token")
+            || n.ends_with(".session-token")
             || n.ends_with("sessionid"));
     if SESSION_NAMES.contains(&n) || generic {
         pass.hit(943010, "arg", canonical_name, canonical_name, 0, false);

@@ -83,8 +83,10 @@ pub const S_VALUE: Scope = 4;
 pub const S_HEADER: Scope = 8;
 pub const S_FILENAME: Scope = 16;
 pub const S_ANY: Scope = S_PATH | S_NAME | S_VALUE | S_HEADER | S_FILENAME;
-/// Everything except the request path.
+/// Names, values and headers.
 pub const S_DATA: Scope = S_NAME | S_VALUE | S_HEADER;
+/// Everything except the request path.
+pub const S_NOT_PATH: Scope = S_ANY & !S_PATH;
 
 #[derive(Debug)]
 pub struct Rule {
@@ -127,10 +129,59 @@ const fn rx(
 
 use Category::*;
 
-/// Shell commands commonly used after an injection point.
+/// Shell commands commonly used after an injection point: the union of the
+/// three lists below.
 macro_rules! unix_cmds {
     () => {
-        r"(?:cat|tac|nl|ls|id|whoami|uname|wget|curl|nc|ncat|netcat|socat|telnet|ssh|scp|tftp|ftp|bash|sh|zsh|ksh|dash|csh|tcsh|busybox|python[23]?|perl|ruby|php|lua|node|nmap|ping|echo|printf|env|printenv|ifconfig|ip|passwd|chmod|chown|rm|mv|cp|kill|pkill|killall|ps|find|grep|egrep|awk|gawk|sed|base64|base32|xxd|od|hexdump|head|tail|more|less|strings|time|sleep|strace|ltrace|trap|alias|export|eval|exec|sudo|su|crontab|nohup|setsid|mkfifo|mknod|dd|tar|zip|unzip|gzip|gunzip|xz|unxz|bzip2|systemctl|service|useradd|usermod|history|hostname|pwd|cd|chef-\w+|knife|ansible(?:-[a-z]+)?|cscli|c89|c99|gcc|cc|make|docker|kubectl|mysql|psql|sqlite3|powershell|pwsh|cmd|certutil|bitsadmin|wmic|regedit|reg|bcdboot|bcdedit|taskkill|tasklist|systeminfo|ipconfig|net|netstat|whois|dig|nslookup|host|tee|xargs|timeout|watch|script|expect|vi|vim|nano|openssl|gpg|shutdown|reboot|halt|init|sh\.exe|cmd\.exe)"
+        concat!(
+            "(?:",
+            unix_cmds_strong!(),
+            "|",
+            unix_cmds_word!(),
+            "|",
+            unix_cmds_loose!(),
+            ")"
+        )
+    };
+}
+
+/// Commands too common in text after a `;`, `&`, `|` or line break to be
+/// read as one there, whatever follows: `cat`, `tar`, `vi`, `vim` (file
+/// names, prose, "Henry VI; ..."). CRS leaves these out of its PL1 command
+/// rules for the same reason; what they would read (`/etc/passwd`) is
+/// caught by the file rules. Inside `` `...` `` or `$(...)` they still count.
+macro_rules! unix_cmds_loose {
+    () => {
+        r"(?:cat|tar|vi|vim)"
+    };
+}
+
+/// Commands whose names are not ordinary words, or that CRS counts at PL1
+/// whatever follows: after a shell separator they are a command.
+macro_rules! unix_cmds_strong {
+    () => {
+        r"(?:tac|ls|whoami|uname|wget|curl|nc|ncat|netcat|socat|telnet|ssh|scp|tftp|ftp|bash|sh|zsh|ksh|csh|tcsh|busybox|python[23]?|perl|php|lua|nmap|printf|printenv|ifconfig|passwd|chmod|chown|rm|mv|cp|pkill|killall|grep|egrep|awk|gawk|sed|base64|base32|xxd|od|hexdump|strace|ltrace|sudo|crontab|nohup|setsid|mkfifo|mknod|unzip|gzip|gunzip|xz|unxz|bzip2|systemctl|useradd|usermod|hostname|pwd|chef-\w+|knife|ansible(?:-[a-z]+)?|cscli|c89|c99|gcc|docker|kubectl|mysql|psql|sqlite3|powershell|pwsh|cmd|certutil|bitsadmin|wmic|regedit|bcdboot|bcdedit|taskkill|tasklist|systeminfo|ipconfig|netstat|whois|nslookup|xargs|nano|openssl|gpg|echo|env|eval|exec|trap|dash|ping|alias|shutdown|reboot|halt|init|node|ruby|timeout|sh\.exe|cmd\.exe)"
+    };
+}
+
+/// Commands that are also English words ("time", "more", "find") or two or
+/// three letters that often start a word ("id", "ps", "net"): prose such as
+/// "hello; time he came" or "a hero; more than" has them right after a
+/// separator, so they count only with command-like arguments (see
+/// `cmd_args!`).
+macro_rules! unix_cmds_word {
+    () => {
+        r"(?:nl|id|ip|cd|cc|dd|su|ps|net|reg|tee|zip|dig|time|more|less|find|head|tail|watch|make|host|kill|sleep|script|expect|export|service|history|strings)"
+    };
+}
+
+/// What may follow a word-like command for it to read as a command: nothing
+/// (end of the value), a shell separator or redirection, or a first argument
+/// that is an option, a path, a number, a quoted string, a variable, or a
+/// file name with an extension. A plain word ("more than") is prose.
+macro_rules! cmd_args {
+    () => {
+        r#"(?:\s*(?:$|[;&|<>`)\n]|\$\{?ifs)|\s+(?:[-/~.$'"`\\{]|\d|[\w-]+\.\w|[\w-]+\s*[;&|<>`\n]))"#
     };
 }
 
@@ -142,15 +193,16 @@ pub static RULES: &[Rule] = &[
     code(920020, Protocol, CRITICAL, "both Content-Length and Transfer-Encoding, or a malformed Content-Length"),
     code(920030, Protocol, CRITICAL, "CR, LF or NUL in a header value or argument name"),
     code(920040, Protocol, CRITICAL, "NUL byte in the path, an argument or a header"),
-    code(920050, Protocol, WARNING, "invalid UTF-8 in a body argument"),
+    code(920050, Protocol, WARNING, "broken multi-byte UTF-8 (truncated or overlong) in a body argument"),
     code(920060, Protocol, CRITICAL, "%u full-width or overlong UTF-8 encoding (filter evasion)"),
-    code(920070, Protocol, CRITICAL, "request Content-Type not allowed"),
-    code(920080, Protocol, CRITICAL, "charset in Content-Type not allowed"),
+    code(920070, Protocol, CRITICAL, "request Content-Type not allowed (on a request with a body)"),
+    code(920080, Protocol, CRITICAL, "charset in Content-Type not allowed (on a request with a body)"),
     code(920090, Protocol, CRITICAL, "restricted request header (Proxy, Lock-Token, Content-Range, If, Request-Range, X-HTTP-Method-Override, X-Middleware-Subrequest)"),
     code(920100, Protocol, CRITICAL, "restricted file extension in the path (backups, databases, logs, configs)"),
     code(920110, Protocol, CRITICAL, "conflicting or repeated Connection header tokens (keep-alive and close)"),
-    code(920055, Protocol, CRITICAL, "invalid UTF-8 after decoding the path or the query string"),
+    code(920055, Protocol, CRITICAL, "broken multi-byte UTF-8 (truncated or overlong) after decoding the path or the query string"),
     code(920190, Protocol, CRITICAL, "Accept header naming a charset that is not allowed"),
+    code(920210, Protocol, CRITICAL, "request body without a Content-Type header"),
     code(920200, Protocol, CRITICAL, "\\uXXXX escape in a query or form argument (Unicode filter bypass)"),
     code(931040, Rfi, CRITICAL, "URL as the value of a path/dir/root/include/file/template parameter"),
     code(920120, Protocol, WARNING, "body could not be parsed for its declared Content-Type (malformed multipart, JSON or form)"),
@@ -159,27 +211,28 @@ pub static RULES: &[Rule] = &[
     code(920150, Protocol, WARNING, "invalid percent-encoding in an argument name"),
     code(920160, Protocol, WARNING, "Range header with an invalid or descending byte range"),
     code(920170, Protocol, WARNING, "double percent-encoding in the path or an argument"),
-    code(920180, Protocol, CRITICAL, "multipart field name or file name with a quote, semicolon, = or backslash (parser confusion)"),
+    code(920180, Protocol, CRITICAL, "multipart field name or file name with a quote, semicolon or backslash (parser confusion)"),
     code(921050, ProtocolAttack, CRITICAL, "Content-Type with a second media type in its parameters"),
     code(922010, Multipart, CRITICAL, "multipart part with a charset that is not UTF-8 / ISO-8859-1 / Windows-1252"),
     code(922020, Multipart, CRITICAL, "multipart part with Content-Transfer-Encoding"),
     code(922030, Multipart, CRITICAL, "multipart part header name with illegal characters"),
     code(943010, Session, CRITICAL, "session id set through a parameter with a foreign or missing Referer (session fixation)"),
     code(933010, Php, CRITICAL, "uploaded file name with a PHP extension"),
+    code(933080, Php, CRITICAL, "uploaded file named like a PHP session file (sess_...)"),
     code(944010, Java, CRITICAL, "uploaded file name with a JSP extension"),
     code(932010, Rce, CRITICAL, "uploaded file name of a restricted file (.htaccess, wp-config, web.config, .env, ...)"),
     // ---- protocol attacks ----------------------------------------------------
     rx(921010, ProtocolAttack, S_DATA, "HTTP request line inside a parameter (request smuggling / splitting)",
         r#"\b(?:get|post|head|put|delete|options|connect|trace|patch)\s+\S+\s+http/\d"#),
-    rx(921020, ProtocolAttack, S_DATA, "header injection: CR/LF followed by a header name",
-        r#"[\r\n]\s*(?:location|refresh|set-cookie|content-(?:type|length)|host|transfer-encoding|x-[a-z-]+)\s*:"#),
-    rx(921030, ProtocolAttack, S_NAME | S_VALUE, "LDAP injection",
+    rx(921020, ProtocolAttack, S_DATA, "header injection: CR/LF followed by a header name and value",
+        r#"[\r\n]\s*(?:location|refresh|set-cookie|content-(?:type|length)|host|transfer-encoding|x-[a-z-]+)\s*:[ \t]*[^\s]"#),
+    rx(921030, ProtocolAttack, S_NAME | S_VALUE, "LDAP injection (a filter breakout: a `)` the value did not open)",
         r#"\)\s*\(\s*(?:[|&!]|[\w.-]+\s*[<>~]?=)|\)\s*\(\s*$|\*\s*\)\s*[|&!]\s*\("#),
     rx(921040, ProtocolAttack, S_DATA, "mod_proxy unix-socket SSRF (unix:...|http://)",
         r#"unix:[^|]*\|"#),
     // ---- local file inclusion / path traversal -------------------------------
-    rx(930010, Lfi, S_ANY, "path traversal (../ or ..\\ after decoding)",
-        r#"(?:^|[\\/;])\.\.[\\/;]|\.\.[\\/]|[\\/]\.\.(?:$|[\\/;])|0x(?:2e|2f|5c)(?:\.|0x2e|0x2f|0x5c)"#),
+    rx(930010, Lfi, S_ANY, "path traversal (a ../ or ..\\ segment after decoding; a trailing /.. in the path only above the root)",
+        r#"(?:^|[\\/;])\.{2,3}[\\/;]|[\\/;]\.{2,3}(?:$|[\\/;])|0x(?:2e|2f|5c)(?:\.|0x2e|0x2f|0x5c)"#),
     rx(930020, Lfi, S_ANY, "access to an operating-system file",
         r#"(?:^|[^\w])(?:etc/(?:passwd|shadow|gshadow|subuid|subgid|group|hosts|issue|crontab|sudoers|fstab|hostname|resolv\.conf|ssh/|mysql|apache2?/|httpd/|nginx/|php)|proc/(?:self|\d+|interrupts|cpuinfo|meminfo|version|mounts|net|sys|kcore|config\.gz|cmdline|environ)\b|sys/(?:class|kernel|devices|block|module)|(?:boot|win|system)\.ini\b|windows[\\/]system32|\.ssh/(?:id_|authorized_keys|known_hosts)|id_(?:rsa|dsa|ecdsa|ed25519)\b|\.aws/credentials|\.docker/config|\.kube/config|httpd\.conf\b|\.(?:bash|zsh|mysql|psql|sh|python|node_repl)_history\b|/\.history\b|(?:^|/)\.htpasswd\b|(?:^|/)\.htaccess\b|var/log/|usr/local/apps?/|/?wp-config\.php|web\.config\b|\.git/(?:config|head|index))"#),
     rx(930030, Lfi, S_PATH, "dot-file or dot-directory in the path (other than /.well-known/)",
@@ -194,16 +247,16 @@ pub static RULES: &[Rule] = &[
     rx(931030, Rfi, S_VALUE, "URL ending in a question mark (include suffix trick)",
         r#"^(?:file|ftps?|https?)(?::/*[^?#\s]*)?\?+$"#),
     // ---- remote command execution ---------------------------------------------
-    rx(932020, Rce, S_DATA | S_PATH, "Unix command after a shell separator",
-        concat!(r"(?:[;&|`\n]|\$\(|\|\||&&)\s*(?:\w+=\S*\s+)*(?:[\w.-]*/)*", unix_cmds!(), r"(?:$|[\s;&|<>`)]|\$\{?ifs)")),
+    rx(932020, Rce, S_DATA | S_PATH, "Unix command after a shell separator (word-like commands need command-like arguments)",
+        concat!(r"(?:`|\$\()\s*(?:\w+=\S*\s+)*(?:[\w.-]*/)*", unix_cmds!(), r"(?:$|[\s;&|<>`)]|\$\{?ifs)|(?:[;&|\n]|\|\||&&)\s*(?:\w+=\S*\s+)*(?:(?:[\w.-]*/)*", unix_cmds_strong!(), r"(?:$|[\s;&|<>`)]|\$\{?ifs)|(?:[\w.-]*/)+", unix_cmds_word!(), r"(?:$|[\s;&|<>`)]|\$\{?ifs)|", unix_cmds_word!(), cmd_args!(), ")")),
     rx(932030, Rce, S_DATA, "Unix command with arguments and shell syntax",
-        concat!(r"^\s*", unix_cmds!(), r"\s*[;&|`]|^\s*", unix_cmds!(), r"\s+(?:[^\n]*[;&|<>`$]|-{1,2}[a-z]|[^\n]*\n$|[\w./-]+\s*\n)")),
+        concat!(r"^\s*(?:", unix_cmds_strong!(), "|", unix_cmds_word!(), r")\s*[;&|`]|^\s*", unix_cmds_strong!(), r"\s+(?:[^\n]*[;&|<>`$]|-{1,2}[a-z]|[^\n]*\n$|[\w./-]+\s*\n)|^\s*(?:[\w.-]*/)*", unix_cmds_word!(), r"\s+(?:-{1,2}[a-z]|(?:[/~.$'`\\]|[\w-]+\.\w)[^\n]*(?:[;&|<>`$]|\n$))")),
     rx(932040, Rce, S_DATA | S_PATH, "shell expansion: $(...), ${...}, $[...], backticks, globs in paths, brace lists",
-        concat!(r"\$\([^)]*\)|\$\[[^\]]*\]|\$\{[^}]*[#%:/^,~@!}][^}]*\}|\$\{\s*ifs\b|`\s*", unix_cmds!(), r"\b[^`]*`|/[\w.-]*\[!?[^\]/]+\][\w.-]*(?:/|$)|/\[[^\]]*\]|\{,[\w./-]+|(?:^|\s)~[+-]\d*(?:\s|$)|(?:^|[\s;&|])!-?\d+!?|\$\{?@\}?[a-z]|\$\{?[a-z_]+\}?\s+-c\b|[<>]\([^)]*\)")),
+        concat!(r"\$\([^)]*\)|\$\[[^\]]*\]|\$\{[^}]*[#%:/^,~@!}][^}]*\}|\$\{\s*ifs\b|`\s*", unix_cmds!(), r"\b[^`]*`|/[\w.-]*\[!?[^\]/]+\][\w.-]*(?:/|$)|/\[[^\]]*\](?:[\w.-]|/|$)|\{,[\w./-]+|(?:^|\s)~[+-]\d*(?:\s|$)|(?:^|[\s;&|])!-?\d+!?|\$\{?@\}?[a-z]|\$\{?[a-z_]+\}?\s+-c\b|[<>]\([^)]*\)")),
     rx(932050, Rce, S_ANY, "shell or interpreter invocation",
         r#"(?:^|[^\w.])/?(?:s?bin|usr/(?:local/)?s?bin)/(?:ba|da|z|k|c|tc)?sh\b|/bin/[a-z]|\b(?:ba|z|k)?sh\s+-[ci]\b|\b(?:python[23]?|perl|ruby|php|node)\s+-[cerm]\s|/dev/(?:tcp|udp)/|\bnc(?:at)?\s+(?:-\w+\s+)*-[elvnpc]|\b(?:wget|curl)\s+(?:-[\w-]+\s+)*(?:https?|ftp)://|-m\s+http\.server|\bbusybox\s+\w"#),
     rx(932060, Rce, S_DATA, "Windows command (for / if / cmd / powershell)",
-        r#"(?:^|[;&|]\s*)for\s+(?:/[dflr]\s+(?:[^%]*\s)?)?%%?[\w\]\[]+\s+in\s*\(|(?:^|[;&|]\s*)if\s+(?:/i\s+)?(?:not\s+)?(?:exist\b|defined\b|errorlevel\b|cmdextversion\b|%[\w~]+%?\s|\[[^\]]*\]\s*==|""?[^"]*"?\s*==|\S+\s*==\s*\S+\s+\S|\S+\s+(?:equ|neq|lss|leq|gtr|geq)\s)|(?:^|[;&|]\s*)(?:cmd(?:\.exe)?\s+/[ck]\b|powershell(?:\.exe)?\s+-|regedit\s|reg\s+(?:add|query|delete|export)\b|net\s+(?:user|localgroup|share)\b|certutil\s+-|bitsadmin\s+/|wmic\s|bcdboot[\s/]|bcdedit[\s/]|vssadmin\s|schtasks\s|rundll32\s)|%(?:systemroot|windir|comspec|path|temp|userprofile|programfiles)%|\bhkey_(?:local_machine|current_user|classes_root|users)\b"#),
+        r#"(?:^|[;&|]\s*)for\s+(?:/[dflr]\s+(?:[^%]*\s)?)?%%?[\w\]\[]+\s+in\s*\(|(?:^|[;&|]\s*)if\s+(?:/i\s+)?(?:not\s+)?(?:exist\b|defined\b|errorlevel\b|cmdextversion\b|%[\w~]+%?\s|\[[^\]]*\]\s*==|""?[^"]*"?\s*==|\S+\s*==\s*\S+\s+\S|\S+\s+(?:equ|neq|lss|leq|gtr|geq)\s)|(?:^|[;&|]\s*)(?:cmd(?:\.exe)?\s+/[ck]\b|powershell(?:\.exe)?\s+-|regedit(?:\.exe)?\s+[^\s]|reg\s+(?:add|query|delete|export)\b|net\s+(?:user|localgroup|share)\b|certutil\s+-|bitsadmin\s+/|wmic\s|bcdboot[\s/]|bcdedit[\s/]|vssadmin\s|schtasks\s|rundll32\s)|%(?:systemroot|windir|comspec|path|temp|userprofile|programfiles)%|\bhkey_(?:local_machine|current_user|classes_root|users)\b"#),
     rx(932070, Rce, S_DATA, "Shellshock function definition",
         r#"\(\s*\)\s*\{[^}]*;\s*\}\s*;|^\s*\(\s*\)\s*\{"#),
     rx(932080, Rce, S_ANY, "PowerShell cmdlet",
@@ -212,45 +265,49 @@ pub static RULES: &[Rule] = &[
         concat!(r"\balias\s+(?:-p\s+)?\w+=\S*", unix_cmds!(), r"|\balias\s+-p\b|\balias\s+[\w-]+=\S")),
     // ---- PHP ------------------------------------------------------------------
     rx(933020, Php, S_ANY, "PHP open tag or template tag",
-        r#"<\?(?:php\b|=)|\[\\?/?php\]|\{/?php\}|<\?\s+[a-z_]\w*\s[^>]*(?:;|\?>)"#),
+        r#"<\?php\s*[^\s]|<\?=\s*[^\s?]|\[\\?/?php\]|\{/?php\}|<\?\s+[a-z_]\w*\s[^>]*(?:;|\?>)"#),
     rx(933030, Php, S_DATA, "PHP configuration directive assignment",
         r#"\b(?:allow_url_(?:include|fopen)|auto_(?:prepend|append)_file|disable_(?:functions|classes)|open_basedir|safe_mode|extension_dir|extension|register_globals|magic_quotes_gpc|display_errors|log_errors|error_log|include_path|precision|memory_limit|max_execution_time|upload_tmp_dir|session\.save_path|short_open_tag|enable_dl|file_uploads|expose_php|sendmail_path|mail\.add_x_header|assert\.active|zend\.\w+|opcache\.\w+|phar\.readonly|user_ini\.filename|mbstring\.\w+|pcre\.\w+|session\.\w+|allow_\w+)\s*=\s*\S"#),
     rx(933040, Php, S_ANY, "PHP superglobal or stream wrapper",
         r#"\$_(?:server|get|post|cookie|request|files|env|session)\b|\$globals\b|\$http_(?:get|post|raw_post_data|server|cookie|env|post_files)_vars\b|\$http_raw_post_data|\b(?:php|phar|zlib|glob|expect|ogg|rar|zip|compress\.(?:zlib|bzip2)|ssh2\.(?:shell|exec|tunnel|sftp|scp))://"#),
     rx(933050, Php, S_ANY, "PHP function call",
-        r#"\b(?:exec|system|passthru|shell_exec|popen|proc_open|pcntl_exec|eval|assert|create_function|call_user_func(?:_array)?|preg_replace(?:_callback)?|include_once|require_once|file_get_contents|file_put_contents|fopen|fsockopen|pfsockopen|fwrite|fputs|readfile|unserialize|base64_decode|gzinflate|gzuncompress|gzdecode|str_rot13|strrev|phpinfo|posix_\w+|get_defined_(?:functions|vars|constants)|ini_(?:set|get|restore)|putenv|getenv|unpack|show_source|highlight_file|symlink|move_uploaded_file|curl_exec|curl_init|array_map|array_filter|usort|uasort|ob_start|parse_str|var_dump|var_export|print_r|settype|escapeshell(?:cmd|arg)|scandir|opendir|readdir|file_exists|fread|fgets|hex2bin|proc_nice|register_shutdown_function|register_tick_function|set_error_handler|dl|mb_ereg_replace|iterator_apply|invokeargs|reflectionfunction|bz(?:decompress|open|read)|gz(?:open|read|file|passthru))\s*(?:/\*.*?\*/\s*|#[^\n]*\n\s*|//[^\n]*\n\s*)*\("#),
+        r#"\b(?:exec|system|passthru|shell_exec|popen|proc_open|pcntl_exec|eval|assert|create_function|call_user_func(?:_array)?|preg_replace(?:_callback)?|include_once|require_once|file_get_contents|file_put_contents|fopen|fsockopen|pfsockopen|fwrite|fputs|readfile|unserialize|base64_decode|gzinflate|gzuncompress|gzdecode|str_rot13|strrev|phpinfo|posix_\w+|get_defined_(?:functions|vars|constants)|ini_(?:set|get|restore)|putenv|getenv|unpack|show_source|highlight_file|symlink|move_uploaded_file|curl_exec|curl_init|array_map|array_filter|usort|uasort|ob_start|parse_str|var_dump|var_export|print_r|settype|escapeshell(?:cmd|arg)|scandir|opendir|readdir|file_exists|fread|fgets|hex2bin|proc_nice|register_shutdown_function|register_tick_function|set_error_handler|dl|mb_ereg_replace|iterator_apply|invokeargs|reflectionfunction|bz(?:decompress|open|read)|gz(?:open|read|file|passthru))\s*(?:/\*.*?\*/\s*|#[^\n]*\n\s*|//[^\n]*\n\s*)*\([^)]*\)"#),
     rx(933060, Php, S_DATA, "PHP serialized object",
         r#"\b[oc]:\d+:"[\w\\]+":\d+:\{|\ba:\d+:\{(?:[sidbn]:\d*:?|\})"#),
     rx(933070, Php, S_DATA, "PHP variable function call",
-        r#"\$+\s*(?:[a-z_][\w]*|\{[^}]*\})\s*(?:\[[^()]*\]\s*|\{[^}]*\}\s*|/\*.*?\*/\s*|//[^\n]*\n\s*|#[^\n]*\n\s*)*\(|\(\s*\$\w+\s*\)\s*\(|\(\s*["'][a-z_]\w*\s*["']\s*\)\s*\(|\$\s*\{\s*['"$]"#),
-    rx(933080, Php, S_DATA, "PHP session file or variable-variable",
-        r#"\bsess_[\w,-]{20,}"#),
+        r#"\$+\s*(?:[a-z_][\w]*|\{[^}]+\})\s*(?:\[[^()]+\]\s*|\{[^}]+\}\s*|/\*.*?\*/\s*|//[^\n]*\n\s*|#[^\n]*\n\s*)*\([^)]*\)|\(\s*\$\w+\s*\)\s*\(|\(\s*["'][a-z_]\w*\s*["']\s*\)\s*\(|\$\s*\{\s*['"$]"#),
     // ---- generic: Node.js, SSRF, prototype pollution, Ruby ------------------
     rx(934010, Generic, S_ANY, "Node.js / JavaScript code injection",
-        r#"\brequire\s*(?:\(\s*['"`]?\s*(?:child_process|fs|net|os|vm|process|http|dns)\b|\[)|\bchild_process\b|\bprocess\s*(?:\.|\[\s*['"`])\s*(?:env|mainmodule|binding|exit|kill|dlopen|stdout|stdin)\b|\bconstructor\s*(?:\.|\[\s*['"`])\s*constructor\b|\bnew\s+function\s*\(|\bconsole\s*(?:\.|\[\s*['"`])\s*(?:log|info|warn|error|debug|dir|trace)\b['"`]?\]?\s*\(|_\$\$nd_func\$\$_|xyqktkrfrlvoqyqk|\bfunction\s*\(\s*\)\s*\{[^}]*\b(?:return|require|process|eval)\b|\beval\s*\(|\bmodule\s*\.\s*(?:exports|children|constructor)\b"#),
-    rx(934020, Generic, S_VALUE | S_HEADER, "server-side request forgery to an internal address or a dangerous scheme",
-        r#"^(?:(?:https?|gopher|dict|ftp|ldaps?|tftp|file|jar|netdoc|sftp)?:/*)?(?:[^@/]*@)?(?:localhost(?:\.localdomain)?|ip6-(?:localhost|loopback)|127\.\d+\.\d+\.\d+|0\.0\.0\.0|169\.254\.169\.254|metadata\.google\.internal|\[(?:::1?|::ffff:[\d.]+|0:0:0:0:0:0:0:1)\])(?::\d+)?(?:[/?#]|$)|^(?:https?|ftp|gopher|dict):/*(?:0x[0-9a-f]{6,8}|\d{8,10}|0177\.)|^(?:gopher|dict|jar|netdoc|tftp|ldaps?)://"#),
+        r#"\brequire\s*(?:\(\s*['"`]?\s*(?:child_process|fs|net|os|vm|process|http|dns)\b|\[)|\bchild_process\b|\bprocess\s*(?:\.|\[\s*['"`])\s*(?:env|mainmodule|binding|exit|kill|dlopen|stdout|stdin)\b|\bconstructor\s*(?:\.|\[\s*['"`])\s*constructor\b|\bnew\s+function\s*\(|\bconsole\s*(?:\.|\[\s*['"`])\s*(?:log|info|warn|error|debug|dir|trace)\b['"`]?\]?\s*\(|_\$\$nd_func\$\$_|xyqktkrfrlvoqyqk|\bfunction\s*\(\s*\)\s*\{[^}]*\b(?:return|require|process|eval)\b|\beval\s*\([^)]*\)|\bmodule\s*\.\s*(?:exports|children|constructor)\b"#),
+    // A scheme-less value counts only as a loopback name followed by a path
+    // (`localhost/admin`): a bare `localhost` is a host setting, and cloud
+    // metadata addresses are only fetched as URLs. An address written as one
+    // number must be a full 32-bit one (`0x7f000001`, `2130706433`).
+    rx(934020, Generic, S_VALUE, "server-side request forgery to an internal address or a dangerous scheme (parameter values)",
+        r#"^(?:(?:https?|gopher|dict|ftp|ldaps?|tftp|file|jar|netdoc|sftp)?:/*)(?:[^@/]*@)?(?:localhost(?:\.localdomain)?|ip6-(?:localhost|loopback)|127\.\d+\.\d+\.\d+|0\.0\.0\.0|169\.254\.169\.254|metadata\.google\.internal|\[(?:::1?|::ffff:[\d.]+|0:0:0:0:0:0:0:1)\])(?::\d+)?(?:[/?#]|$)|^(?:[^@/]*@)?(?:localhost(?:\.localdomain)?|ip6-(?:localhost|loopback)|127\.\d+\.\d+\.\d+|0\.0\.0\.0|\[(?:::1?|::ffff:[\d.]+|0:0:0:0:0:0:0:1)\])(?::\d+)?[/?#]|^(?:https?|ftp|gopher|dict):/*(?:0x[0-9a-f]{8}\b|\d{8,10}\b|0177\.)|^(?:gopher|dict|jar|netdoc|tftp|ldaps?)://"#),
     rx(934030, Generic, S_ANY, "prototype pollution",
         r#"__proto__|\bconstructor\s*(?:\.|\[\s*['`]?)\s*prototype\b|constructor\]\s*\[\s*['`]?prototype"#),
     rx(934040, Generic, S_DATA, "Ruby / Node.js process spawning",
         r#"\b(?:process\.spawn|kernel\.(?:exec|spawn|system|open)|io\.popen|open3\.\w+|%x\{)\s*[({]?"#),
     rx(934050, Generic, S_DATA, "JavaScript infinite loop (DoS)",
-        r#"\bwhile\s*\(\s*(?:!+\s*)*(?:true|1|this|-?infinity|\[\s*\]|\{\s*\}|""|''|``|"[^"]+"|'[^']+'|`[^`]*`|new\s+\w+|window|object|array|!+\s*(?:false|null|undefined|nan|0))\s*\)"#),
+        r#"\bwhile\s*\(\s*(?:!\s*!\s*)*(?:true|1|this|-?infinity|\[\s*\]|\{\s*\}|"[^"]+"|'[^']+'|`[^`]+`|new\s+\w+|window|object|array|!\s*(?:false|null|undefined|nan|0|""|''|``))\s*\)"#),
     rx(934060, Generic, S_VALUE, "data: URI as a parameter (non-image)",
         r#"^\s*data:(?:text|application)/[\w.+-]+"#),
     rx(934070, Generic, S_DATA, "server-side template injection probe",
         r#"\{\{\s*[\w.]*\s*[*+/-]\s*\d+\s*\}\}|\{\{[^}]*(?:__class__|__globals__|__builtins__|__subclasses__|\bconfig\b|\blipsum\b|\bcycler\b|\bjoiner\b|\brequest\.application)|\$\{\s*\d+\s*[*+]\s*\d+\s*\}|<%=?\s*\d+\s*[*+]\s*\d+\s*%>|#\{\s*\d+\s*[*+]\s*\d+\s*\}"#),
     // ---- XSS ------------------------------------------------------------------
-    rx(941010, Xss, S_ANY, "script or dangerous HTML tag",
-        r#"<\s*/?\s*(?:script|iframe|frame|frameset|object|embed|applet|meta|base|link|style|svg|math|form|isindex|marquee|bgsound|layer|ilayer|xss|vmlframe|import|handler|listener|portal|noscript|noembed|xmp|plaintext|keygen)\b|<\s*/\s*script|<\s*(?:v|x|xi|vml|t|html):\w+|<!\[cdata\[|<!--.*?-->\s*<"#),
+    rx(941010, Xss, S_ANY, "script, style or applet tag, or another dangerous HTML tag with attributes",
+        r#"<\s*/?\s*(?:\w+:)?(?:script|applet|vmlframe|style)\b|<\s*(?:v|xi|vml|t|html):\w+|<\s*(?:\w+:)?(?:iframe|frame|frameset|object|embed|meta|base|link|svg|math|form|isindex|marquee|bgsound|layer|ilayer|xss|import|handler|listener|portal|noscript|noembed|xmp|plaintext|keygen)[\s/+]|<!\[cdata\[|<!--.*?-->\s*<"#),
     rx(941020, Xss, S_ANY, "event handler attribute",
         r#"(?:^|[\s"'`;/=(,])on[a-z]{3,25}\s*=[^=]"#),
     rx(941030, Xss, S_ANY, "javascript:/vbscript: URI",
         r#"j\s*a\s*v\s*a\s*s\s*c\s*r\s*i\s*p\s*t\s*:|v\s*b\s*s\s*c\s*r\s*i\s*p\s*t\s*:|livescript\s*:|\bdata\s*:\s*text/html|(?:src|href|action|formaction|background|dynsrc|lowsrc|xlink:href)\s*=\s*['`]?\s*(?:javascript|vbscript|data):"#),
-    rx(941040, Xss, S_ANY, "JavaScript sink or gadget",
+    // Not the path: `/javascript-manual/document.cookie` names a page; the
+    // markup that would run script in a path is the tag / handler / URI rules'.
+    rx(941040, Xss, S_NOT_PATH, "JavaScript sink or gadget",
         r#"\bdocument\s*(?:\.|\[\s*['"`])\s*(?:cookie|domain|write|writeln|location|body|documentelement)\b|\bwindow\s*(?:\.|\[\s*['"`])\s*(?:location|open|name)\b|\b(?:alert|confirm|prompt)\s*(?:\(|`)|\b(?:settimeout|setinterval|execscript)\s*\(|\bstring\s*\.\s*fromcharcode\b|\b(?:atob|btoa)\s*\(|(?:\]|\))\s*\.\s*\w+\s*\.\s*(?:call|apply|bind)\s*(?:`|\()|\.\s*(?:sort|map|call|apply|filter|reduce)\s*`|\b(?:self|top|parent|frames|globalthis)\s*\[|\bimport\s*(?:\(|\{[^}]*\}\s*from\s*['"])|\bfetch\s*\(\s*['"`]?(?:https?:)?//|\.innerhtml\s*=|\blocation\s*(?:\.\s*href\s*)?=\s*['"`]?(?:javascript|//|https?:)"#),
     rx(941050, Xss, S_ANY, "CSS / attribute based script (expression(), -moz-binding, formaction, srcdoc, http-equiv)",
-        r#"\bexpression\s*\(|-moz-binding|url\s*\(\s*['`]?\s*javascript|@import\b|\b(?:formaction|srcdoc|http-equiv|xmlns:\w+|xlink:href|implementation)\s*=|<[a-z][\w:-]*\s[^>]*\bxmlns\s*=|\bstyle\s*=[^>]*(?:expression|javascript|behaviou?r\s*:)"#),
+        r#"\bexpression\s*\(|-moz-binding|url\s*\(\s*['`]?\s*javascript|@import\b|\b(?:formaction|srcdoc|http-equiv|xlink:href|implementation)\s*=|\bxmlns:\w+\s*=\s*['"]?[^'">]*(?:xinclude|/xhtml|xsl/transform)|<[a-z][\w:-]*\s[^>]*\bxmlns\s*=|\bstyle\s*=[^>]*(?:expression|javascript|behaviou?r\s*:)"#),
     rx(941060, Xss, S_ANY, "UTF-7 encoded markup or obfuscated tag",
         r#"\+ad[wz]-|\+acia-|<\s*[a-z](?:\s+[a-z]){3,}\b|<[a-z]+[\s/]+[^>]*\b(?:src|href|data)\s*=[^>]*>|<\s*\w+\s*/\s*\w+\s*="#),
     // ---- SQL injection -------------------------------------------------------
@@ -259,13 +316,13 @@ pub static RULES: &[Rule] = &[
     rx(942020, Sqli, S_ANY, "UNION SELECT",
         r#"\bunion\b(?:\s|/\*.*?\*/|\(|\ball\b|\bdistinct\b)*\bselect\b|unionselect|union\s*\(\s*select"#),
     rx(942030, Sqli, S_ANY, "SQL statement after a quote, semicolon or parenthesis",
-        r#"(?:['";)]\s*select\s+[\w@*,()'"`\s]+\s+from\b|(?:['";)]|^)\s*(?:select\s+(?:\w+\s*\(|@@|null\b|\d|char\b|sleep\b|pg_sleep\b|user\b|version\b|database\b)|insert\s+into\b|update\s+\w+\s+set\b|delete\s+from\b|drop\s+(?:table|database|schema|user|view|function|procedure)\b|truncate\s+table\b|alter\s+(?:table|user|database)\b|create\s+(?:table|database|procedure|function|view|trigger|user)\s+\w|exec(?:ute)?\s+(?:xp_|sp_|master\.|\w+\s*\()|declare\s+@|shutdown\b|waitfor\s+(?:delay|time)\b|replace\s*(?:/\*.*?\*/\s*)*(?:\w+\s*)*\(|grant\s+\w+\s+on\b))"#),
+        r#"(?:['";)]\s*select\s+[\w@*,()'"`\s]+\s+from\b|(?:['";)]|^)\s*(?:select\s+(?:\w+\s*\(|@@|null\b|\d|char\b|sleep\b|pg_sleep\b|user\b|version\b|database\b)|insert\s+into\b|update\s+\w+\s+set\b|delete\s+from\b|drop\s+(?:table|database|schema|user|view|function|procedure)\b|truncate\s+table\b|alter\s+(?:table|user|database)\b|create\s+(?:table|database|procedure|function|view|trigger|user)\s+\w|exec(?:ute)?\s+(?:xp_|sp_|master\.|\w+\s*\()|exec(?:ute)?\s*\(\s*@|declare\s+@|shutdown\b|waitfor\s+(?:delay|time)\b|replace\s*(?:/\*.*?\*/\s*)*(?:\w+\s*)*\(|grant\s+\w+\s+on\b))"#),
     rx(942040, Sqli, S_ANY, "SQL function typical of injection",
-        r#"\b(?:sleep|benchmark|pg_sleep|extractvalue|updatexml|load_file|concat_ws|group_concat|make_set|find_in_set|substr|substring|unhex|hex|ascii|char|nchar|rand|uncompress|compress|sysdate|json_extract|json_keys|xmltype|utl_inaddr\.\w+|utl_http\.\w+|dbms_\w+(?:\.\w+)?|sqlite_compileoption_used|sqlite_version|randomblob|unistr|instr|char_length|bit_length|last_insert_id|row_count|current_user|session_user|system_user|ifnull|nullif|iif|isnull|pg_read_file|pg_ls_dir|lo_import|lo_export|xp_cmdshell|sp_executesql|openrowset|opendatasource|procedure\s+analyse|name_const|geometrycollection|polygon|multipoint|linestring|multilinestring|multipolygon|to_char|string_agg|array_agg|md5|sha1|sha2|conv|elt)\s*(?:/\*.*?\*/\s*)*\(|\b(?:database|user|version|schema|ord|mid|bin|exp|floor|row|lower|upper|reverse|length|len|count|encode|decode|convert|cast|coalesce)\((?:\s*\)|\s*$|\s*[\d'"@]|\s*select\b)"#),
+        r#"(?:^|[^\w\x80-\xff])(?:sleep|benchmark|pg_sleep|extractvalue|updatexml|load_file|concat_ws|group_concat|make_set|find_in_set|substr|substring|unhex|hex|ascii|char|nchar|rand|uncompress|compress|sysdate|json_extract|json_keys|xmltype|utl_inaddr\.\w+|utl_http\.\w+|dbms_\w+(?:\.\w+)?|sqlite_compileoption_used|sqlite_version|randomblob|unistr|instr|char_length|bit_length|last_insert_id|row_count|current_user|session_user|system_user|ifnull|nullif|iif|isnull|pg_read_file|pg_ls_dir|lo_import|lo_export|xp_cmdshell|sp_executesql|openrowset|opendatasource|procedure\s+analyse|name_const|geometrycollection|polygon|multipoint|linestring|multilinestring|multipolygon|to_char|string_agg|array_agg|md5|sha1|sha2|conv|elt)\s*(?:/\*.*?\*/\s*)*\(|\b(?:database|user|version|schema|ord|mid|bin|exp|floor|row|lower|upper|reverse|length|len|count|encode|decode|convert|cast|coalesce)\((?:\s*\)|\s*$|\s*[\d'"@]|\s*select\b)"#),
     rx(942050, Sqli, S_ANY, "SQL system table, schema or stored procedure",
         r#"\b(?:information_schema|pg_catalog|pg_shadow|pg_user|pg_database|pg_tables|tempdb|sysobjects|syscolumns|sysusers|sysdatabases|syslogins|msysaccessobjects|msysobjects|mysql\.(?:user|db|proc)|sqlite_(?:master|schema|temp_master)|all_tables|user_tables|dba_users|all_users|xp_cmdshell|xp_regread|xp_dirtree|sp_oacreate|sp_makewebtask|sp_password|sp_configure|sp_executesql|dbms_java|performance_schema|sys\.(?:objects|tables|columns|databases|sql_logins))\b"#),
     rx(942060, Sqli, S_ANY, "SQL comment or terminator after a quoted value",
-        r#"^[^'"]{0,64}['"`]\s*(?:;|--|#|/\*)|['"`]\s*\)\s*(?:;|--|#)|;\s*--|/\*!\d*|\*/\s*(?:select|union|from|where|and|or)\b|\b(?:select|union|from|where)\s*/\*"#),
+        r#"^[^'"]{0,64}['"]\s*(?:;|--|#|/\*)|['"`]\s*\)\s*(?:;|--|#)|;\s*--|/\*!\d*|\*/\s*(?:select|union|from|where|and|or)\b|\b(?:select|union|from|where)\s*/\*"#),
     rx(942070, Sqli, S_ANY, "NoSQL (MongoDB) operator",
         r#"\[\s*\$(?:ne|eq|lt|lte|gt|gte|in|nin|regex|where|exists|nor|or|and|not|expr|elemmatch|all|size|type|mod|text|function|accumulator)\s*\]|^\$(?:ne|eq|lt|lte|gt|gte|in|nin|regex|where|exists|nor|or|and|not|expr|elemmatch|function|accumulator)$|\$where\s*[:=]"#),
     rx(942080, Sqli, S_ANY, "SQL conditional / comparison syntax",
@@ -275,7 +332,7 @@ pub static RULES: &[Rule] = &[
     rx(942100, Sqli, S_ANY, "SQL keyword run typical of injection",
         r#"\b(?:\d+\s+as\s+['"`]?\w+['"`]?\s+from\s+\w|select\s+\w+\s*\(|select\s+@@|into\s+@\w+|@@(?:version|datadir|hostname|basedir)|\bor\s+\d+\s*=\s*\d+|and\s+\d+\s*=\s*\d+|waitfor\s+delay\b|procedure\s+analyse\b|\bexec\s+master\.|\bsp_\w+\s+@)"#),
     // ---- session fixation ----------------------------------------------------
-    rx(943020, Session, S_ANY, "cookie set through a parameter (session fixation)",
+    rx(943020, Session, S_NOT_PATH, "cookie set through a parameter (session fixation)",
         r#"\.cookie\b.*\bexpires\s*=|\bdocument\.cookie\b|http-equiv\s*=\s*['`]?\s*set-cookie|\bset-cookie\s*:"#),
     // ---- Java -----------------------------------------------------------------
     rx(944020, Java, S_ANY, "Java class or package used in deserialization / RCE gadgets",
