@@ -132,6 +132,8 @@ pub enum WafError {
     Pattern { id: u32, source: regex::Error },
     #[error("rule set does not compile: {0}")]
     Set(regex::Error),
+    #[error("scanner list does not compile: {0}")]
+    Scanners(aho_corasick::BuildError),
 }
 
 /// A compiled subset of the content rules, matched in one pass.
@@ -174,6 +176,8 @@ pub struct Waf {
     /// value (quotes, backslashes and carets removed: `w'h'o'a'm'i`). All
     /// rules also run on the variant with `/* comments */` replaced by spaces.
     rce: RuleSet,
+    /// The scanner User-Agent substrings, matched in one pass.
+    scanners: aho_corasick::AhoCorasick,
 }
 
 impl Waf {
@@ -182,6 +186,7 @@ impl Waf {
             plan,
             all: RuleSet::build(|_| true)?,
             rce: RuleSet::build(|r| r.category == Category::Rce)?,
+            scanners: protocol::scanner_matcher().map_err(WafError::Scanners)?,
         })
     }
 

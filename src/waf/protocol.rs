@@ -4,6 +4,7 @@
 //! session-id parameters. (Malformed request lines and raw CR/LF in headers
 //! never get here: Pingora answers 400 first.)
 
+use aho_corasick::AhoCorasick;
 use http::request::Parts;
 
 use super::body::{param, Part};
@@ -106,6 +107,15 @@ const RESTRICTED_EXT: &[&str] = &[
     "kdbx",
     "pem",
 ];
+
+/// One automaton for all of [`SCANNERS`] (built with the [`super::Waf`]):
+/// every request with a User-Agent is checked, and one case-insensitive pass
+/// beats lower-casing it and searching for each name in turn.
+pub(super) fn scanner_matcher() -> Result<AhoCorasick, aho_corasick::BuildError> {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(SCANNERS)
+}
 
 /// Lower-case substrings of security-scanner User-Agents.
 const SCANNERS: &[&str] = &[
@@ -234,11 +244,8 @@ pub(super) fn head(pass: &mut Pass, req: &Parts) {
         pass.hit(911010, "method", b"", method.as_bytes(), 0, false);
     }
     if let Some(ua) = header(req, "user-agent") {
-        let lower = ua.to_ascii_lowercase();
-        if let Some(s) = SCANNERS
-            .iter()
-            .find(|s| super::body::find(&lower, s.as_bytes()).is_some())
-        {
+        if let Some(m) = pass.waf.scanners.find(ua) {
+            let s = SCANNERS[m.pattern().as_usize()];
             pass.hit(913010, "header", b"user-agent", s.as_bytes(), 0, false);
         }
     }

@@ -142,6 +142,23 @@ fn scanner_method_and_protocol_rules() {
         .into_parts()
         .0;
     assert!(w.blocks(&w.inspect_head(&ua)));
+    let with_ua = |ua: &str| {
+        http::Request::get("/")
+            .header("user-agent", ua)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    };
+    // Matched case-insensitively anywhere in the value.
+    let v = w.inspect_head(&with_ua("Mozilla/5.00 (Nikto/2.1.6) (Evasions:None)"));
+    assert!(
+        v.hits.iter().any(|h| h.rule.id == 913010),
+        "{}",
+        v.log_line()
+    );
+    let browser = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+    assert!(!w.blocks(&w.inspect_head(&with_ua(browser))));
     let m = http::Request::builder()
         .method("TRACK")
         .uri("/")
