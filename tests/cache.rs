@@ -128,6 +128,9 @@ async fn expose_tags_keeps_the_header() {
     let (bext, _origin) = start("[cache]\nexpose_tags = true\n").await;
     let r = get(&bext, &format!("/t?{CC60}&tag=post:7")).await;
     assert_eq!(r.header("cache-tag"), "post:7");
+    let hit = get(&bext, &format!("/t?{CC60}&tag=post:7")).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert_eq!(hit.header("cache-tag"), "post:7", "hits keep it too");
 }
 
 #[tokio::test]

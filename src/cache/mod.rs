@@ -213,14 +213,20 @@ impl EdgeCache {
         resp: &mut ResponseHeader,
         ctx: &CacheCtx,
     ) -> pingora::Result<()> {
-        if !self.plan.expose_tags {
+        let cache = &session.cache;
+        let phase = cache.phase();
+        // A hit is served from a stored header, stored without tags (see
+        // `policy::decide`); everything else comes from the upstream.
+        let from_store = matches!(
+            phase,
+            CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating
+        );
+        if !self.plan.expose_tags && !from_store {
             tags::strip(resp);
         }
         if !ctx.route_cacheable {
             return Ok(());
         }
-        let cache = &session.cache;
-        let phase = cache.phase();
         // The key is only certain to be set in these phases (`cache_key()` panics otherwise).
         let keyed = matches!(phase, CachePhase::Miss | CachePhase::Expired);
         let observed = status::Observed {

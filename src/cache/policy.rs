@@ -134,6 +134,11 @@ pub fn decide(
     if let Some(cc) = &cc {
         cc.strip_private_headers(&mut header);
     }
+    // The tags are indexed already; storing the header without them spares
+    // every hit the work of removing them again (see `EdgeCache::finish_response`).
+    if !plan.expose_tags {
+        tags::strip(&mut header);
+    }
     Ok((CacheMeta::new(fresh_until, now, swr, sie, header), tags))
 }
 

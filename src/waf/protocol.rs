@@ -253,12 +253,17 @@ pub(super) fn head(pass: &mut Pass, req: &Parts) {
     let body = super::inspect::has_body(req);
     match header(req, "content-type") {
         Some(ct) => content_type(pass, ct, "header", b"content-type", body),
-        // A sized body with no type at all: no parser on the way
-        // (Plug.Parsers included) knows what it is, so its content escapes
-        // every parsed check; clients that submit data say what it is. A
-        // chunked body without a type is left alone: that is how tools
-        // stream raw bytes (`curl -T -`), and bext inspects it as text.
-        None if body && !req.headers.contains_key(http::header::TRANSFER_ENCODING) => {
+        // A PUT or PATCH with a sized body and no type at all: the body is a
+        // representation (or a patch document, RFC 5789) whose media type
+        // the server must know, and no parser on the way (Plug.Parsers
+        // included) can read it, so its content escapes every parsed check.
+        // POST is left alone: webhooks and simple clients post raw bytes
+        // without a type, and bext still inspects such a body as text. So is
+        // a chunked body, which is how tools stream bytes (`curl -T -`).
+        None if body
+            && matches!(req.method, http::Method::PUT | http::Method::PATCH)
+            && !req.headers.contains_key(http::header::TRANSFER_ENCODING) =>
+        {
             pass.hit(920210, "header", b"content-type", b"", 0, false)
         }
         None => {}

@@ -202,7 +202,7 @@ pub static RULES: &[Rule] = &[
     code(920110, Protocol, CRITICAL, "conflicting or repeated Connection header tokens (keep-alive and close)"),
     code(920055, Protocol, CRITICAL, "broken multi-byte UTF-8 (truncated or overlong) after decoding the path or the query string"),
     code(920190, Protocol, CRITICAL, "Accept header naming a charset that is not allowed"),
-    code(920210, Protocol, CRITICAL, "request body without a Content-Type header"),
+    code(920210, Protocol, CRITICAL, "PUT or PATCH body without a Content-Type header"),
     code(920200, Protocol, CRITICAL, "\\uXXXX escape in a query or form argument (Unicode filter bypass)"),
     code(931040, Rfi, CRITICAL, "URL as the value of a path/dir/root/include/file/template parameter"),
     code(920120, Protocol, WARNING, "body could not be parsed for its declared Content-Type (malformed multipart, JSON or form)"),

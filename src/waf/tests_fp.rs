@@ -98,10 +98,15 @@ fn content_type_rules_need_a_body() {
 }
 
 #[test]
-fn a_sized_body_needs_a_content_type() {
+fn a_put_or_patch_body_needs_a_content_type() {
     let w = waf();
     let h = head("PUT", "/resource/1", &[("content-length", "18")]);
-    assert_blocked(&w, &h, br#"{"name":"updated"}"#, "an untyped body");
+    assert_blocked(&w, &h, br#"{"name":"updated"}"#, "an untyped PUT body");
+    let h = head("PATCH", "/resource/1", &[("content-length", "18")]);
+    assert_blocked(&w, &h, br#"{"name":"updated"}"#, "an untyped PATCH body");
+    // Webhooks and simple clients post raw bytes without a type.
+    let h = head("POST", "/hooks/build", &[("content-length", "13")]);
+    assert_passes(&w, &h, b"build done ok", "an untyped POST body");
     let h = head("POST", "/", &[("transfer-encoding", "chunked")]);
     assert_passes(&w, &h, b"Hi CRS", "a streamed untyped body");
 }
