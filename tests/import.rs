@@ -76,6 +76,10 @@ fn plain_phoenix_with_cowboy() {
         !text.contains("render = \"static\""),
         "no priv/static, no static rule"
     );
+    assert!(
+        !text.contains("allowed_methods"),
+        "no API router, the WAF's default methods"
+    );
     let summary = check_ok(&config);
     assert!(
         summary.contains("/live/*") && summary.contains("websocket"),
@@ -90,6 +94,37 @@ fn plain_phoenix_with_cowboy() {
     let printed = import(dir.path(), &["--stdout"]);
     assert!(printed.status.success());
     assert_eq!(String::from_utf8_lossy(&printed.stdout), text);
+}
+
+/// A JSON API (`phx.gen.json` style) receives real DELETE requests, which the
+/// WAF's CRS-like default method list refuses: the import allows them.
+#[test]
+fn json_api_router_allows_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "mix.exs",
+        &mix(
+            "api",
+            "      {:phoenix, \"~> 1.7\"},\n      {:bandit, \"~> 1.5\"},\n",
+        ),
+    );
+    write(
+        dir.path(),
+        "lib/api_web/router.ex",
+        "defmodule ApiWeb.Router do\n  use ApiWeb, :router\n\n  pipeline :api do\n    plug :accepts, [\"json\"]\n  end\n\n  scope \"/api\", ApiWeb do\n    pipe_through :api\n    resources \"/posts\", PostController, except: [:new, :edit]\n  end\nend\n",
+    );
+    let out = import(dir.path(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = dir.path().join("bext.config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("[waf]"), "{text}");
+    assert!(text.contains("\"DELETE\""), "{text}");
+    check_ok(&config);
 }
 
 #[test]

@@ -62,6 +62,15 @@ pub fn config(p: &PhoenixProject) -> String {
          pattern = \"/*\"\n\
          proxy = \"phoenix\"\n",
     );
+    if p.api_delete {
+        s.push_str(
+            "\n# The router's API routes take DELETE (browsers tunnel it through POST\n\
+             # _method=delete; API clients send it as is). The WAF's default method\n\
+             # list follows OWASP CRS and leaves DELETE out.\n\
+             [waf]\n\
+             allowed_methods = [\"GET\", \"HEAD\", \"POST\", \"PUT\", \"PATCH\", \"DELETE\", \"OPTIONS\"]\n",
+        );
+    }
     s
 }
 
