@@ -30,7 +30,6 @@ pub(super) fn filename(pass: &mut Pass, name: &[u8], f: &[u8]) {
     let php_n = ext.starts_with(b"php") && ext[3..].iter().all(u8::is_ascii_digit);
     let php = [
         &b"phtml"[..],
-        b"phtml",
         b"pht",
         b"phar",
         b"phps",

@@ -150,6 +150,9 @@ pub async fn tls_connect(
     cfg: Arc<ClientConfig>,
 ) -> std::io::Result<TlsStream> {
     let tcp = TcpStream::connect(addr).await?;
+    // As browsers do: without it Nagle holds small writes (h2 WINDOW_UPDATE,
+    // a request's frames) for the peer's delayed ACK, ~40 ms stalls in a load loop.
+    tcp.set_nodelay(true)?;
     let server_name = ServerName::try_from(name.to_string())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let fut = TlsConnector::from(cfg).connect(server_name, tcp);
