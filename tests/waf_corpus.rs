@@ -12,8 +12,10 @@ use std::time::Duration;
 use common::{free_port, repo_path, Bext};
 
 /// Targets of issue 6 (see the README, "Web application firewall"): every
-/// one is met, so each is now a floor the rules must not fall below.
-const MIN_DETECTION: f64 = 0.90;
+/// one is met, so each is now a floor the rules must not fall below. The
+/// detection floor sits a little under the measured 0.978 to lock in the
+/// second detection pass without making the test flaky on rule tweaks.
+const MIN_DETECTION: f64 = 0.96;
 const MAX_FP_BENIGN: f64 = 0.01;
 const MAX_FP_CRS_NEG: f64 = 0.05;
 const MIN_CATEGORY: f64 = 0.75;

@@ -126,6 +126,9 @@ pub(super) struct Pass<'a> {
     pub v: &'a mut Verdict,
     /// The Referer is missing or names another host (session fixation).
     pub foreign_referer: bool,
+    /// The request declares a JSON body, where `\uXXXX` is ordinary
+    /// escaping (CRS skips its Unicode-escape check for JSON requests too).
+    pub json_body: bool,
 }
 
 impl Pass<'_> {
@@ -266,7 +269,7 @@ impl Pass<'_> {
             self.value(name_kind, &name, n);
             protocol::session_name(self, &name);
             self.value(value_kind, &name, val);
-            if has_unicode_escape(val) {
+            if !self.json_body && has_unicode_escape(val) {
                 self.hit(920200, value_kind.label(), &name, val, 0, false);
             }
             protocol::include_param(self, &name, val);
@@ -275,10 +278,16 @@ impl Pass<'_> {
 }
 
 /// A literal `\uXXXX` in a url-encoded argument (JSON bodies may use them).
+/// Checked on the url-decoded bytes: the canonical form has already turned
+/// the escape into the character it hides.
 fn has_unicode_escape(raw: &[u8]) -> bool {
-    let (v, _) = canonical(raw, true);
-    v.windows(6)
-        .any(|w| w[0] == b'\\' && w[1] == b'u' && w[2..].iter().all(u8::is_ascii_hexdigit))
+    if !raw.contains(&b'\\') && !raw.contains(&b'%') {
+        return false;
+    }
+    let v = super::normalize::url_decoded(raw, true);
+    v.windows(6).any(|w| {
+        w[0] == b'\\' && matches!(w[1], b'u' | b'U') && w[2..].iter().all(u8::is_ascii_hexdigit)
+    })
 }
 
 fn strip_comments(s: &[u8]) -> Vec<u8> {
@@ -311,6 +320,20 @@ pub(super) fn has_body(req: &Parts) -> bool {
             .is_some_and(|n| n > 0)
 }
 
+fn is_json_request(req: &Parts) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|h| {
+            let ct = h.as_bytes();
+            let end = ct.iter().position(|&b| b == b';').unwrap_or(ct.len());
+            let mime = ct[..end].trim_ascii().to_ascii_lowercase();
+            mime == b"application/json"
+                || mime.ends_with(b"+json")
+                || mime == b"application/x-ndjson"
+        })
+        .unwrap_or(false)
+}
+
 /// Runs `f` with a [`Pass`] over `req`: the canonical path (for exclusions
 /// and path-scoped rules) and the referer check are computed once here.
 fn with_pass(waf: &Waf, req: &Parts, v: &mut Verdict, f: impl FnOnce(&mut Pass)) {
@@ -321,6 +344,7 @@ fn with_pass(waf: &Waf, req: &Parts, v: &mut Verdict, f: impl FnOnce(&mut Pass))
         path: &path_text,
         v,
         foreign_referer: protocol::foreign_referer(req),
+        json_body: is_json_request(req),
     };
     f(&mut pass);
 }

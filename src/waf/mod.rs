@@ -249,4 +249,6 @@ fn excerpt(s: &[u8], start: usize, redact: bool) -> String {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_classes;
+#[cfg(test)]
 mod tests_fp;

@@ -75,6 +75,20 @@ pub fn canonical(input: &[u8], plus_is_space: bool) -> (Cow<'_, [u8]>, Evasion) 
     (Cow::Owned(out), ev)
 }
 
+/// `input` percent-decoded only (up to [`MAX_PASSES`] times), with none of
+/// the later steps: for checks on the escapes those steps would undo.
+pub fn url_decoded(input: &[u8], plus_is_space: bool) -> Vec<u8> {
+    let mut ev = Evasion::default();
+    let mut cur = percent_decode(input, plus_is_space, &mut ev);
+    for _ in 1..MAX_PASSES {
+        if !has_percent_escape(&cur) {
+            break;
+        }
+        cur = percent_decode(&cur, false, &mut ev);
+    }
+    cur
+}
+
 /// Whether `s` holds a multi-byte UTF-8 sequence that is cut short or
 /// malformed: a lead byte (C0..F4) without the continuation bytes it
 /// announces, or an overlong, surrogate or out-of-range form. Lenient

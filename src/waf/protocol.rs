@@ -288,6 +288,21 @@ pub(super) fn head(pass: &mut Pass, req: &Parts) {
             pass.hit(920110, "header", b"connection", c, 0, false);
         }
     }
+    // Browsers send a handful of codings (`gzip, deflate, br, zstd`); CRS
+    // caps the header at 100 bytes, past which it is a parser probe.
+    if let Some(ae) = header(req, "accept-encoding") {
+        if ae.len() > 100 {
+            pass.hit(920220, "header", b"accept-encoding", ae, 0, false);
+        }
+    }
+    // `$Version=1` opens an RFC 2109 cookie header, which no browser sends;
+    // parsers that honour it read quoted values across `;` (cookie smuggling).
+    for c in req.headers.get_all(http::header::COOKIE) {
+        let c = c.as_bytes().trim_ascii_start();
+        if c.len() >= 8 && c[..8].eq_ignore_ascii_case(b"$version") {
+            pass.hit(921060, "header", b"cookie", b"$version", 0, false);
+        }
+    }
     if header(req, "accept").is_some_and(bad_accept_charset) {
         pass.hit(920190, "header", b"accept", b"", 0, false);
     }

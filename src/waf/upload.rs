@@ -36,6 +36,7 @@ pub(super) fn filename(pass: &mut Pass, name: &[u8], f: &[u8]) {
         b"pgif",
         b"shtml",
         b"inc",
+        b"phpt",
     ];
     if compact.contains(&b'.') && (php_n || php.contains(&ext)) {
         pass.hit(933010, "filename", name, f, 0, false);
@@ -62,6 +63,24 @@ pub(super) fn filename(pass: &mut Pass, name: &[u8], f: &[u8]) {
         .iter()
         .any(|r| super::body::find(&compact, r).is_some())
     {
+        pass.hit(932010, "filename", name, f, 0, false);
+    }
+    // Framework config files (Symfony / Drupal names CRS lists) replaced by
+    // an upload: matched on the whole base name only.
+    let exact = [
+        &b"config.yml"[..],
+        b"config_dev.yml",
+        b"config_prod.yml",
+        b"config_test.yml",
+        b"parameters.yml",
+        b"routing.yml",
+        b"security.yml",
+        b"services.yml",
+        b"default.settings.php",
+        b"settings.local.php",
+        b".htdigest",
+    ];
+    if exact.contains(&compact.as_slice()) {
         pass.hit(932010, "filename", name, f, 0, false);
     }
     if is_php_session_file(trimmed) {
