@@ -396,8 +396,12 @@ impl ProxyHttp for BextProxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        if end_of_stream && ctx.websocket {
-            ctx.upstream.tunnel_end(body);
+        if end_of_stream {
+            if ctx.websocket {
+                ctx.upstream.tunnel_end(body);
+            } else {
+                ctx.upstream.response_done();
+            }
         }
         Ok(None)
     }

@@ -129,6 +129,16 @@ impl RequestState {
         }
     }
 
+    /// The last byte of a (non-tunnel) response passed through: the node's
+    /// work is done, so it stops counting as in flight now rather than after
+    /// the client has the response. Otherwise a client's next request can see
+    /// its previous one still counted, and `least_conn` would shun the node.
+    pub fn response_done(&mut self) {
+        if self.tunnel.is_none() {
+            self.lease = None;
+        }
+    }
+
     /// `logging`: releases the node (in flight) and the tunnel registration.
     /// (Failed attempts were already counted by the retry decisions.)
     pub fn finish(&mut self) {
