@@ -247,6 +247,8 @@ fn excerpt(s: &[u8], start: usize, redact: bool) -> String {
 }
 
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_classes;

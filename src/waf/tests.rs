@@ -1,11 +1,8 @@
 //! Detector unit tests: attacks that must score, near-miss benign strings
 //! that must not, and bad input that must stay bounded.
 
+use super::test_support::waf;
 use super::*;
-
-fn waf() -> Waf {
-    Waf::new(WafPlan::default()).expect("rules compile")
-}
 
 fn get(uri: &str) -> http::request::Parts {
     http::Request::get(uri)

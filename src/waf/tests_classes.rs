@@ -2,58 +2,8 @@
 //! families that had gaps): the attack forms the rule must now catch, next
 //! to the Phoenix-style near-misses it must still pass.
 
+use super::test_support::{form, head, json, verdict, waf};
 use super::*;
-
-fn waf() -> Waf {
-    Waf::new(WafPlan::default()).expect("rules compile")
-}
-
-fn head(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("host", "app.example.com");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(()).expect("valid request").into_parts().0
-}
-
-fn verdict(w: &Waf, h: &http::request::Parts, body: &[u8]) -> Verdict {
-    let mut v = w.inspect_head(h);
-    if !body.is_empty() {
-        v.merge(w.inspect_body(h, body, false));
-    }
-    v
-}
-
-/// A url-encoded form post of `body`.
-fn form(w: &Waf, body: &str) -> Verdict {
-    let len = body.len().to_string();
-    let h = head(
-        "POST",
-        "/submit",
-        &[
-            ("content-type", "application/x-www-form-urlencoded"),
-            ("content-length", &len),
-        ],
-    );
-    verdict(w, &h, body.as_bytes())
-}
-
-/// A JSON post of `body`.
-fn json(w: &Waf, body: &str) -> Verdict {
-    let len = body.len().to_string();
-    let h = head(
-        "POST",
-        "/api/items",
-        &[
-            ("content-type", "application/json"),
-            ("content-length", &len),
-        ],
-    );
-    verdict(w, &h, body.as_bytes())
-}
 
 /// `q` (already url-encoded) as the value of a query argument.
 fn query(w: &Waf, q: &str) -> Verdict {

@@ -2,66 +2,19 @@
 //! CRS "must not fire" tests, `crs_negatives.jsonl`): the benign near-miss
 //! that must pass, next to the attack the same rule must still catch.
 
+use super::test_support::{caught, form, head, passes, verdict, waf};
 use super::*;
 
-fn waf() -> Waf {
-    Waf::new(WafPlan::default()).expect("rules compile")
-}
-
-/// Builds a request head; `headers` are (name, value) pairs.
-fn head(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("host", "app.example.com");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(()).expect("valid request").into_parts().0
-}
-
-/// The verdict on a whole request (head and, if any, body).
-fn verdict(w: &Waf, h: &http::request::Parts, body: &[u8]) -> Verdict {
-    let mut v = w.inspect_head(h);
-    if !body.is_empty() {
-        v.merge(w.inspect_body(h, body, false));
-    }
-    v
-}
-
 fn assert_blocked(w: &Waf, h: &http::request::Parts, body: &[u8], what: &str) {
-    let v = verdict(w, h, body);
-    assert!(w.blocks(&v), "missed {what}");
+    caught(w, verdict(w, h, body), what);
 }
 
 fn assert_passes(w: &Waf, h: &http::request::Parts, body: &[u8], what: &str) {
-    let v = verdict(w, h, body);
-    assert!(!w.blocks(&v), "false positive on {what}: {}", v.log_line());
+    passes(w, verdict(w, h, body), what);
 }
 
 fn get(w: &Waf, uri: &str) -> Verdict {
     verdict(w, &head("GET", uri, &[]), b"")
-}
-
-fn form(w: &Waf, body: &str) -> Verdict {
-    let len = body.len().to_string();
-    let h = head(
-        "POST",
-        "/post",
-        &[
-            ("content-type", "application/x-www-form-urlencoded"),
-            ("content-length", &len),
-        ],
-    );
-    verdict(w, &h, body.as_bytes())
-}
-
-fn passes(w: &Waf, v: Verdict, what: &str) {
-    assert!(!w.blocks(&v), "false positive on {what}: {}", v.log_line());
-}
-
-fn caught(w: &Waf, v: Verdict, what: &str) {
-    assert!(w.blocks(&v), "missed {what}");
 }
 
 #[test]
