@@ -12,10 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use bytes::{Bytes, BytesMut};
 use http::header::AUTHORIZATION;
 use ipnet::IpNet;
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-
-use crate::proxy::request_id;
 
 pub const PREFIX: &str = "/__bext/";
 
@@ -70,6 +67,8 @@ pub enum Endpoint {
     Limits,
     /// `GET /__bext/waf`: WAF mode and counters.
     Waf,
+    /// `GET /__bext/metrics`: the Prometheus exposition.
+    Metrics,
     CachePurge,
     NotFound,
 }
@@ -81,6 +80,7 @@ pub fn endpoint(method: &http::Method, path: &str) -> Endpoint {
         ("POST", p) if p.starts_with("/__bext/upstreams/") => Endpoint::UpstreamNode,
         ("GET" | "HEAD", "/__bext/limits") => Endpoint::Limits,
         ("GET" | "HEAD", "/__bext/waf") => Endpoint::Waf,
+        ("GET" | "HEAD", "/__bext/metrics") => Endpoint::Metrics,
         ("POST", "/__bext/cache/purge") => Endpoint::CachePurge,
         _ => Endpoint::NotFound,
     }
@@ -110,26 +110,6 @@ pub async fn read_body(session: &mut Session) -> Result<Bytes, u16> {
             Err(_) => return Err(400),
         }
     }
-}
-
-/// Writes a JSON response.
-pub async fn respond_json(
-    session: &mut Session,
-    status: u16,
-    body: &serde_json::Value,
-    request_id: Option<&http::HeaderValue>,
-) -> pingora::Result<()> {
-    let mut text = body.to_string();
-    text.push('\n');
-    let body = Bytes::from(text);
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header("content-type", "application/json")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("cache-control", "no-store")?;
-    if let Some(id) = request_id {
-        resp.insert_header(request_id::HEADER, id.clone())?;
-    }
-    crate::proxy::error_page::send(session, resp, body).await
 }
 
 /// A JSON error body: `{"error": "..."}`.

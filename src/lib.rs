@@ -4,21 +4,27 @@
 //! Pingora server for a plan; `proxy` is the request pipeline; `routing` and
 //! `upstream` decide where each request goes; `static_files` answers
 //! `render = "static"` routes from disk; `tls` terminates HTTPS and `h3`
-//! bridges HTTP/3 into the same pipeline.
+//! bridges HTTP/3 into the same pipeline. `exchange` (the per-request record)
+//! and `respond` (every response bext makes itself, the request id) are
+//! leaves every module may use; `telemetry` turns finished records into
+//! metrics, access log lines and spans.
 
 pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod demo_origin;
+pub mod exchange;
 pub mod h3;
 pub mod import;
 pub mod limits;
 pub mod proxy;
 pub mod reload;
+pub mod respond;
 pub mod routing;
 pub mod server;
 pub mod static_files;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod waf;

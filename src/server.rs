@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use pingora::apps::http_app::HttpServer;
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -14,6 +15,7 @@ use pingora::services::listening::Service;
 use crate::config::Plan;
 use crate::limits::LimitedApp;
 use crate::proxy::BextProxy;
+use crate::telemetry::{MetricsApp, TelemetryService};
 use crate::upstream::farewell::ShutdownTunnels;
 use crate::upstream::health::HealthService;
 use crate::upstream::Upstreams;
@@ -76,8 +78,10 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     let tls = plan.tls.clone();
     let h2c = plan.server.h2c;
     let grace = plan.server.grace_period;
+    let metrics_listen = plan.telemetry.metrics_listen;
     let bext = BextProxy::new(plan);
     let limits = bext.limits();
+    let telemetry = bext.telemetry();
     // Health probes run in their own service (started after the fork for -d).
     let health = background_service("upstream health", HealthService::new(bext.upstreams()));
     let farewell = background_service(
@@ -102,6 +106,20 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     server.add_service(proxy);
     server.add_service(health);
     server.add_service(farewell);
+    // The access log's writer thread and the span exporter start after the fork.
+    server.add_service(background_service(
+        "telemetry",
+        TelemetryService::new(telemetry.clone()),
+    ));
+    if let Some(addr) = metrics_listen {
+        let mut scrape = Service::new(
+            "bext metrics".to_string(),
+            HttpServer::new_app(MetricsApp::new(telemetry)),
+        );
+        scrape.add_tcp(&addr.to_string());
+        server.add_service(scrape);
+        log::info!("metrics on http://{addr}/metrics");
+    }
     if let Some(h3) = h3 {
         server.add_service(h3);
     }

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod key;
 #[cfg(test)]
 mod measure;
+pub mod metrics;
 pub mod policy;
 pub mod purge;
 pub mod status;
@@ -35,7 +36,9 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorSource};
 
 use crate::config::CachePlan;
+use crate::exchange::CacheOutcome;
 use crate::routing::Route;
+use crate::telemetry::registry::Sub;
 use key::KeyParts;
 use policy::Refusal;
 use storage::{FillInfo, Store};
@@ -97,6 +100,36 @@ impl EdgeCache {
 
     pub fn store(&self) -> &'static Store {
         self.store
+    }
+
+    /// Registers the cache's metrics in the proxy's registry.
+    pub fn register_metrics(&self, registry: &prometheus::Registry) {
+        let m = Arc::new(metrics::CacheMetrics::new(&Sub::new(registry, "cache")));
+        self.store.set_metrics(m);
+    }
+
+    /// `logging`: what the cache did for this request (its record and metric).
+    pub fn outcome(&self, session: &Session, ctx: &CacheCtx) -> Option<CacheOutcome> {
+        if !ctx.route_cacheable {
+            return None;
+        }
+        let outcome = if ctx.bypass.is_some() {
+            CacheOutcome::Bypass
+        } else {
+            match session.cache.phase() {
+                CachePhase::Hit => CacheOutcome::Hit,
+                CachePhase::Stale | CachePhase::StaleUpdating => CacheOutcome::Stale,
+                CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
+                    CacheOutcome::Revalidated
+                }
+                CachePhase::Miss | CachePhase::Expired => CacheOutcome::Miss,
+                // Known-uncacheable keys (Phoenix's private pages) and
+                // disabled lookups pass by the cache.
+                _ => CacheOutcome::Bypass,
+            }
+        };
+        self.store.count_request(outcome);
+        Some(outcome)
     }
 
     /// `request_cache_filter`: enables the cache for GET/HEAD on cacheable routes.

@@ -146,20 +146,20 @@ pub async fn handle(
         Ok(b) => b,
         Err(413) => {
             let msg = admin::error_body("purge request body is larger than 64 KiB");
-            return admin::respond_json(session, 413, &msg, request_id).await;
+            return crate::respond::json(session, 413, &msg, request_id).await;
         }
         Err(code) => {
             let msg = admin::error_body("could not read the request body");
-            return admin::respond_json(session, code, &msg, request_id).await;
+            return crate::respond::json(session, code, &msg, request_id).await;
         }
     };
     match parse(&body) {
         Ok(sel) => {
             let purged = store.purge(sel);
             let reply = serde_json::json!({ "purged": purged });
-            admin::respond_json(session, 200, &reply, request_id).await
+            crate::respond::json(session, 200, &reply, request_id).await
         }
-        Err(msg) => admin::respond_json(session, 400, &admin::error_body(&msg), request_id).await,
+        Err(msg) => crate::respond::json(session, 400, &admin::error_body(&msg), request_id).await,
     }
 }
 

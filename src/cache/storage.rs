@@ -32,6 +32,7 @@ use pingora::cache::{CacheKey, CacheMeta, HitHandler, MissHandler, PurgeType, St
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
+use super::metrics::CacheMetrics;
 use super::purge::Selector;
 
 /// Bytes of bookkeeping per entry beyond what is counted exactly (map slots,
@@ -170,6 +171,9 @@ pub struct Store {
     generation: AtomicU64,
     budget: usize,
     max_object: usize,
+    /// Counters kept by the store itself (evictions happen only here); set
+    /// by the proxy once its registry exists.
+    metrics: std::sync::OnceLock<Arc<CacheMetrics>>,
 }
 
 impl Store {
@@ -179,6 +183,32 @@ impl Store {
             generation: AtomicU64::new(0),
             budget,
             max_object,
+            metrics: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Attaches the metrics the store counts into (once per plan).
+    pub fn set_metrics(&self, metrics: Arc<CacheMetrics>) {
+        metrics
+            .budget_bytes
+            .set(i64::try_from(self.budget).unwrap_or(i64::MAX));
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// Counts what the cache did for one request.
+    pub fn count_request(&self, outcome: crate::exchange::CacheOutcome) {
+        if let Some(m) = self.metrics.get() {
+            m.request(outcome);
+        }
+    }
+
+    /// Scrape time: entries and bytes held.
+    pub fn refresh_metrics(&self) {
+        if let Some(m) = self.metrics.get() {
+            let s = self.stats();
+            m.entries.set(i64::try_from(s.entries).unwrap_or(i64::MAX));
+            m.used_bytes
+                .set(i64::try_from(s.used_bytes).unwrap_or(i64::MAX));
         }
     }
 
@@ -257,6 +287,10 @@ impl Store {
             }
         }
         drop(inner);
+        if let Some(m) = self.metrics.get() {
+            m.purges.inc();
+            m.purged_entries.inc_by(removed.len() as u64);
+        }
         removed.len()
     }
 
@@ -279,11 +313,17 @@ impl Store {
             return false;
         }
         inner.remove(&key);
+        let mut evicted = 0u64;
         while inner.used + obj.weight > self.budget {
             let Some((_, oldest)) = inner.lru.pop_first() else {
                 break;
             };
             inner.remove(&oldest);
+            evicted += 1;
+        }
+        if let Some(m) = self.metrics.get() {
+            m.stored.inc();
+            m.evicted.inc_by(evicted);
         }
         inner.tick += 1;
         let tick = inner.tick;

@@ -5,6 +5,7 @@
 mod limits;
 mod plan;
 mod summary;
+pub mod telemetry;
 mod tls;
 pub mod units;
 pub mod upstream;
@@ -14,6 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use plan::{resolve_secret, CachePlan, Plan, ServerPlan, UpstreamPlan};
+pub use telemetry::TelemetryPlan;
 
 /// One problem in a config file, rendered as `FILE: KEY: REASON`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,6 +38,7 @@ pub struct Plan {
     pub cache: CachePlan,
     /// `[tls]`, when present: HTTPS listeners, certificates, HTTP/3, edge HTTPS.
     pub tls: Option<TlsPlan>,
+    pub telemetry: super::TelemetryPlan,
 }
 
 /// `[cache]`, validated. See `crate::cache` for what each knob does.
@@ -143,6 +144,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .unwrap_or_default();
     let waf = compile_waf(&mut errs, user.waf);
     let cache = compile_cache(&mut errs, user.cache);
+    let telemetry = super::telemetry::compile(&mut errs, base, user.telemetry);
     let tls = user
         .tls
         .and_then(|t| super::tls::compile(&mut errs, base, t, &server.listen));
@@ -181,6 +183,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             waf: waf.ok_or_else(|| ConfigErrors(vec![]))?,
             cache,
             tls,
+            telemetry,
         })
     } else {
         Err(ConfigErrors(errs.list))

@@ -28,6 +28,8 @@ pub struct UserConfig {
     #[serde(default)]
     pub cache: CacheSection,
     pub tls: Option<TlsSection>,
+    #[serde(default)]
+    pub telemetry: super::telemetry::TelemetrySection,
 }
 
 /// `[cache]`: the edge cache shared by every route with `cache = true`.

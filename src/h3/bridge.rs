@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 /// Cipher name reported for bridged requests (QUIC always runs TLS 1.3).
 pub const H3_CIPHER: &str = "QUIC";
 /// TLS version reported for bridged requests; also how a phase can tell HTTP/3.
-pub const H3_TLS_VERSION: &str = "TLSv1.3 (QUIC)";
+pub use crate::exchange::client::H3_TLS_VERSION;
 
 static NEXT_ID: AtomicI32 = AtomicI32::new(1);
 

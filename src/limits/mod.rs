@@ -17,24 +17,29 @@
 pub mod client_key;
 mod conns;
 pub mod hygiene;
+pub mod metrics;
 mod rate;
 pub mod sizes;
 mod stream;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ipnet::IpNet;
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use client_key::ClientKey;
 use conns::{listed, ConnLimiter, Permit};
+use metrics::LimitMetrics;
 use rate::{Decision, RateLimiter};
 use sizes::HeadLimits;
+
+use crate::respond;
+use crate::telemetry::registry::Sub;
 
 pub use stream::LimitedApp;
 
@@ -153,6 +158,8 @@ struct Verdict {
 #[derive(Debug, Default)]
 pub struct LimitsCtx {
     client: Option<IpAddr>,
+    /// The limit that refused this request, for its record.
+    refused: Option<Reason>,
     key: Option<ClientKey>,
     exempt: bool,
     verdict: Option<Verdict>,
@@ -167,6 +174,11 @@ impl LimitsCtx {
     pub fn client(&self) -> Option<IpAddr> {
         self.client
     }
+
+    /// The limit that refused the request (its metric label), if one did.
+    pub fn refused(&self) -> Option<&'static str> {
+        self.refused.map(Reason::as_str)
+    }
 }
 
 /// The runtime side of the limits, shared by the listener and the proxy.
@@ -178,7 +190,7 @@ pub struct Limits {
     route_rates: Vec<Option<RateLimiter>>,
     conns: ConnLimiter,
     websockets: ConnLimiter,
-    counters: [AtomicU64; Reason::ALL.len()],
+    pub metrics: LimitMetrics,
     last_log_sec: AtomicU64,
 }
 
@@ -193,7 +205,11 @@ fn usize_of(v: u64) -> usize {
 }
 
 impl Limits {
-    pub fn new(plan: LimitsPlan, trusted_proxies: Vec<IpNet>) -> Limits {
+    pub fn new(
+        plan: LimitsPlan,
+        trusted_proxies: Vec<IpNet>,
+        registry: &prometheus::Registry,
+    ) -> Limits {
         Limits {
             head: HeadLimits {
                 max_request_target: usize_of(plan.max_request_target),
@@ -209,7 +225,10 @@ impl Limits {
                 .collect(),
             conns: ConnLimiter::new(plan.max_connections, plan.max_connections_per_ip),
             websockets: ConnLimiter::new(0, plan.max_websockets_per_ip),
-            counters: Default::default(),
+            metrics: LimitMetrics::new(
+                &Sub::new(registry, "limits"),
+                &Sub::new(registry, "client_connections"),
+            ),
             last_log_sec: AtomicU64::new(0),
             trusted: trusted_proxies,
             plan,
@@ -220,12 +239,7 @@ impl Limits {
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         Reason::ALL
             .iter()
-            .map(|r| {
-                (
-                    r.as_str(),
-                    self.counters[*r as usize].load(Ordering::Relaxed),
-                )
-            })
+            .map(|r| (r.as_str(), self.metrics.rejected_count(*r)))
             .collect()
     }
 
@@ -236,7 +250,7 @@ impl Limits {
 
     /// Counts a rejection and logs it, at most one line per second.
     fn record(&self, reason: Reason, client: Option<IpAddr>, status: u16) {
-        self.counters[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.metrics.rejected(reason);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -255,6 +269,12 @@ impl Limits {
         }
     }
 
+    /// Records a refusal of the request `ctx` belongs to.
+    fn refuse(&self, reason: Reason, ctx: &mut LimitsCtx, status: u16) {
+        ctx.refused = Some(reason);
+        self.record(reason, ctx.client, status);
+    }
+
     fn exempt(&self, ip: IpAddr) -> bool {
         listed(ip, &self.plan.allow)
     }
@@ -264,23 +284,20 @@ impl Limits {
         let exempt = peer.is_none_or(|ip| self.exempt(ip) || listed(ip, &self.trusted));
         let key = peer.map(|ip| ClientKey::new(ip, self.plan.ipv6_prefix));
         self.conns.acquire(key, exempt).map_err(|_| {
+            self.metrics.connection_refused();
             self.record(Reason::Connections, peer, 503);
         })
     }
 
-    /// `early_request_filter`: identifies the client, ends the head deadline,
-    /// and decides refusals that do not depend on the route.
-    pub fn early(&self, session: &mut Session, ctx: &mut LimitsCtx) {
+    /// `early_request_filter`: keys the client (its real address, worked out
+    /// once per request by the caller), ends the head deadline, and decides
+    /// refusals that do not depend on the route.
+    pub fn early(&self, session: &mut Session, client: Option<IpAddr>, ctx: &mut LimitsCtx) {
         stream::headers_complete(session.stream());
         if let Some(rate) = self.plan.min_send_rate {
             session.set_min_send_rate(Some(usize_of(rate)));
         }
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_canonical());
-        let req = session.req_header();
-        ctx.client = client_key::real_ip(req, peer, &self.trusted);
+        ctx.client = client;
         ctx.key = ctx
             .client
             .map(|ip| ClientKey::new(ip, self.plan.ipv6_prefix));
@@ -304,6 +321,7 @@ impl Limits {
                 .map(|retry| (Reason::Rate, 429, Some(retry)))
         };
         if let Some((reason, status, retry_after)) = refusal {
+            ctx.refused = Some(reason);
             ctx.verdict = Some(Verdict {
                 status,
                 retry_after,
@@ -325,9 +343,14 @@ impl Limits {
 
     /// `request_filter`, first thing: answers a refusal decided in [`Self::early`].
     /// `Ok(true)` means a response was sent.
-    pub async fn respond_early(&self, session: &mut Session, ctx: &mut LimitsCtx) -> Result<bool> {
+    pub async fn respond_early(
+        &self,
+        session: &mut Session,
+        ctx: &LimitsCtx,
+        request_id: Option<&http::HeaderValue>,
+    ) -> Result<bool> {
         match ctx.verdict {
-            Some(v) => respond(session, v.status, v.retry_after)
+            Some(v) => respond::refusal(session, v.status, v.retry_after, request_id)
                 .await
                 .map(|_| true),
             None => Ok(false),
@@ -342,6 +365,7 @@ impl Limits {
         route_index: usize,
         websocket: bool,
         ctx: &mut LimitsCtx,
+        request_id: Option<&http::HeaderValue>,
     ) -> Result<bool> {
         let route = self.plan.routes.get(route_index);
         if let Some(max) = route.and_then(|r| r.max_body) {
@@ -349,13 +373,17 @@ impl Limits {
         }
         let limiter = self.route_rates.get(route_index).and_then(Option::as_ref);
         if let Some(retry) = self.check_rate(limiter, ctx) {
-            self.record(Reason::RouteRate, ctx.client, 429);
-            return respond(session, 429, Some(retry)).await.map(|_| true);
+            self.refuse(Reason::RouteRate, ctx, 429);
+            return respond::refusal(session, 429, Some(retry), request_id)
+                .await
+                .map(|_| true);
         }
         let declared = sizes::content_length(session.req_header());
         if declared.is_some_and(|len| len > ctx.body_limit) {
-            self.record(Reason::Body, ctx.client, 413);
-            return respond(session, 413, None).await.map(|_| true);
+            self.refuse(Reason::Body, ctx, 413);
+            return respond::refusal(session, 413, None, request_id)
+                .await
+                .map(|_| true);
         }
         if declared.is_some_and(|len| len > 0)
             || session
@@ -372,8 +400,10 @@ impl Limits {
             match self.websockets.acquire(ctx.key, ctx.exempt) {
                 Ok(permit) => ctx.websocket = Some(permit),
                 Err(_) => {
-                    self.record(Reason::Websockets, ctx.client, 429);
-                    return respond(session, 429, Some(1)).await.map(|_| true);
+                    self.refuse(Reason::Websockets, ctx, 429);
+                    return respond::refusal(session, 429, Some(1), request_id)
+                        .await
+                        .map(|_| true);
                 }
             }
         }
@@ -390,7 +420,7 @@ impl Limits {
     ) -> Result<()> {
         ctx.body_seen += body.map_or(0, |b| b.len() as u64);
         if ctx.body_seen > ctx.body_limit {
-            self.record(Reason::Body, ctx.client, 413);
+            self.refuse(Reason::Body, ctx, 413);
             return Error::e_explain(
                 ErrorType::HTTPStatus(413),
                 "request body larger than max_body",
@@ -406,7 +436,7 @@ impl Limits {
         if let Some(measured) = elapsed.checked_sub(self.plan.body_rate_grace) {
             let floor = self.plan.min_body_rate as f64 * measured.as_secs_f64();
             if (ctx.body_seen as f64) < floor {
-                self.record(Reason::SlowBody, ctx.client, 408);
+                self.refuse(Reason::SlowBody, ctx, 408);
                 return Error::e_explain(
                     ErrorType::HTTPStatus(408),
                     "request body slower than limits.min_body_rate",
@@ -430,39 +460,4 @@ impl Limits {
                 * (usize::from(self.rate.is_some()) + self.route_rates.iter().flatten().count()),
         })
     }
-}
-
-/// A short plain-text refusal. Framing and size errors close the connection
-/// (the rest of the request cannot be trusted or is not worth reading).
-async fn respond(session: &mut Session, status: u16, retry_after: Option<u32>) -> Result<()> {
-    let text: &'static str = match status {
-        400 => "Bad Request\n",
-        408 => "Request Timeout\n",
-        413 => "Payload Too Large\n",
-        414 => "URI Too Long\n",
-        429 => "Too Many Requests\n",
-        431 => "Request Header Fields Too Large\n",
-        _ => "Refused\n",
-    };
-    let mut resp = ResponseHeader::build(status, Some(5))?;
-    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
-    resp.insert_header("content-length", text.len())?;
-    resp.insert_header("cache-control", "no-store")?;
-    if let Some(secs) = retry_after {
-        resp.insert_header("retry-after", secs)?;
-    }
-    if status != 429 {
-        session.set_keepalive(None);
-        resp.insert_header("connection", "close")?;
-    }
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
-    if !head_only {
-        session
-            .write_response_body(Some(Bytes::from_static(text.as_bytes())), true)
-            .await?;
-    }
-    Ok(())
 }

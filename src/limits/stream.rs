@@ -40,6 +40,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::conns::Permit;
 use super::Limits;
+use crate::exchange::Protocol;
 
 const IDLE: u8 = 0;
 const HEAD: u8 = 1;
@@ -329,7 +330,19 @@ where
             .inner
             .server_options()
             .is_some_and(|o| o.h2c || o.force_custom);
-        if h2c || !matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1)) {
+        if stream.get_ssl_digest().is_some() {
+            // Pingora hands over TLS streams with the handshake done.
+            self.limits.metrics.tls_handshake();
+        }
+        let h2 = !matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1));
+        // An h2c listener may also see HTTP/1.1; counted as the listener's protocol.
+        let protocol = if h2 || h2c {
+            Protocol::Http2
+        } else {
+            Protocol::Http11
+        };
+        let _open = self.limits.metrics.connection(protocol);
+        if h2c || h2 {
             // HTTP/2 (and custom protocols): Pingora's own handling; the
             // connection still holds its slot until it ends.
             let _permit = permit;

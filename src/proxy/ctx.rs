@@ -1,22 +1,19 @@
-//! Per-request state, filled in as the phases run.
+//! Per-request state: the [`Exchange`] record the telemetry reads, and the
+//! working state of each module, filled in as the phases run.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::HeaderValue;
-
+use crate::exchange::Exchange;
 use crate::limits::LimitsCtx;
 use crate::routing::Route;
+use crate::telemetry::trace::TraceContext;
 use crate::upstream::RequestState;
 
 #[derive(Debug, Default)]
 pub struct Ctx {
-    pub request_id: Option<HeaderValue>,
+    /// What happened, for the access log, metrics and the span.
+    pub exchange: Exchange,
     pub route: Option<Arc<Route>>,
-    /// The request is forwarded as a websocket handshake.
-    pub websocket: bool,
-    /// The node chosen for this request (the last one, after retries).
-    pub node: Option<SocketAddr>,
     /// Node lease, retries, affinity and tunnel of this request (`upstream`).
     pub upstream: RequestState,
     /// Client identity and counters of the flood/abuse limits.
@@ -25,4 +22,12 @@ pub struct Ctx {
     pub waf: crate::waf::phase::WafState,
     /// Edge cache state for this request.
     pub cache: crate::cache::CacheCtx,
+    /// W3C trace context (only when tracing is configured).
+    pub trace: Option<TraceContext>,
+}
+
+impl Ctx {
+    pub fn request_id(&self) -> Option<&http::HeaderValue> {
+        Some(&self.exchange.id)
+    }
 }

@@ -4,11 +4,12 @@
 //! else's are dropped so Phoenix (Plug.RewriteOn / remote_ip) never sees a
 //! spoofed client address. `Host` is left exactly as the client sent it.
 
-use std::net::IpAddr;
-
 use http::header::HOST;
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
+
+use crate::exchange::client::is_trusted;
+use crate::exchange::Client;
 
 const XFF: &str = "x-forwarded-for";
 const XFP: &str = "x-forwarded-proto";
@@ -17,23 +18,10 @@ const XFPORT: &str = "x-forwarded-port";
 const XRI: &str = "x-real-ip";
 const FORWARDED: &str = "forwarded";
 
-/// What bext knows about the connection the request arrived on.
-#[derive(Debug, Clone, Copy)]
-pub struct Arrival {
-    /// The TCP (or QUIC) peer; `None` only for non-inet sockets.
-    pub peer: Option<IpAddr>,
-    pub scheme: &'static str,
-    /// The local port the client connected to.
-    pub local_port: Option<u16>,
-}
-
-pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
-    trusted.iter().any(|n| n.contains(&ip))
-}
-
-/// Rewrites the forwarding headers of `req` for `arrival`.
-pub fn apply(req: &mut RequestHeader, arrival: Arrival, trusted: &[IpNet]) -> pingora::Result<()> {
-    let trusted_peer = arrival.peer.is_some_and(|ip| is_trusted(ip, trusted));
+/// Rewrites the forwarding headers of `req` for `client`.
+pub fn apply(req: &mut RequestHeader, client: &Client, trusted: &[IpNet]) -> pingora::Result<()> {
+    let peer = client.peer_ip();
+    let trusted_peer = peer.is_some_and(|ip| is_trusted(ip, trusted));
 
     // The chain the client presented (comma-joined across repeated headers).
     let prior_chain = if trusted_peer { joined(req, XFF) } else { None };
@@ -56,21 +44,23 @@ pub fn apply(req: &mut RequestHeader, arrival: Arrival, trusted: &[IpNet]) -> pi
         req.remove_header(name);
     }
 
-    let peer_text = arrival.peer.map(|ip| ip.to_string());
+    let peer_text = peer.map(|ip| ip.to_string());
     let xff = match (prior_chain, &peer_text) {
         (Some(chain), Some(peer)) => format!("{chain}, {peer}"),
         (Some(chain), None) => chain,
         (None, Some(peer)) => peer.clone(),
         (None, None) => String::new(),
     };
+    // The client as bext worked it out once for the request (the same
+    // address the limits, the balancer and the logs use).
+    if let Some(real) = client.ip {
+        req.insert_header(XRI, real.to_string())?;
+    }
     if !xff.is_empty() {
-        if let Some(real) = real_ip(&xff, trusted) {
-            req.insert_header(XRI, real)?;
-        }
         req.insert_header(XFF, xff)?;
     }
 
-    req.insert_header(XFP, prior_proto.as_deref().unwrap_or(arrival.scheme))?;
+    req.insert_header(XFP, prior_proto.as_deref().unwrap_or(client.scheme()))?;
 
     if req.headers.get(HOST).is_none() {
         // HTTP/2 and HTTP/3 carry the authority in the URI; Phoenix needs a Host.
@@ -87,26 +77,12 @@ pub fn apply(req: &mut RequestHeader, arrival: Arrival, trusted: &[IpNet]) -> pi
     if let Some(host) = host {
         req.insert_header(XFH, host)?;
     }
-    match (prior_port, arrival.local_port) {
+    match (prior_port, client.local_port) {
         (Some(p), _) => req.insert_header(XFPORT, p)?,
         (None, Some(p)) => req.insert_header(XFPORT, p.to_string())?,
         (None, None) => {}
     }
     Ok(())
-}
-
-/// The client address: walking the chain from the right, the first hop that is
-/// not a trusted proxy (or the leftmost, if every hop is trusted).
-fn real_ip<'a>(chain: &'a str, trusted: &[IpNet]) -> Option<&'a str> {
-    let mut last = None;
-    for hop in chain.rsplit(',').map(str::trim).filter(|h| !h.is_empty()) {
-        last = Some(hop);
-        match hop.parse::<IpAddr>() {
-            Ok(ip) if is_trusted(ip, trusted) => continue,
-            _ => return Some(hop),
-        }
-    }
-    last
 }
 
 fn joined(req: &RequestHeader, name: &str) -> Option<String> {
@@ -149,11 +125,14 @@ mod tests {
         r.headers.get(k).and_then(|v| v.to_str().ok())
     }
 
-    fn arrival(ip: &str) -> Arrival {
-        Arrival {
-            peer: Some(ip.parse().unwrap()),
-            scheme: "http",
+    fn arrival(ip: &str, r: &RequestHeader, trusted: &[IpNet]) -> Client {
+        let peer: std::net::IpAddr = ip.parse().unwrap();
+        Client {
+            peer: Some(std::net::SocketAddr::new(peer, 50000)),
+            ip: crate::exchange::client::real_ip(r, Some(peer), trusted),
+            secure: false,
             local_port: Some(8080),
+            protocol: Default::default(),
         }
     }
 
@@ -167,7 +146,8 @@ mod tests {
             ("x-forwarded-host", "evil.test"),
             ("forwarded", "for=6.6.6.6"),
         ]);
-        apply(&mut r, arrival("203.0.113.9"), &[]).unwrap();
+        let c = arrival("203.0.113.9", &r, &[]);
+        apply(&mut r, &c, &[]).unwrap();
         assert_eq!(get(&r, "x-forwarded-for"), Some("203.0.113.9"));
         assert_eq!(get(&r, "x-real-ip"), Some("203.0.113.9"));
         assert_eq!(get(&r, "x-forwarded-proto"), Some("http"));
@@ -185,7 +165,8 @@ mod tests {
             ("x-forwarded-for", "198.51.100.7, 10.1.1.1"),
             ("x-forwarded-proto", "https"),
         ]);
-        apply(&mut r, arrival("10.2.2.2"), &trusted).unwrap();
+        let c = arrival("10.2.2.2", &r, &trusted);
+        apply(&mut r, &c, &trusted).unwrap();
         assert_eq!(
             get(&r, "x-forwarded-for"),
             Some("198.51.100.7, 10.1.1.1, 10.2.2.2")
@@ -198,7 +179,8 @@ mod tests {
     fn host_is_filled_from_authority_when_absent() {
         let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
         r.set_uri("https://a.test/x".parse().unwrap());
-        apply(&mut r, arrival("127.0.0.1"), &[]).unwrap();
+        let c = arrival("127.0.0.1", &r, &[]);
+        apply(&mut r, &c, &[]).unwrap();
         assert_eq!(get(&r, "host"), Some("a.test"));
         assert_eq!(get(&r, "x-forwarded-host"), Some("a.test"));
     }

@@ -1,13 +1,24 @@
 //! `BextProxy`, the one [`ProxyHttp`] implementation every listener feeds. Its
 //! phase methods stay thin: each calls the module that owns the concern
-//! (routing, upstream selection, forwarded headers, tunnels, error pages) and
-//! turns the answer into Pingora calls.
+//! (routing, limits, WAF, cache, upstream selection, forwarded headers,
+//! tunnels, telemetry) and turns the answer into Pingora calls. What the
+//! modules decide is written into the request's [`Exchange`] record, which
+//! `logging` hands to the telemetry sinks.
+//!
+//! ```text
+//! early_request_filter   exchange (id, client once) → limits.early → trace context
+//! request_filter         limits refusal | edge redirect | admin | route → limits, WAF, static
+//! request_body_filter    limits (size, rate) → WAF (held body) → LiveView join peek
+//! request_cache_filter … cache (enable, key, hit, admission, vary, stale)
+//! upstream_peer          upstream pool (health, affinity, retries)
+//! upstream_request_filter forwarded headers, request id, traceparent
+//! response_filter        hop-by-hop, edge headers, affinity cookie, Cache-Status, route headers
+//! logging                outcome → telemetry (metrics, access log, span)
+//! ```
 
 mod ctx;
-pub mod error_page;
 pub mod forwarded;
 mod hop_by_hop;
-pub mod request_id;
 mod tunnel;
 
 use std::sync::Arc;
@@ -23,19 +34,20 @@ use pingora::modules::http::HttpModules;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 
 pub use ctx::Ctx;
-use error_page::ErrorPages;
-use forwarded::Arrival;
 
 use crate::admin::{self, AdminAccess, Endpoint};
 use crate::cache::EdgeCache;
 use crate::config::Plan;
+use crate::exchange::Client;
 use crate::limits::Limits;
+use crate::respond::{self, request_id, ErrorPages};
 use crate::routing::{request_host, RouteTable, RouteTarget};
 use crate::static_files;
-use crate::tls::{self, EdgePolicy};
+use crate::telemetry::Telemetry;
+use crate::tls::EdgePolicy;
 use crate::upstream::{self as upstream, Upstreams};
 use crate::waf;
 
@@ -46,33 +58,50 @@ use crate::waf;
 pub struct BextProxy {
     routes: Arc<RouteTable>,
     upstreams: Arc<Upstreams>,
-    trusted_proxies: Vec<IpNet>,
+    trusted_proxies: Arc<[IpNet]>,
     client_timeout: Duration,
     pages: ErrorPages,
     admin: AdminAccess,
     limits: Arc<Limits>,
-    waf: std::sync::Arc<crate::waf::Waf>,
+    waf: Arc<crate::waf::Waf>,
     cache: EdgeCache,
     edge: EdgePolicy,
+    telemetry: Arc<Telemetry>,
 }
 
 impl BextProxy {
     pub fn new(plan: Plan) -> BextProxy {
+        // One registry; each module registers its own metrics in it.
+        let registry = prometheus::Registry::new();
         let limits = Arc::new(Limits::new(
             plan.limits,
             plan.server.trusted_proxies.clone(),
+            &registry,
         ));
+        let upstreams = Arc::new(Upstreams::new(&plan.upstreams));
+        upstreams.register_metrics(&registry);
+        let cache = EdgeCache::new(plan.cache);
+        cache.register_metrics(&registry);
+        plan.waf.register_metrics(&registry);
+        let patterns: Vec<String> = plan.routes.iter().map(|r| r.pattern_text.clone()).collect();
+        let mut telemetry = Telemetry::new(&plan.telemetry, &registry, &patterns);
+        let (pools, store) = (upstreams.clone(), cache.store());
+        telemetry.on_scrape(move || {
+            pools.refresh_metrics();
+            store.refresh_metrics();
+        });
         BextProxy {
             edge: EdgePolicy::new(plan.tls.as_ref()),
-            upstreams: Arc::new(Upstreams::new(&plan.upstreams)),
+            upstreams,
             routes: Arc::new(plan.routes),
-            trusted_proxies: plan.server.trusted_proxies,
+            trusted_proxies: plan.server.trusted_proxies.into(),
             client_timeout: plan.server.client_timeout,
             pages: ErrorPages::new(plan.server.error_page),
             admin: plan.admin,
             limits,
             waf: plan.waf,
-            cache: EdgeCache::new(plan.cache),
+            cache,
+            telemetry: Arc::new(telemetry),
         }
     }
 
@@ -86,71 +115,42 @@ impl BextProxy {
         self.limits.clone()
     }
 
+    /// The telemetry sinks, whose background work runs as services.
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        self.telemetry.clone()
+    }
+
     /// Answers a `/__bext/*` request (or 404s it when the caller is not allowed).
     async fn admin_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        let peer = Self::arrival(session).peer;
-        if !self.admin.permits(peer, admin::authorization(session)) {
-            return self
-                .pages
-                .respond(session, 404, ctx.request_id.as_ref())
-                .await;
+        let id = Some(&ctx.exchange.id);
+        if !self
+            .admin
+            .permits(ctx.exchange.client.peer_ip(), admin::authorization(session))
+        {
+            return self.pages.respond(session, 404, id).await;
         }
         let req = session.req_header();
         match admin::endpoint(&req.method, req.uri.path()) {
-            Endpoint::Waf => {
-                let counts: serde_json::Map<String, serde_json::Value> = waf::COUNTERS
-                    .snapshot()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
-                    .collect();
-                let mode = format!("{:?}", self.waf.mode()).to_lowercase();
-                let body = serde_json::json!({ "mode": mode, "counters": counts });
-                admin::respond_json(session, 200, &body, ctx.request_id.as_ref()).await
-            }
+            Endpoint::Waf => respond::json(session, 200, &self.waf.to_json(), id).await,
             Endpoint::Health => {
                 let body =
                     serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") });
-                admin::respond_json(session, 200, &body, ctx.request_id.as_ref()).await
+                respond::json(session, 200, &body, id).await
             }
-            Endpoint::Upstreams => {
-                upstream::admin::list(session, &self.upstreams, ctx.request_id.as_ref()).await
+            Endpoint::Metrics => {
+                let body = Bytes::from(self.telemetry.scrape());
+                respond::text(session, 200, crate::telemetry::CONTENT_TYPE, body, id).await
             }
+            Endpoint::Upstreams => upstream::admin::list(session, &self.upstreams, id).await,
             Endpoint::UpstreamNode => {
-                upstream::admin::node_action(session, &self.upstreams, ctx.request_id.as_ref())
-                    .await
+                upstream::admin::node_action(session, &self.upstreams, id).await
             }
-            Endpoint::Limits => {
-                admin::respond_json(
-                    session,
-                    200,
-                    &self.limits.to_json(),
-                    ctx.request_id.as_ref(),
-                )
-                .await
-            }
-            Endpoint::CachePurge => {
-                self.cache
-                    .purge_request(session, ctx.request_id.as_ref())
-                    .await
-            }
+            Endpoint::Limits => respond::json(session, 200, &self.limits.to_json(), id).await,
+            Endpoint::CachePurge => self.cache.purge_request(session, id).await,
             Endpoint::NotFound => {
                 let body = admin::error_body("no such admin endpoint");
-                admin::respond_json(session, 404, &body, ctx.request_id.as_ref()).await
+                respond::json(session, 404, &body, id).await
             }
-        }
-    }
-
-    fn arrival(session: &Session) -> Arrival {
-        Arrival {
-            peer: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_canonical()),
-            scheme: tls::scheme(session),
-            local_port: session
-                .server_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.port()),
         }
     }
 }
@@ -168,17 +168,22 @@ impl ProxyHttp for BextProxy {
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        self.limits.early(session, &mut ctx.limits);
+        // The id and the client first: every answer, refusals included, carries the id.
+        let req = session.req_header();
+        ctx.exchange.id = request_id::from_client(req.headers.get(request_id::HEADER));
+        ctx.exchange.client = Client::of(session, &self.trusted_proxies);
+        self.limits
+            .early(session, ctx.exchange.client.ip, &mut ctx.limits);
+        ctx.trace = self.telemetry.trace_context(session.req_header());
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if self.limits.respond_early(session, &mut ctx.limits).await? {
+        let id = Some(&ctx.exchange.id);
+        if self.limits.respond_early(session, &ctx.limits, id).await? {
             return Ok(true);
         }
-        let req = session.req_header();
-        ctx.request_id = Some(request_id::from_client(req.headers.get(request_id::HEADER)));
-        if self.edge.redirect_plain(session, &self.admin).await? {
+        if self.edge.redirect_plain(session, &self.admin, id).await? {
             return Ok(true);
         }
         let req = session.req_header();
@@ -187,29 +192,28 @@ impl ProxyHttp for BextProxy {
             return Ok(true);
         }
         let Some(route) = self.routes.find(request_host(req), req.uri.path()).cloned() else {
-            self.pages
-                .respond(session, 404, ctx.request_id.as_ref())
-                .await?;
+            self.pages.respond(session, 404, id).await?;
             return Ok(true);
         };
-        ctx.websocket = tunnel::admit(session, &route, self.client_timeout);
-        let waf_on = route.waf;
+        ctx.exchange.route = Some(route.index);
+        ctx.exchange.outcome.websocket = tunnel::admit(session, &route, self.client_timeout);
+        let websocket = ctx.exchange.outcome.websocket;
         ctx.route = Some(route.clone());
+        let id = Some(&ctx.exchange.id);
         if self
             .limits
-            .admit_route(session, route.index, ctx.websocket, &mut ctx.limits)
+            .admit_route(session, route.index, websocket, &mut ctx.limits, id)
             .await?
         {
             return Ok(true);
         }
-        let id = ctx.request_id.as_ref();
-        if waf::phase::on_request(&self.waf, waf_on, session, &mut ctx.waf, id).await? {
+        if waf::phase::on_request(&self.waf, route.waf, session, &mut ctx.waf, id).await? {
             return Ok(true);
         }
         if let RouteTarget::Static(root) = &route.target {
             let extras = static_files::Extras {
                 route_headers: &route.response_headers,
-                request_id: ctx.request_id.as_ref(),
+                request_id: id,
             };
             static_files::serve(session, root, extras, &self.pages).await?;
             return Ok(true);
@@ -224,15 +228,19 @@ impl ProxyHttp for BextProxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.exchange.outcome.websocket {
+            // Client → node frames of an open tunnel: peeked at, never held.
+            ctx.upstream
+                .tunnel_data(body.as_deref(), ctx.exchange.client.ip);
+        }
         // Size limits see every chunk as it arrives; the WAF may then hold it back.
         self.limits
             .body_chunk(body.as_ref(), end_of_stream, &mut ctx.limits)?;
-        let id = ctx.request_id.as_ref();
-        waf::phase::on_body(&self.waf, session, body, end_of_stream, &mut ctx.waf, id)
+        waf::phase::on_body(&self.waf, session, body, end_of_stream, &mut ctx.waf)
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        let scheme = Self::arrival(session).scheme;
+        let scheme = ctx.exchange.client.scheme();
         self.cache
             .enable(session, &mut ctx.cache, ctx.route.as_deref(), scheme);
         Ok(())
@@ -293,17 +301,18 @@ impl ProxyHttp for BextProxy {
                 "static route reached upstream_peer",
             )
         })?;
+        let websocket = ctx.exchange.outcome.websocket;
         let request = upstream::PeerRequest {
             req: session.req_header(),
             upstream,
             route_sticky: route.sticky,
-            websocket: ctx.websocket,
-            client_ip: Self::arrival(session).peer,
-            requirements: tunnel::peer_requirements(route, ctx.websocket),
+            websocket,
+            // The real client (after trusted proxies), as the limits see it:
+            // `balance = "hash"` and the affinity fallback spread by it.
+            client_ip: ctx.exchange.client.ip,
+            requirements: tunnel::peer_requirements(route, websocket),
         };
-        let peer = self.upstreams.peer(&mut ctx.upstream, request)?;
-        ctx.node = ctx.upstream.node_addr();
-        Ok(peer)
+        self.upstreams.peer(&mut ctx.upstream, request)
     }
 
     async fn connected_to_upstream(
@@ -315,7 +324,7 @@ impl ProxyHttp for BextProxy {
         _digest: Option<&Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream.connected(ctx.websocket, fd);
+        ctx.upstream.connected(ctx.exchange.outcome.websocket, fd);
         Ok(())
     }
 
@@ -352,17 +361,18 @@ impl ProxyHttp for BextProxy {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         forwarded::apply(
             upstream_request,
-            Self::arrival(session),
+            &ctx.exchange.client,
             &self.trusted_proxies,
         )?;
-        if let Some(id) = &ctx.request_id {
-            upstream_request.insert_header(request_id::HEADER, id.clone())?;
+        upstream_request.insert_header(request_id::HEADER, ctx.exchange.id.clone())?;
+        if let Some(trace) = &ctx.trace {
+            crate::telemetry::inject(upstream_request, trace)?;
         }
         EdgeCache::scrub_upstream(upstream_request, &ctx.cache);
         Ok(())
@@ -376,15 +386,17 @@ impl ProxyHttp for BextProxy {
     ) -> Result<()> {
         hop_by_hop::strip_response(resp);
         self.edge.decorate(session, resp)?;
-        ctx.upstream.response(resp, tls::is_secure(session))?;
+        ctx.upstream.response(resp, ctx.exchange.client.secure)?;
         self.cache.finish_response(session, resp, &ctx.cache)?;
         if let Some(route) = &ctx.route {
             for (name, value) in &route.response_headers {
                 resp.insert_header(name.clone(), value.clone())?;
             }
         }
-        if let Some(id) = &ctx.request_id {
-            resp.insert_header(request_id::HEADER, id.clone())?;
+        resp.insert_header(request_id::HEADER, ctx.exchange.id.clone())?;
+        if resp.status.as_u16() == 101 {
+            // A tunnel's request "ends" at the 101; its lifetime is measured apart.
+            ctx.exchange.outcome.head_time = Some(ctx.exchange.elapsed());
         }
         Ok(())
     }
@@ -397,7 +409,7 @@ impl ProxyHttp for BextProxy {
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         if end_of_stream {
-            if ctx.websocket {
+            if ctx.exchange.outcome.websocket {
                 ctx.upstream.tunnel_end(body);
             } else {
                 ctx.upstream.response_done();
@@ -407,22 +419,18 @@ impl ProxyHttp for BextProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let code = error_page::status_for(e);
+        let code = respond::status_for(e);
         // Pingora 0.9 closes the client connection after a failed proxy attempt
         // whatever this hook returns, so the page must say `Connection: close`
         // rather than promise a keep-alive the client would then find dead.
         session.set_keepalive(None);
+        let id = Some(&ctx.exchange.id);
         if ctx.waf.blocked() && session.response_written().is_none() {
-            let id = ctx.request_id.as_ref();
-            if let Err(write_err) = waf::phase::respond_blocked(session, id).await {
+            if let Err(write_err) = respond::forbidden(session, id).await {
                 log::debug!("could not send the waf 403 page: {write_err}");
             }
         } else if code > 0 && session.response_written().is_none() {
-            if let Err(write_err) = self
-                .pages
-                .respond(session, code, ctx.request_id.as_ref())
-                .await
-            {
+            if let Err(write_err) = self.pages.respond(session, code, id).await {
                 log::debug!("could not send the {code} page: {write_err}");
             }
         }
@@ -432,20 +440,44 @@ impl ProxyHttp for BextProxy {
         }
     }
 
+    /// Failures caused by the client (gone, malformed, refused by a limit or
+    /// the WAF) are in the access log and the metrics; Pingora's ERROR line
+    /// is kept for failures of bext or of a node.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        client_fault(error)
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        ctx.upstream.finish();
-        let Some(e) = e else { return };
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        log::warn!(
-            "request_id={} route={} node={} status={} error={}",
-            ctx.request_id
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-"),
-            ctx.route.as_ref().map_or("-", |r| r.pattern_text.as_str()),
-            ctx.node.map_or_else(|| "-".to_string(), |n| n.to_string()),
-            status,
-            e
-        );
+        let outcome = &mut ctx.exchange.outcome;
+        outcome.status = session.response_written().map_or(0, |r| r.status.as_u16());
+        outcome.bytes_in = session.body_bytes_read() as u64;
+        outcome.bytes_out = session.body_bytes_sent() as u64;
+        outcome.limit = ctx.limits.refused();
+        outcome.waf = ctx.waf.outcome();
+        outcome.cache = self.cache.outcome(session, &ctx.cache);
+        outcome.upstream = ctx.upstream.finish(ctx.exchange.client.ip);
+        if let Some(e) = e {
+            if !client_fault(e) {
+                log::warn!(
+                    "request_id={} route={} node={} status={} error={e}",
+                    ctx.exchange.id.to_str().unwrap_or("-"),
+                    ctx.route.as_ref().map_or("-", |r| r.pattern_text.as_str()),
+                    outcome.upstream.node_id.as_deref().unwrap_or("-"),
+                    outcome.status,
+                );
+            }
+            outcome.error = Some(e.etype().as_str().into());
+        }
+        self.telemetry
+            .finish(&ctx.exchange, session.req_header(), ctx.trace.as_ref());
+    }
+}
+
+/// The client caused it: its connection failed or it sent something bext
+/// refused with a 4xx.
+fn client_fault(e: &Error) -> bool {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => (400..500).contains(code),
+        _ => *e.esource() == ErrorSource::Downstream,
     }
 }

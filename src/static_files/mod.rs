@@ -29,8 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 pub use lookup::StaticRoot;
 use negotiate::{Accepted, Reply, Validators};
 
-use crate::proxy::error_page::ErrorPages;
-use crate::proxy::request_id;
+use crate::respond::{request_id, ErrorPages};
 
 /// Body chunk size: large enough for few syscalls, small enough that many
 /// concurrent downloads stay cheap in memory.

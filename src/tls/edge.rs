@@ -8,8 +8,7 @@
 
 use std::net::IpAddr;
 
-use bytes::Bytes;
-use http::header::{HOST, LOCATION};
+use http::header::HOST;
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -62,6 +61,7 @@ impl EdgePolicy {
         &self,
         session: &mut Session,
         admin_access: &AdminAccess,
+        request_id: Option<&http::HeaderValue>,
     ) -> pingora::Result<bool> {
         let Some((status, port)) = self.redirect else {
             return Ok(false);
@@ -86,20 +86,10 @@ impl EdgePolicy {
             .or_else(|| req.uri.host());
         let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let Some(location) = host.and_then(|h| https_location(h, port, pq)) else {
-            session.respond_error(400).await?;
+            crate::respond::refusal(session, 400, None, request_id).await?;
             return Ok(true);
         };
-        let body = Bytes::from(format!("Moved to {location}\n"));
-        let mut resp = ResponseHeader::build(status, Some(4))?;
-        resp.insert_header(LOCATION, location)?;
-        resp.insert_header("content-type", "text/plain; charset=utf-8")?;
-        resp.insert_header("content-length", body.len().to_string())?;
-        resp.insert_header("cache-control", "no-store")?;
-        let head = session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(resp), head).await?;
-        if !head {
-            session.write_response_body(Some(body), true).await?;
-        }
+        crate::respond::redirect(session, status, &location, request_id).await?;
         Ok(true)
     }
 
@@ -255,10 +245,13 @@ mod tests {
         let admin = AdminAccess::default();
         let req = b"GET /x?y=1 HTTP/1.1\r\nHost: a.test\r\n\r\n";
         let (mut secure, _c1) = session(true, req).await;
-        assert!(!policy().redirect_plain(&mut secure, &admin).await.unwrap());
+        assert!(!policy()
+            .redirect_plain(&mut secure, &admin, None)
+            .await
+            .unwrap());
         let (mut plain, _c2) = session(false, req).await;
         assert!(!EdgePolicy::default()
-            .redirect_plain(&mut plain, &admin)
+            .redirect_plain(&mut plain, &admin, None)
             .await
             .unwrap());
         // A duplex peer has no inet address, so the admin path is redirected
@@ -271,7 +264,7 @@ mod tests {
             b"GET /__bext/health HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer 0123456789abcdef\r\n\r\n";
         let (mut plain, _c3) = session(false, admin_req).await;
         assert!(!policy()
-            .redirect_plain(&mut plain, &with_token)
+            .redirect_plain(&mut plain, &with_token, None)
             .await
             .unwrap());
     }

@@ -8,7 +8,8 @@ use pingora::proxy::Session;
 use serde_json::json;
 
 use super::Upstreams;
-use crate::admin::{error_body, respond_json};
+use crate::admin::error_body;
+use crate::respond::json as respond_json;
 
 /// The JSON document of `GET /__bext/upstreams`.
 pub fn state(upstreams: &Upstreams) -> serde_json::Value {

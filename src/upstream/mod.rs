@@ -11,6 +11,8 @@ pub mod admin;
 mod balance;
 pub mod farewell;
 pub mod health;
+pub mod liveview;
+pub mod metrics;
 mod node;
 mod pool;
 mod request;
@@ -59,6 +61,23 @@ impl Upstreams {
             .iter()
             .flat_map(|p| p.nodes().iter().map(|n| n.tunnels.clone()))
             .collect()
+    }
+
+    /// Registers every pool's and node's metrics in the proxy's registry.
+    pub fn register_metrics(&self, registry: &prometheus::Registry) {
+        for pool in &self.pools {
+            pool.metrics.register(registry);
+            for node in pool.nodes() {
+                node.metrics.register(registry);
+            }
+        }
+    }
+
+    /// Scrape time: node gauges from the nodes' state.
+    pub fn refresh_metrics(&self) {
+        for node in self.pools.iter().flat_map(|p| p.nodes()) {
+            node.refresh_metrics();
+        }
     }
 
     pub fn get(&self, index: usize) -> Option<&Arc<Pool>> {

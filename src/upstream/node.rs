@@ -3,12 +3,13 @@
 //! error, and its open websocket tunnels.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 use serde::Serialize;
 
+use super::metrics::NodeMetrics;
 use super::tunnels::TunnelSet;
 use super::PeerRequirements;
 use crate::config::upstream::{HealthPlan, NodePlan};
@@ -29,13 +30,14 @@ pub struct Node {
     healthy: AtomicBool,
     drained: AtomicBool,
     in_flight: AtomicUsize,
-    requests: AtomicU64,
-    failures: AtomicU64,
     ok_streak: AtomicU32,
     fail_streak: AtomicU32,
     /// Written only when something fails.
     last_error: Mutex<Option<String>>,
     pub tunnels: Arc<TunnelSet>,
+    /// `id` as a shared string, for the request record without a copy.
+    pub label: Arc<str>,
+    pub metrics: NodeMetrics,
 }
 
 /// A health state change the caller must act on.
@@ -84,8 +86,8 @@ impl Node {
             healthy: AtomicBool::new(true),
             drained: AtomicBool::new(plan.drained),
             in_flight: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
+            label: Arc::from(plan.id.as_str()),
+            metrics: NodeMetrics::new(&pool.name, &plan.id),
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
             last_error: Mutex::new(None),
@@ -175,7 +177,7 @@ impl Node {
 
     /// A request this node failed (after connecting); counted, not a health signal.
     pub fn count_failure(&self, error: String) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.metrics.failures.inc();
         self.set_last_error(error);
     }
 
@@ -192,6 +194,17 @@ impl Node {
         }
     }
 
+    /// Brings the scrape-time gauges up to date with the node's state.
+    pub fn refresh_metrics(&self) {
+        let m = &self.metrics;
+        m.healthy.set(i64::from(self.is_healthy()));
+        m.draining.set(i64::from(self.is_drained()));
+        m.in_flight
+            .set(i64::try_from(self.in_flight()).unwrap_or(i64::MAX));
+        m.tunnels
+            .set(i64::try_from(self.tunnels.len()).unwrap_or(i64::MAX));
+    }
+
     pub fn snapshot(&self) -> NodeSnapshot {
         let (healthy, drained) = (self.is_healthy(), self.is_drained());
         NodeSnapshot {
@@ -206,8 +219,8 @@ impl Node {
             healthy,
             drained,
             in_flight: self.in_flight(),
-            requests: self.requests.load(Ordering::Relaxed),
-            failures: self.failures.load(Ordering::Relaxed),
+            requests: self.metrics.requests.get(),
+            failures: self.metrics.failures.get(),
             tunnels: self.tunnels.len(),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
         }
@@ -221,7 +234,7 @@ pub struct NodeLease(Arc<Node>);
 impl NodeLease {
     pub fn new(node: Arc<Node>) -> NodeLease {
         node.in_flight.fetch_add(1, Ordering::Relaxed);
-        node.requests.fetch_add(1, Ordering::Relaxed);
+        node.metrics.requests.inc();
         NodeLease(node)
     }
 

@@ -9,6 +9,8 @@ use http::header::COOKIE;
 use http::HeaderMap;
 
 use super::balance::Balancer;
+use super::liveview::ReconnectTracker;
+use super::metrics::PoolMetrics;
 use super::node::{Node, Transition};
 use super::sticky::Sticky;
 use crate::config::upstream::{Balance, HashOn, PoolPolicy};
@@ -21,7 +23,15 @@ pub struct Pool {
     balancer: Balancer,
     sticky: Option<Sticky>,
     pub policy: PoolPolicy,
+    pub metrics: PoolMetrics,
+    /// Recent tunnel closes per client, to tell LiveView reconnects.
+    pub reconnects: ReconnectTracker,
 }
+
+/// Slots of the reconnect table (fixed memory, whatever the client count).
+const RECONNECT_SLOTS: usize = 4096;
+/// A LiveView join this soon after the client's previous tunnel closed is a reconnect.
+pub const RECONNECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a request brings to node selection.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +102,8 @@ impl Pool {
             nodes,
             sticky,
             policy: plan.policy.clone(),
+            metrics: PoolMetrics::new(&plan.name),
+            reconnects: ReconnectTracker::new(RECONNECT_SLOTS, RECONNECT_WINDOW),
         }
     }
 

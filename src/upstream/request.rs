@@ -4,16 +4,24 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::io::RawFd;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
+use super::liveview::JoinPeeker;
 use super::node::{Node, NodeLease};
 use super::pool::{Pool, SelectInput};
 use super::tunnels::{ConnIdentity, TunnelGuard};
 use super::{PeerRequirements, Upstreams};
+use crate::exchange::UpstreamOutcome;
+
+/// Bytes of a tunnel's client → node stream the LiveView peeker looks at.
+const PEEK_BUDGET: usize = 16 << 10;
+/// Text frames of a tunnel the LiveView peeker looks at.
+const PEEK_FRAMES: u32 = 8;
 
 /// The upstream side of one request, filled in as the phases run.
 #[derive(Debug, Default)]
@@ -33,6 +41,13 @@ pub struct RequestState {
     /// Upstream socket of a websocket attempt (from `connected_to_upstream`).
     conn: Option<ConnIdentity>,
     pub(super) tunnel: Option<TunnelGuard>,
+    /// What the request record reports of the upstream side.
+    pub(super) outcome: UpstreamOutcome,
+    /// The LiveView peeker of an open tunnel (until it is done).
+    peeker: Option<Box<JoinPeeker>>,
+    /// The tunnel joined a LiveView: counted in `bext_liveview_sockets_open`.
+    liveview: bool,
+    tunnel_start: Option<Instant>,
 }
 
 /// What `upstream_peer` knows about the request.
@@ -72,10 +87,21 @@ impl Upstreams {
             st.cookie_node = choice.cookie_node;
         }
         st.attempts += 1;
+        if st.attempts > 1 {
+            pool.metrics.retries.inc();
+        }
         st.response_started = false;
         st.conn = None;
         let node = pool.nodes()[choice.index].clone();
         let peer = node.peer(r.requirements);
+        let o = &mut st.outcome;
+        o.pool = Some(r.upstream);
+        o.node = Some(node.index);
+        o.node_id = Some(node.label.clone());
+        o.addr = Some(node.addr);
+        o.attempts = st.attempts;
+        o.attempt_start = Some(Instant::now());
+        o.response_time = None;
         st.lease = Some(NodeLease::new(node));
         Ok(peer)
     }
@@ -107,6 +133,8 @@ impl RequestState {
         if resp.status.as_u16() == 101 {
             if let Some(conn) = self.conn.take() {
                 self.tunnel = Some(TunnelGuard::register(&node.tunnels, conn));
+                self.tunnel_start = Some(Instant::now());
+                self.peeker = Some(Box::new(JoinPeeker::new(PEEK_BUDGET, PEEK_FRAMES)));
             }
         }
         if self.sticky && self.cookie_node != Some(node.index) {
@@ -139,10 +167,72 @@ impl RequestState {
         }
     }
 
-    /// `logging`: releases the node (in flight) and the tunnel registration.
-    /// (Failed attempts were already counted by the retry decisions.)
-    pub fn finish(&mut self) {
+    /// `request_body_filter` of a tunnel: the client's frames, peeked at for
+    /// Phoenix channel joins until the peeker's budget is spent.
+    pub fn tunnel_data(&mut self, chunk: Option<&[u8]>, client: Option<IpAddr>) {
+        let (Some(peeker), Some(chunk)) = (self.peeker.as_mut(), chunk) else {
+            return;
+        };
+        let seen = peeker.feed(chunk);
+        let done = peeker.done();
+        if done {
+            self.peeker = None;
+        }
+        if seen.joins == 0 {
+            return;
+        }
+        let Some(node) = self.node().cloned() else {
+            return;
+        };
+        let m = &node.metrics;
+        m.channel_joins.inc_by(u64::from(seen.joins));
+        m.liveview_joins.inc_by(u64::from(seen.liveview_joins));
+        if seen.liveview_joins > 0 && !self.liveview {
+            self.liveview = true;
+            m.liveview_sockets.inc();
+            let reconnect = match (&self.pool, client) {
+                (Some(pool), Some(ip)) => pool.reconnects.is_reconnect(client_key(ip), now_ms()),
+                _ => false,
+            };
+            if reconnect {
+                m.liveview_reconnects.inc();
+            }
+        }
+    }
+
+    /// `logging`: releases the node (in flight) and the tunnel registration,
+    /// settles the tunnel's metrics and returns the upstream part of the
+    /// request record. (Failed attempts were counted by the retry decisions.)
+    pub fn finish(&mut self, client: Option<IpAddr>) -> UpstreamOutcome {
+        if let (Some(start), Some(node)) = (self.tunnel_start.take(), self.node().cloned()) {
+            node.metrics
+                .tunnel_duration
+                .observe(start.elapsed().as_secs_f64());
+            if self.liveview {
+                node.metrics.liveview_sockets.dec();
+                if let (Some(pool), Some(ip)) = (&self.pool, client) {
+                    pool.reconnects.closed(client_key(ip), now_ms());
+                }
+            }
+        }
+        self.liveview = false;
+        self.peeker = None;
         self.tunnel = None;
         self.lease = None;
+        std::mem::take(&mut self.outcome)
     }
+}
+
+fn client_key(ip: IpAddr) -> u128 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// Milliseconds on a monotonic clock (for the reconnect table).
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }

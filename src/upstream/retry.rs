@@ -38,7 +38,9 @@ impl RequestState {
 
     /// `fail_to_connect`.
     pub fn connect_failed(&mut self, mut e: Box<Error>) -> Box<Error> {
+        self.outcome.connect_failures += 1;
         if let (Some(pool), Some(node)) = (self.pool.clone(), self.node().cloned()) {
+            node.metrics.connect_errors.inc();
             node.count_failure(e.to_string());
             let t = node.record_failure(format!("connect: {e}"), &pool.policy.health);
             pool.on_transition(&node, t);
@@ -93,8 +95,14 @@ impl RequestState {
             return Err(e);
         }
         self.response_started = true;
+        self.outcome.status = Some(status);
+        let took = self.outcome.attempt_start.map(|t| t.elapsed());
+        self.outcome.response_time = took;
         if let Some(node) = self.node() {
             node.note_response();
+            if let Some(took) = took {
+                node.metrics.duration.observe(took.as_secs_f64());
+            }
         }
         Ok(())
     }

@@ -15,13 +15,12 @@ pub mod config;
 mod confirm;
 pub mod exclusions;
 mod inspect;
+pub mod metrics;
 pub mod normalize;
 pub mod phase;
 mod protocol;
 pub mod rules;
 mod upload;
-
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
 
@@ -96,36 +95,6 @@ impl Verdict {
     }
 }
 
-/// Process-wide counters, exported later by the metrics work.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub inspected: AtomicU64,
-    pub blocked: AtomicU64,
-    pub detected: AtomicU64,
-    pub body_over_limit: AtomicU64,
-}
-
-pub static COUNTERS: Counters = Counters {
-    inspected: AtomicU64::new(0),
-    blocked: AtomicU64::new(0),
-    detected: AtomicU64::new(0),
-    body_over_limit: AtomicU64::new(0),
-};
-
-impl Counters {
-    pub fn snapshot(&self) -> [(&'static str, u64); 4] {
-        [
-            ("inspected", self.inspected.load(Ordering::Relaxed)),
-            ("blocked", self.blocked.load(Ordering::Relaxed)),
-            ("detected", self.detected.load(Ordering::Relaxed)),
-            (
-                "body_over_limit",
-                self.body_over_limit.load(Ordering::Relaxed),
-            ),
-        ]
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum WafError {
     #[error("rule {id}: pattern does not compile: {source}")]
@@ -178,6 +147,7 @@ pub struct Waf {
     rce: RuleSet,
     /// The scanner User-Agent substrings, matched in one pass.
     scanners: aho_corasick::AhoCorasick,
+    pub metrics: metrics::WafMetrics,
 }
 
 impl Waf {
@@ -187,6 +157,7 @@ impl Waf {
             all: RuleSet::build(|_| true)?,
             rce: RuleSet::build(|r| r.category == Category::Rce)?,
             scanners: protocol::scanner_matcher().map_err(WafError::Scanners)?,
+            metrics: metrics::WafMetrics::new(),
         })
     }
 
@@ -200,7 +171,7 @@ impl Waf {
 
     /// Inspects method, path, query string and headers.
     pub fn inspect_head(&self, req: &http::request::Parts) -> Verdict {
-        COUNTERS.inspected.fetch_add(1, Ordering::Relaxed);
+        self.metrics.inspected();
         let mut v = Verdict::default();
         inspect::head(self, req, &mut v);
         v
@@ -217,6 +188,17 @@ impl Waf {
         let mut v = Verdict::default();
         inspect::body(self, req, body, truncated, &mut v);
         v
+    }
+
+    /// Registers the WAF's metrics in the proxy's registry.
+    pub fn register_metrics(&self, registry: &prometheus::Registry) {
+        self.metrics.register(registry);
+    }
+
+    /// `GET /__bext/waf`: mode and counters.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mode = format!("{:?}", self.mode()).to_lowercase();
+        serde_json::json!({ "mode": mode, "counters": self.metrics.to_json() })
     }
 
     /// Whether the body of this request should be buffered for inspection.

@@ -12,15 +12,14 @@
 //! `inspect_body_limit` bytes, and the rest streams through unbuffered.
 //! Memory per request is bounded by the limit plus one chunk.
 
-use std::sync::atomic::Ordering;
-
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
-use super::{Mode, OverLimit, Verdict, Waf, COUNTERS};
+use super::{Mode, OverLimit, Verdict, Waf};
+use crate::exchange::{WafAction, WafOutcome};
+use crate::respond;
 
 /// Per-request WAF state, kept in the proxy's `Ctx`.
 #[derive(Debug, Default)]
@@ -32,49 +31,67 @@ pub struct WafState {
     buf: BytesMut,
     /// The request was blocked; `fail_to_proxy` answers with the 403 page.
     blocked: bool,
+    inspected: bool,
+    /// What the request's log line and metrics report (set on a match).
+    outcome: WafOutcome,
 }
 
 impl WafState {
     pub fn blocked(&self) -> bool {
         self.blocked
     }
+
+    /// The WAF's part of the request record.
+    pub fn outcome(&mut self) -> WafOutcome {
+        let mut o = std::mem::take(&mut self.outcome);
+        o.inspected = self.inspected;
+        o
+    }
 }
 
-fn describe(session: &Session, request_id: Option<&HeaderValue>) -> String {
-    let req = session.req_header();
-    let path = req.uri.path();
-    let shown: String = path.chars().take(128).collect();
-    format!(
-        "request_id={} method={} path={:?}",
-        request_id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
-        req.method,
-        shown
-    )
-}
-
-/// Applies the verdict so far: logs and counts a match. Returns whether the
-/// request must be blocked.
-fn decide(
-    waf: &Waf,
-    state: &mut WafState,
-    session: &Session,
-    request_id: Option<&HeaderValue>,
-) -> bool {
+/// Applies the verdict so far: records and counts a match. Returns whether
+/// the request must be blocked. The details go to the access log (rules) and
+/// the debug log (excerpts), not to the error log: a blocked attack is the
+/// client's doing, not bext's.
+fn decide(waf: &Waf, state: &mut WafState, session: &Session) -> bool {
     if !waf.blocks(&state.verdict) {
         return false;
     }
-    let who = describe(session, request_id);
-    match waf.mode() {
-        Mode::Block => {
-            COUNTERS.blocked.fetch_add(1, Ordering::Relaxed);
-            log::warn!("waf action=block {who} {}", state.verdict.log_line());
+    let action = match waf.mode() {
+        Mode::Block => WafAction::Block,
+        Mode::Detect | Mode::Off => WafAction::Detect,
+    };
+    let category = state.verdict.hits.first().map(|h| h.rule.category);
+    if let Some(c) = category {
+        waf.metrics.matched(c, action);
+    }
+    log::debug!(
+        "waf action={} method={} path={:?} {}",
+        action.as_str(),
+        session.req_header().method,
+        session
+            .req_header()
+            .uri
+            .path()
+            .chars()
+            .take(128)
+            .collect::<String>(),
+        state.verdict.log_line()
+    );
+    state.outcome = WafOutcome {
+        inspected: true,
+        action: Some(action),
+        score: state.verdict.score,
+        category: category.map(|c| c.name()),
+        rules: Some(state.verdict.rule_ids().into_boxed_str()),
+    };
+    match action {
+        WafAction::Block => {
             state.blocked = true;
             true
         }
-        Mode::Detect | Mode::Off => {
-            COUNTERS.detected.fetch_add(1, Ordering::Relaxed);
-            log::warn!("waf action=detect {who} {}", state.verdict.log_line());
-            // Log once per request: forget what was reported.
+        WafAction::Detect => {
+            // Report once per request: forget what was reported.
             state.verdict = Verdict::default();
             false
         }
@@ -93,9 +110,10 @@ pub async fn on_request(
     if waf.mode() == Mode::Off || !enabled_on_route {
         return Ok(false);
     }
+    state.inspected = true;
     state.verdict = waf.inspect_head(session.req_header());
-    if decide(waf, state, session, request_id) {
-        respond_blocked(session, request_id).await?;
+    if decide(waf, state, session) {
+        respond::forbidden(session, request_id).await?;
         return Ok(true);
     }
     let req = session.req_header();
@@ -107,13 +125,10 @@ pub async fn on_request(
             .and_then(|v| v.trim().parse::<u64>().ok());
         let limit = waf.plan.inspect_body_limit;
         if declared.is_some_and(|n| n > limit as u64) {
-            COUNTERS.body_over_limit.fetch_add(1, Ordering::Relaxed);
+            waf.metrics.body_over_limit();
             if waf.plan.body_over_limit == OverLimit::Reject {
-                log::info!(
-                    "waf action=reject-413 {} content-length over inspect_body_limit",
-                    describe(session, request_id)
-                );
-                super::super::proxy::error_page::ErrorPages::default()
+                log::debug!("waf action=reject-413 content-length over inspect_body_limit");
+                respond::ErrorPages::default()
                     .respond(session, 413, request_id)
                     .await?;
                 return Ok(true);
@@ -131,7 +146,6 @@ pub fn on_body(
     body: &mut Option<Bytes>,
     end_of_stream: bool,
     state: &mut WafState,
-    request_id: Option<&HeaderValue>,
 ) -> Result<()> {
     if !state.buffering {
         return Ok(());
@@ -139,7 +153,7 @@ pub fn on_body(
     let limit = waf.plan.inspect_body_limit;
     let chunk = body.take().unwrap_or_default();
     if state.buf.len() + chunk.len() > limit {
-        COUNTERS.body_over_limit.fetch_add(1, Ordering::Relaxed);
+        waf.metrics.body_over_limit();
         if waf.plan.body_over_limit == OverLimit::Reject {
             return Err(Error::explain(
                 ErrorType::HTTPStatus(413),
@@ -149,7 +163,7 @@ pub fn on_body(
         // Inspect what fits, then stream the rest unbuffered.
         let room = limit - state.buf.len();
         state.buf.extend_from_slice(&chunk[..room]);
-        finish(waf, session, state, true, request_id)?;
+        finish(waf, session, state, true)?;
         let mut all = std::mem::take(&mut state.buf);
         all.extend_from_slice(&chunk[room..]);
         *body = Some(all.freeze());
@@ -158,7 +172,7 @@ pub fn on_body(
     }
     state.buf.extend_from_slice(&chunk);
     if end_of_stream {
-        finish(waf, session, state, false, request_id)?;
+        finish(waf, session, state, false)?;
         *body = Some(std::mem::take(&mut state.buf).freeze());
         state.buffering = false;
     } else {
@@ -168,16 +182,10 @@ pub fn on_body(
     Ok(())
 }
 
-fn finish(
-    waf: &Waf,
-    session: &Session,
-    state: &mut WafState,
-    truncated: bool,
-    request_id: Option<&HeaderValue>,
-) -> Result<()> {
+fn finish(waf: &Waf, session: &Session, state: &mut WafState, truncated: bool) -> Result<()> {
     let v = waf.inspect_body(session.req_header(), &state.buf, truncated);
     state.verdict.merge(v);
-    if decide(waf, state, session, request_id) {
+    if decide(waf, state, session) {
         state.buf = BytesMut::new();
         return Err(Error::explain(
             ErrorType::HTTPStatus(403),
@@ -185,47 +193,4 @@ fn finish(
         ));
     }
     Ok(())
-}
-
-/// The 403 page: JSON when the client prefers it, HTML otherwise. It carries
-/// the request id (to find the log line) but never the rule ids.
-pub async fn respond_blocked(
-    session: &mut Session,
-    request_id: Option<&HeaderValue>,
-) -> Result<()> {
-    let id = request_id
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
-    let wants_json = session
-        .req_header()
-        .headers
-        .get(http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/json") && !a.contains("text/html"));
-    let (ctype, body) = if wants_json {
-        let v = serde_json::json!({"error": "forbidden", "status": 403, "request_id": id});
-        ("application/json", Bytes::from(v.to_string()))
-    } else {
-        let safe: String = id
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-            .collect();
-        let html = format!(
-            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>403 Forbidden</title></head>\n\
-<body><h1>Forbidden</h1><p>This request was blocked by the web application firewall.</p>\
-<p><small>Status 403 &middot; request id {safe}</small></p></body></html>\n"
-        );
-        ("text/html; charset=utf-8", Bytes::from(html))
-    };
-    let mut resp = ResponseHeader::build(403, Some(5))?;
-    resp.insert_header("content-type", ctype)?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("cache-control", "no-store")?;
-    resp.insert_header("connection", "close")?;
-    if let Some(id) = request_id {
-        resp.insert_header(crate::proxy::request_id::HEADER, id.clone())?;
-    }
-    session.set_keepalive(None);
-    crate::proxy::error_page::send(session, resp, body).await
 }

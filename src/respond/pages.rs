@@ -1,4 +1,4 @@
-//! Responses bext writes itself: the maintenance page for 502/503/504, and short
+//! Error pages bext writes itself: the maintenance page for 502/503/504, and short
 //! pages for 4xx errors. Also the mapping from a Pingora error to the status a
 //! client sees. Clients never see error details or stack traces; the request id
 //! on the page ties what they report to the log line.
@@ -10,6 +10,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use super::request_id;
+use super::send;
 
 /// The page bodies, built once from the plan.
 #[derive(Debug, Clone, Default)]
@@ -88,19 +89,6 @@ small{{color:#777}}</style></head>\n<body><h1>{title}</h1><p>{message}</p>\
         }
         send(session, resp, body).await
     }
-}
-
-/// Writes a complete response that bext generated itself (error pages, admin
-/// JSON, WAF blocks): the header, then the body unless the request was HEAD.
-pub async fn send(session: &mut Session, resp: ResponseHeader, body: Bytes) -> pingora::Result<()> {
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
-    if !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
 }
 
 fn is_unavailable(status: u16) -> bool {

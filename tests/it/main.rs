@@ -1,0 +1,16 @@
+//! One integration-test crate for the telemetry work (and the home new
+//! black-box tests should move into: one binary links the whole stack once).
+//! Every test spawns the real `bext` binary against real sockets.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../upstream_support/mod.rs"]
+mod upstream_support;
+
+mod access_log;
+mod liveview;
+mod metrics;
+mod otlp_receiver;
+mod placement;
+mod scrape;
+mod trace;
