@@ -51,9 +51,14 @@ impl WafState {
 
 /// Applies the verdict so far: records and counts a match. Returns whether
 /// the request must be blocked. The details go to the access log (rules) and
-/// the debug log (excerpts), not to the error log: a blocked attack is the
+/// the info log (excerpts), not to the error log: a blocked attack is the
 /// client's doing, not bext's.
-fn decide(waf: &Waf, state: &mut WafState, session: &Session) -> bool {
+fn decide(
+    waf: &Waf,
+    state: &mut WafState,
+    session: &Session,
+    request_id: Option<&HeaderValue>,
+) -> bool {
     if !waf.blocks(&state.verdict) {
         return false;
     }
@@ -65,9 +70,13 @@ fn decide(waf: &Waf, state: &mut WafState, session: &Session) -> bool {
     if let Some(c) = category {
         waf.metrics.matched(c, action);
     }
-    log::debug!(
-        "waf action={} method={} path={:?} {}",
+    // INFO, not WARN/ERROR: a blocked attack is the client's doing. Rate
+    // limiting these lines is left to the log pipeline; the access log and
+    // `bext_waf_matches_total` carry the same facts.
+    log::info!(
+        "waf action={} request_id={} method={} path={:?} {}",
         action.as_str(),
+        request_id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
         session.req_header().method,
         session
             .req_header()
@@ -112,7 +121,7 @@ pub async fn on_request(
     }
     state.inspected = true;
     state.verdict = waf.inspect_head(session.req_header());
-    if decide(waf, state, session) {
+    if decide(waf, state, session, request_id) {
         respond::forbidden(session, request_id).await?;
         return Ok(true);
     }
@@ -185,7 +194,7 @@ pub fn on_body(
 fn finish(waf: &Waf, session: &Session, state: &mut WafState, truncated: bool) -> Result<()> {
     let v = waf.inspect_body(session.req_header(), &state.buf, truncated);
     state.verdict.merge(v);
-    if decide(waf, state, session) {
+    if decide(waf, state, session, None) {
         state.buf = BytesMut::new();
         return Err(Error::explain(
             ErrorType::HTTPStatus(403),
