@@ -123,6 +123,29 @@ async fn h3_get_runs_the_route_rules_with_the_real_client_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_requests_are_counted_as_protocol_version_3() {
+    let f = start("").await;
+    let mut c = h3_connect_ready(f.addr, "a.test", &[&f.cert]).await;
+    for _ in 0..2 {
+        let r = h3_get(&mut c.send, "https://a.test/counted").await;
+        assert_eq!(r.status(), 200);
+    }
+    let r = h3_get(&mut c.send, "https://a.test/__bext/metrics").await;
+    assert_eq!(r.status(), 200);
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("bext_http_server_request_duration_seconds_count{")
+                && l.contains("network_protocol_version=\"3\"")
+                && l.contains("http_route=\"/*\"")
+                && l.contains("http_response_status_code=\"200\"")
+        })
+        .unwrap_or_else(|| panic!("no HTTP/3 series in:\n{text}"));
+    assert!(line.ends_with(" 2"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_streams_a_10_mb_upload_and_a_5_mb_download() {
     // Binary uploads: the WAF would (rightly) flag control bytes in a body.
     let f = start(

@@ -8,6 +8,7 @@ mod common;
 mod upstream_support;
 
 mod access_log;
+mod dashboard;
 mod liveview;
 mod metrics;
 mod otlp_receiver;
