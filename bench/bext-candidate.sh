@@ -33,12 +33,16 @@ proxy = "origin"
 $limits
 
 # BEXT_WAF_MODE=off measures the WAF's cost (default: block, as shipped).
+# BEXT_TELEMETRY adds a [telemetry] section (\n for newlines), e.g. to
+# measure metrics + access log + traces against a run without it.
 [waf]
 mode = "${BEXT_WAF_MODE:-block}"
 
 # The cache is on by default for /*; sized like the nginx peer (max_size=256m).
 [cache]
 max_size = "256MiB"
+
+$(printf '%b' "${BEXT_TELEMETRY:-}")
 CONF
 # HTTPS + HTTP/2 for the h2 scenario (and HTTP/3 on the same port, udp).
 if [[ -n ${BENCH_H2_PORT:-} && -n ${BENCH_CERT:-} && -n ${BENCH_KEY:-} ]]; then

@@ -4,27 +4,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::{client, free_port, Bext, StubOrigin};
+use crate::common::{client, Bext, StubOrigin};
+use crate::support::one_node;
 
-fn config(port: u16, origin: std::net::SocketAddr, format: &str) -> String {
-    format!(
-        r#"[server]
-listen = ["127.0.0.1:{port}"]
-threads = 2
-
-[upstreams.phoenix]
-nodes = [{{ addr = "{origin}", id = "n0" }}]
-
-[[route_rules]]
-pattern = "/*"
-proxy = "phoenix"
-cache = false
-
-[telemetry]
-access_log = "access.log"
-access_log_format = "{format}"
-"#
-    )
+fn config(origin: std::net::SocketAddr, format: &str) -> String {
+    let telemetry =
+        format!("[telemetry]\naccess_log = \"access.log\"\naccess_log_format = \"{format}\"\n");
+    one_node(origin, "", &telemetry)
 }
 
 /// Waits until `path` has at least `n` lines; returns them.
@@ -49,7 +35,7 @@ fn lines(path: &Path, n: usize) -> Vec<String> {
 #[tokio::test]
 async fn json_lines_carry_the_request_and_redact_secrets() {
     let origin = StubOrigin::start("n0").await;
-    let bext = Bext::start(&config(free_port(), origin.addr(), "json")).await;
+    let bext = Bext::start(&config(origin.addr(), "json")).await;
     let c = client();
     let r = c
         .get(bext.url("/login?password=hunter2&next=%2Fhome&_csrf_token=abc&TOKEN=t1"))
@@ -113,7 +99,7 @@ async fn json_lines_carry_the_request_and_redact_secrets() {
 #[tokio::test]
 async fn combined_format_matches_nginx_and_sigusr1_reopens_the_file() {
     let origin = StubOrigin::start("n0").await;
-    let mut bext = Bext::start(&config(free_port(), origin.addr(), "combined")).await;
+    let mut bext = Bext::start(&config(origin.addr(), "combined")).await;
     let c = client();
     let r = c
         .get(bext.url("/posts/1?password=x"))

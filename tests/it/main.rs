@@ -14,4 +14,5 @@ mod metrics;
 mod otlp_receiver;
 mod placement;
 mod scrape;
+mod support;
 mod trace;

@@ -3,39 +3,20 @@
 
 use crate::common::{client, free_port, raw_request, Bext, StubOrigin};
 use crate::scrape::{matching, parse, promtool_check, scrape, value, value_or_zero};
+use crate::support::{get_json, one_node};
 
 const DURATION: &str = "bext_http_server_request_duration_seconds_count";
 
-fn config(port: u16, origin: std::net::SocketAddr, extra: &str) -> String {
-    format!(
-        r#"[server]
-listen = ["127.0.0.1:{port}"]
-threads = 2
-
-[upstreams.phoenix]
-nodes = [{{ addr = "{origin}", id = "n0" }}]
-
-[[route_rules]]
-pattern = "/assets/*"
-proxy = "phoenix"
-
-[[route_rules]]
-pattern = "/*"
-proxy = "phoenix"
-cache = false
-
-[limits]
-max_headers_size = "4KiB"
-
-{extra}
-"#
-    )
+fn config(origin: std::net::SocketAddr, extra: &str) -> String {
+    let routes = "[[route_rules]]\npattern = \"/assets/*\"\nproxy = \"phoenix\"\n";
+    let extra = format!("[limits]\nmax_headers_size = \"4KiB\"\n\n{extra}");
+    one_node(origin, routes, &extra)
 }
 
 #[tokio::test]
 async fn scrape_counts_known_traffic_exactly() {
     let origin = StubOrigin::start("n0").await;
-    let bext = Bext::start(&config(free_port(), origin.addr(), "")).await;
+    let bext = Bext::start(&config(origin.addr(), "")).await;
     let c = client();
     for _ in 0..3 {
         let r = c.get(bext.url("/posts/1")).send().await.unwrap();
@@ -178,27 +159,9 @@ async fn scrape_counts_known_traffic_exactly() {
         1.0
     );
     // The admin JSON reads the same counters.
-    let waf: serde_json::Value = serde_json::from_str(
-        &c.get(bext.url("/__bext/waf"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let waf = get_json(&c, &bext.url("/__bext/waf")).await;
     assert_eq!(waf["counters"]["blocked"], 1);
-    let ups: serde_json::Value = serde_json::from_str(
-        &c.get(bext.url("/__bext/upstreams"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let ups = get_json(&c, &bext.url("/__bext/upstreams")).await;
     assert_eq!(ups["upstreams"][0]["nodes"][0]["requests"], 7, "{ups}");
 
     let report = promtool_check(&text);
@@ -210,7 +173,7 @@ async fn metrics_listener_serves_only_metrics() {
     let origin = StubOrigin::start("n0").await;
     let mport = free_port();
     let extra = format!("[telemetry]\nmetrics_listen = \"127.0.0.1:{mport}\"\n");
-    let bext = Bext::start(&config(free_port(), origin.addr(), &extra)).await;
+    let bext = Bext::start(&config(origin.addr(), &extra)).await;
     let c = client();
     let r = c.get(bext.url("/x")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -248,7 +211,7 @@ async fn metrics_listener_serves_only_metrics() {
 #[tokio::test]
 async fn hostile_paths_and_methods_do_not_grow_the_series() {
     let origin = StubOrigin::start("n0").await;
-    let bext = Bext::start(&config(free_port(), origin.addr(), "")).await;
+    let bext = Bext::start(&config(origin.addr(), "")).await;
     let c = client();
     for i in 0..2000 {
         let r = c

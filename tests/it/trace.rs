@@ -5,46 +5,26 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{client, free_port, Bext, ClosedPort, StubOrigin};
+use crate::common::{client, Bext, ClosedPort, StubOrigin};
 use crate::otlp_receiver::OtlpReceiver;
 use crate::scrape::{parse, scrape, value};
+use crate::support::one_node;
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
-fn config(port: u16, origin: std::net::SocketAddr, endpoint: &str, ratio: f64) -> String {
-    format!(
-        r#"[server]
-listen = ["127.0.0.1:{port}"]
-threads = 2
-
-[upstreams.phoenix]
-nodes = [{{ addr = "{origin}", id = "n0" }}]
-
-[[route_rules]]
-pattern = "/*"
-proxy = "phoenix"
-cache = false
-
-[telemetry]
-otlp_endpoint = "{endpoint}"
-service_name = "edge-test"
-sample_ratio = {ratio}
-"#
-    )
+fn config(origin: std::net::SocketAddr, endpoint: &str, ratio: f64) -> String {
+    let telemetry = format!(
+        "[telemetry]\notlp_endpoint = \"{endpoint}\"\nservice_name = \"edge-test\"\nsample_ratio = {ratio}\n"
+    );
+    one_node(origin, "", &telemetry)
 }
 
 #[tokio::test]
 async fn client_trace_is_continued_and_phoenix_gets_bexts_span_as_parent() {
     let receiver = OtlpReceiver::start();
     let origin = StubOrigin::start("n0").await;
-    let bext = Bext::start(&config(
-        free_port(),
-        origin.addr(),
-        &receiver.endpoint(),
-        0.0,
-    ))
-    .await;
+    let bext = Bext::start(&config(origin.addr(), &receiver.endpoint(), 0.0)).await;
     let c = client();
     // Sampled by the client: recorded although sample_ratio is 0.
     let r = c
@@ -109,13 +89,7 @@ async fn client_trace_is_continued_and_phoenix_gets_bexts_span_as_parent() {
 async fn hostile_traceparents_start_fresh_traces() {
     let receiver = OtlpReceiver::start();
     let origin = StubOrigin::start("n0").await;
-    let bext = Bext::start(&config(
-        free_port(),
-        origin.addr(),
-        &receiver.endpoint(),
-        1.0,
-    ))
-    .await;
+    let bext = Bext::start(&config(origin.addr(), &receiver.endpoint(), 1.0)).await;
     let c = client();
     let hostile = [
         "garbage".to_string(),
@@ -154,7 +128,7 @@ async fn hostile_traceparents_start_fresh_traces() {
 /// counter to move.
 async fn requests_unaffected_and_spans_dropped(endpoint: &str) {
     let origin = StubOrigin::start("n0").await;
-    let bext = Bext::start(&config(free_port(), origin.addr(), endpoint, 1.0)).await;
+    let bext = Bext::start(&config(origin.addr(), endpoint, 1.0)).await;
     let c = client();
     for _ in 0..50 {
         let r = c.get(bext.url("/x")).send().await.unwrap();

@@ -1,0 +1,33 @@
+//! Shared fixtures of the `it` crate: configs and admin calls.
+
+use std::net::SocketAddr;
+
+/// bext on a free port in front of one node `n0` of pool `phoenix`:
+/// `routes` (TOML `[[route_rules]]` blocks) before an uncached `/*`, then `extra`.
+pub fn one_node(origin: SocketAddr, routes: &str, extra: &str) -> String {
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:{port}"]
+threads = 2
+
+[upstreams.phoenix]
+nodes = [{{ addr = "{origin}", id = "n0" }}]
+
+{routes}
+
+[[route_rules]]
+pattern = "/*"
+proxy = "phoenix"
+cache = false
+
+{extra}
+"#,
+        port = crate::common::free_port()
+    )
+}
+
+/// `GET url` as JSON.
+pub async fn get_json(c: &reqwest::Client, url: &str) -> serde_json::Value {
+    let text = c.get(url).send().await.unwrap().text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}: {text}"))
+}
