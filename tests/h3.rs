@@ -130,19 +130,25 @@ async fn h3_requests_are_counted_as_protocol_version_3() {
         let r = h3_get(&mut c.send, "https://a.test/counted").await;
         assert_eq!(r.status(), 200);
     }
-    let r = h3_get(&mut c.send, "https://a.test/__bext/metrics").await;
-    assert_eq!(r.status(), 200);
-    let text = String::from_utf8_lossy(&r.body).to_string();
-    let line = text
-        .lines()
-        .find(|l| {
+    // Requests are recorded once their response is out: poll the scrape.
+    let mut text = String::new();
+    for _ in 0..100 {
+        let r = h3_get(&mut c.send, "https://a.test/__bext/metrics").await;
+        assert_eq!(r.status(), 200);
+        text = String::from_utf8_lossy(&r.body).to_string();
+        let done = text.lines().any(|l| {
             l.starts_with("bext_http_server_request_duration_seconds_count{")
                 && l.contains("network_protocol_version=\"3\"")
                 && l.contains("http_route=\"/*\"")
                 && l.contains("http_response_status_code=\"200\"")
-        })
-        .unwrap_or_else(|| panic!("no HTTP/3 series in:\n{text}"));
-    assert!(line.ends_with(" 2"), "{line}");
+                && l.ends_with(" 2")
+        });
+        if done {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no HTTP/3 series counting 2 requests in:\n{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use crate::common::{client, free_port, repo_path, Bext, StubOrigin};
 use crate::otlp_receiver::OtlpReceiver;
-use crate::scrape::{parse, scrape};
+use crate::scrape::{parse, scrape_until};
 
 /// Metric names in a PromQL expression: identifiers starting with `bext_`.
 fn names_in(expr: &str) -> Vec<String> {
@@ -67,7 +67,15 @@ sample_ratio = 0.5
     let bext = Bext::start(&toml).await;
     let c = client();
     assert_eq!(c.get(bext.url("/")).send().await.unwrap().status(), 200);
-    let s = parse(&scrape(&c, &format!("http://{}", bext.addr())).await);
+    let base = format!("http://{}", bext.addr());
+    let text = scrape_until(&c, &base, |s| {
+        wanted.iter().all(|w| {
+            s.iter()
+                .any(|x| &x.name == w || x.name.starts_with(&format!("{w}_")))
+        })
+    })
+    .await;
+    let s = parse(&text);
     let have: BTreeSet<String> = s.iter().map(|x| x.name.clone()).collect();
     let missing: Vec<&String> = wanted.iter().filter(|n| !have.contains(*n)).collect();
     assert!(

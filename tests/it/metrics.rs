@@ -2,7 +2,7 @@
 //! known traffic, label sets, promtool on a real scrape, bounded series.
 
 use crate::common::{client, free_port, raw_request, Bext, StubOrigin};
-use crate::scrape::{matching, parse, promtool_check, scrape, value, value_or_zero};
+use crate::scrape::{matching, parse, promtool_check, scrape_until, value, value_or_zero};
 use crate::support::{get_json, one_node};
 
 const DURATION: &str = "bext_http_server_request_duration_seconds_count";
@@ -63,7 +63,17 @@ async fn scrape_counts_known_traffic_exactly() {
         "early refusals carry a request id"
     );
 
-    let text = scrape(&c, &format!("http://{}", bext.addr())).await;
+    // A request is recorded once its response is out (Pingora's logging
+    // phase): wait until all 10 are in.
+    let base = format!("http://{}", bext.addr());
+    let text = scrape_until(&c, &base, |s| {
+        matching(s, DURATION, &[])
+            .iter()
+            .map(|x| x.value)
+            .sum::<f64>()
+            >= 10.0
+    })
+    .await;
     let s = parse(&text);
     let get_ok = [
         ("http_request_method", "GET"),
@@ -187,7 +197,10 @@ async fn metrics_listener_serves_only_metrics() {
         {
             assert_eq!(r.status(), 200);
             text = r.text().await.unwrap();
-            break;
+            // The request is recorded once its response is out.
+            if text.contains("http_response_status_code=\"200\"") {
+                break;
+            }
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -225,7 +238,16 @@ async fn hostile_paths_and_methods_do_not_grow_the_series() {
         let req = format!("M{i}X /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
         let _ = raw_request(bext.addr(), req.as_bytes()).await;
     }
-    let s = parse(&scrape(&c, &format!("http://{}", bext.addr())).await);
+    let base = format!("http://{}", bext.addr());
+    let text = scrape_until(&c, &base, |s| {
+        matching(s, DURATION, &[])
+            .iter()
+            .map(|x| x.value)
+            .sum::<f64>()
+            >= 2050.0
+    })
+    .await;
+    let s = parse(&text);
     let series = matching(&s, DURATION, &[]);
     assert!(series.len() <= 4, "{series:#?}");
     let other = value_or_zero(

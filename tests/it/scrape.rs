@@ -143,3 +143,20 @@ pub async fn scrape(c: &reqwest::Client, base: &str) -> String {
     assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
     r.text().await.unwrap()
 }
+
+/// Scrapes until `done` holds for the samples (or 10 s pass): a request is
+/// recorded once its response is out, so a scrape right after it may miss it.
+pub async fn scrape_until(
+    c: &reqwest::Client,
+    base: &str,
+    done: impl Fn(&[Sample]) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = scrape(c, base).await;
+        if done(&parse(&text)) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
