@@ -66,6 +66,8 @@ pub struct Outcome {
     /// When the response head went out, for responses whose body is not
     /// part of the request's duration (a websocket 101 and its tunnel).
     pub head_time: Option<Duration>,
+    /// From the head's arrival to the end of the exchange (set in `logging`).
+    pub duration: Duration,
     /// Status sent to the client (0: nothing was sent).
     pub status: u16,
     /// Request body bytes read from the client.

@@ -170,11 +170,6 @@ pub struct LimitsCtx {
 }
 
 impl LimitsCtx {
-    /// The client address the limits counted this request against.
-    pub fn client(&self) -> Option<IpAddr> {
-        self.client
-    }
-
     /// The limit that refused the request (its metric label), if one did.
     pub fn refused(&self) -> Option<&'static str> {
         self.refused.map(Reason::as_str)
@@ -321,12 +316,11 @@ impl Limits {
                 .map(|retry| (Reason::Rate, 429, Some(retry)))
         };
         if let Some((reason, status, retry_after)) = refusal {
-            ctx.refused = Some(reason);
             ctx.verdict = Some(Verdict {
                 status,
                 retry_after,
             });
-            self.record(reason, ctx.client, status);
+            self.refuse(reason, ctx, status);
         }
     }
 

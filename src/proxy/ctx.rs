@@ -25,9 +25,3 @@ pub struct Ctx {
     /// W3C trace context (only when tracing is configured).
     pub trace: Option<TraceContext>,
 }
-
-impl Ctx {
-    pub fn request_id(&self) -> Option<&http::HeaderValue> {
-        Some(&self.exchange.id)
-    }
-}

@@ -448,7 +448,9 @@ impl ProxyHttp for BextProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let duration = ctx.exchange.elapsed();
         let outcome = &mut ctx.exchange.outcome;
+        outcome.duration = duration;
         outcome.status = session.response_written().map_or(0, |r| r.status.as_u16());
         outcome.bytes_in = session.body_bytes_read() as u64;
         outcome.bytes_out = session.body_bytes_sent() as u64;

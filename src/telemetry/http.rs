@@ -136,7 +136,7 @@ impl HttpMetrics {
             | ((x.client.protocol.index() as u32) << 4)
             | ((cache as u32) << 8)
             | (u32::from(status) << 12);
-        let took: Duration = o.head_time.unwrap_or_else(|| x.elapsed());
+        let took: Duration = o.head_time.unwrap_or(o.duration);
         let seen = series.durations.read().is_ok_and(|m| match m.get(&key) {
             Some(h) => {
                 h.observe(took.as_secs_f64());

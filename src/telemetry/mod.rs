@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::http::HeaderValue;
 use pingora::http::RequestHeader;
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{IntCounter, Registry};
 
 use crate::config::TelemetryPlan;
 use crate::exchange::Exchange;
@@ -104,10 +104,6 @@ impl Telemetry {
         self.refreshers.push(Box::new(f));
     }
 
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// The text exposition of every metric.
     pub fn scrape(&self) -> String {
         let _one = self.scraping.lock().unwrap_or_else(|e| e.into_inner());
@@ -169,11 +165,6 @@ fn catch_up(counter: &IntCounter, now: u64) {
     }
 }
 
-/// Sets a gauge from a count (saturating).
-pub fn set_gauge(g: &IntGauge, v: usize) {
-    g.set(i64::try_from(v).unwrap_or(i64::MAX));
-}
-
 /// `upstream_request_filter`: the trace context for Phoenix, with bext's
 /// span as the parent.
 pub fn inject(req: &mut RequestHeader, trace: &TraceContext) -> pingora::Result<()> {
@@ -216,7 +207,7 @@ fn entry<'a>(
         status: o.status,
         bytes_sent: o.bytes_out,
         bytes_received: o.bytes_in,
-        duration: x.elapsed(),
+        duration: o.duration,
         route,
         upstream_node: o.upstream.node_id.as_deref(),
         upstream_addr: o.upstream.addr,
@@ -244,7 +235,7 @@ fn span(
         Some(r) => format!("{method} {r}"),
         None => method.to_string(),
     };
-    let end = x.started_at + x.elapsed();
+    let end = x.started_at + o.duration;
     let mut a: Vec<(&'static str, AttrValue)> = Vec::with_capacity(16);
     a.push(("http.request.method", AttrValue::Str(method.to_string())));
     if let Some(r) = route {

@@ -16,6 +16,18 @@ pub const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
+/// Options of the metric `bext_<subsystem>_<name>` (`bext_<name>` when
+/// `subsystem` is empty): the one place bext's metric names are built, also
+/// for metrics created before the registry (WAF, nodes) or with constant labels.
+pub fn opts(subsystem: &str, name: &str, help: &str) -> Opts {
+    let o = Opts::new(name, help).namespace("bext");
+    if subsystem.is_empty() {
+        o
+    } else {
+        o.subsystem(subsystem)
+    }
+}
+
 /// One module's view of the registry: every name gets `bext_<prefix>_`.
 #[derive(Clone)]
 pub struct Sub {
@@ -37,12 +49,7 @@ impl Sub {
     }
 
     fn opts(&self, name: &str, help: &str) -> Opts {
-        let o = Opts::new(name, help).namespace("bext");
-        if self.prefix.is_empty() {
-            o
-        } else {
-            o.subsystem(self.prefix)
-        }
+        opts(self.prefix, name, help)
     }
 
     fn register<C: Collector + Clone + 'static>(&self, c: C) -> C {

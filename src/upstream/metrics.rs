@@ -9,7 +9,7 @@
 use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
 
-use crate::telemetry::registry::DURATION_BUCKETS;
+use crate::telemetry::registry::{self, DURATION_BUCKETS};
 
 /// Tunnel lifetimes: from a second (a failed LiveView mount) to a day.
 const TUNNEL_BUCKETS: &[f64] = &[
@@ -45,9 +45,7 @@ struct Labels<'a> {
 
 impl Labels<'_> {
     fn opts(&self, subsystem: &str, name: &str, help: &str) -> Opts {
-        Opts::new(name, help)
-            .namespace("bext")
-            .subsystem(subsystem)
+        registry::opts(subsystem, name, help)
             .const_label("upstream", self.upstream)
             .const_label("node", self.node)
     }
@@ -179,12 +177,11 @@ impl std::fmt::Debug for PoolMetrics {
 
 impl PoolMetrics {
     pub fn new(upstream: &str) -> PoolMetrics {
-        let opts = Opts::new(
+        let opts = registry::opts(
+            "upstream",
             "retries_total",
             "Requests sent again to another node (or connection) after a failure.",
         )
-        .namespace("bext")
-        .subsystem("upstream")
         .const_label("upstream", upstream);
         PoolMetrics {
             retries: IntCounter::with_opts(opts).expect("valid counter"),

@@ -24,7 +24,7 @@ impl std::fmt::Debug for WafMetrics {
 }
 
 fn opts(name: &str, help: &str) -> Opts {
-    Opts::new(name, help).namespace("bext").subsystem("waf")
+    crate::telemetry::registry::opts("waf", name, help)
 }
 
 impl WafMetrics {
