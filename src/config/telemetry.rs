@@ -92,7 +92,7 @@ pub(super) fn compile(errs: &mut Errors, base: &Path, t: TelemetrySection) -> Te
         target,
         format,
         redact,
-        queue: 32 * 1024,
+        buffer_bytes: 8 << 20,
     });
     let sample_ratio = t.sample_ratio.unwrap_or(1.0);
     if !(0.0..=1.0).contains(&sample_ratio) {

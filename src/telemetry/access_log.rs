@@ -1,19 +1,19 @@
 //! The access log: one line per finished request, JSON (default) or nginx's
 //! `combined`, to stdout, stderr or a file. Lines are formatted on the
-//! request's thread and handed to a writer thread through a bounded channel;
-//! when the channel is full or the disk fails the line is dropped and
-//! counted, so a slow disk never makes a request wait. The file is reopened
+//! request's thread into a per-thread buffer and appended to one bounded
+//! shared buffer that a writer thread takes every 50 ms; when it is full or
+//! the disk fails the line is dropped and counted, so a slow disk never
+//! makes a request wait. The file is reopened
 //! on SIGUSR1 (logrotate's `postrotate`, as for nginx). Query values of the
 //! configured parameter names are redacted; cookies and `Authorization` are
 //! never part of an [`AccessEntry`].
 
-use std::fmt::Write as _;
+use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,8 +37,9 @@ pub struct AccessLogConfig {
     /// Query parameter names whose values are replaced by `[REDACTED]`
     /// (ASCII case-insensitive, on the percent-decoded name).
     pub redact: Vec<String>,
-    /// Bounded channel capacity in lines.
-    pub queue: usize,
+    /// Bytes of formatted lines waiting for the writer at most (it takes
+    /// them every 50 ms); past it lines are dropped and counted.
+    pub buffer_bytes: usize,
 }
 
 /// A borrowed view of one finished request, built by the logging phase.
@@ -64,15 +65,18 @@ pub struct AccessEntry<'a> {
     pub waf: Option<&'a str>,
     pub waf_rules: Option<&'a str>,
     pub limit: Option<&'a str>,
-    pub trace_id: Option<&'a str>,
+    /// The W3C trace id, written as 32 lowercase hex digits.
+    pub trace_id: Option<[u8; 16]>,
     pub user_agent: Option<&'a str>,
     pub referer: Option<&'a str>,
 }
 
-/// How often the writer drains the queue.
+/// How often the writer takes the waiting lines.
 const TICK: Duration = Duration::from_millis(50);
-/// Lines written between two flushes at most.
-const MAX_BATCH: usize = 16 * 1024;
+/// The writer's spare buffer is freed after a burst larger than this.
+const KEEP_CAPACITY: usize = 1 << 20;
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
 /// Set by the SIGUSR1 handler; every writer reopens when it sees a new value.
 static REOPEN_GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -101,14 +105,28 @@ struct Shared {
     written: AtomicU64,
     dropped: AtomicU64,
     reopen: AtomicBool,
+    /// Set once the writer thread runs; before that lines are dropped.
+    started: AtomicBool,
+    /// Lines waiting for the writer, appended whole under a short lock.
+    pending: Mutex<Pending>,
+}
+
+/// What the request threads hand the writer: finished lines, back to back.
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    lines: u64,
+}
+
+thread_local! {
+    /// Each request thread formats into its own buffer, so the shared lock
+    /// is held only for a memcpy and no line allocates.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
 }
 
 pub struct AccessLog {
     cfg: AccessLogConfig,
     shared: Arc<Shared>,
-    sender: Mutex<Option<SyncSender<String>>>,
-    /// A clone of the sender for the request path, set once by `start`.
-    tx: std::sync::OnceLock<SyncSender<String>>,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -128,9 +146,9 @@ impl AccessLog {
                 written: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 reopen: AtomicBool::new(false),
+                started: AtomicBool::new(false),
+                pending: Mutex::new(Pending::default()),
             }),
-            sender: Mutex::new(None),
-            tx: std::sync::OnceLock::new(),
         }
     }
 
@@ -138,37 +156,51 @@ impl AccessLog {
     /// sink stays usable: lines are dropped and counted while the writer
     /// retries opening every 5 s.
     pub fn start(&self) -> io::Result<()> {
-        if self.tx.get().is_some() {
+        if self.shared.started.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let (tx, rx) = mpsc::sync_channel::<String>(self.cfg.queue.max(1));
         let mut sink = Sink::new(self.cfg.target.clone());
         let opened = sink.open();
         let shared = self.shared.clone();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("bext-access-log".into())
-            .spawn(move || writer(rx, sink, shared))?;
-        let _ = self.tx.set(tx.clone());
-        if let Ok(mut s) = self.sender.lock() {
-            *s = Some(tx);
+            .spawn(move || writer(sink, shared));
+        if let Err(e) = spawned {
+            self.shared.started.store(false, Ordering::Release);
+            return Err(e);
         }
         opened
     }
 
-    /// Formats the line and hands it to the writer; never blocks.
+    /// Formats the line and appends it for the writer; never blocks on I/O.
+    /// A line that does not fit in the buffer (writer behind, disk stuck) is
+    /// dropped and counted.
     pub fn record(&self, e: &AccessEntry<'_>) {
-        let Some(tx) = self.tx.get() else {
+        if !self.shared.started.load(Ordering::Acquire) {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
-        };
-        let mut line = self.format_line(e);
-        line.push('\n');
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            }
         }
+        SCRATCH.with(|scratch| {
+            let Ok(mut line) = scratch.try_borrow_mut() else {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            line.clear();
+            self.format_into(e, &mut line);
+            line.push(b'\n');
+            let mut p = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if p.buf.len() + line.len() > self.cfg.buffer_bytes {
+                drop(p);
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            p.buf.extend_from_slice(&line);
+            p.lines += 1;
+        });
     }
 
     /// Asks the writer to reopen the file (after logrotate renamed it).
@@ -184,19 +216,28 @@ impl AccessLog {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
+    /// Appends the formatted line, without the trailing newline.
+    pub fn format_into(&self, e: &AccessEntry<'_>, out: &mut Vec<u8>) {
+        match self.cfg.format {
+            Format::Json => json_line(out, e, &self.cfg.redact),
+            Format::Combined => combined_line(out, e, &self.cfg.redact),
+        }
+    }
+
     /// The formatted line, without the trailing newline.
     pub fn format_line(&self, e: &AccessEntry<'_>) -> String {
-        match self.cfg.format {
-            Format::Json => json_line(e, &self.cfg.redact),
-            Format::Combined => combined_line(e, &self.cfg.redact),
-        }
+        let mut out = Vec::with_capacity(512);
+        self.format_into(e, &mut out);
+        // Every byte written is ASCII or copied from a `&str` whole.
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
 
 /// Where lines go.
 struct Sink {
     target: Target,
-    out: Option<BufWriter<Box<dyn Write + Send>>>,
+    out: Option<Box<dyn Write + Send>>,
 }
 
 impl Sink {
@@ -221,21 +262,32 @@ impl Sink {
                 Box::new(f)
             }
         };
-        self.out = Some(BufWriter::with_capacity(64 << 10, w));
+        self.out = Some(w);
         Ok(())
     }
 
     fn reopen(&mut self) -> io::Result<()> {
-        if let Some(mut w) = self.out.take() {
-            let _ = w.flush();
-        }
+        self.out = None;
         self.open()
+    }
+
+    /// Writes one batch of whole lines; on failure the sink is closed (and
+    /// reopened later) and the batch counts as dropped.
+    fn write_batch(&mut self, buf: &[u8]) -> io::Result<()> {
+        let Some(w) = self.out.as_mut() else {
+            return Err(io::Error::other("not open"));
+        };
+        let r = w.write_all(buf).and_then(|()| w.flush());
+        if r.is_err() {
+            self.out = None;
+        }
+        r
     }
 }
 
-fn writer(rx: Receiver<String>, mut sink: Sink, shared: Arc<Shared>) {
+fn writer(mut sink: Sink, shared: Arc<Shared>) {
     let mut generation = REOPEN_GENERATION.load(Ordering::Relaxed);
-    let mut pending = 0u64;
+    let mut spare: Vec<u8> = Vec::new();
     let mut last_retry = Instant::now();
     let mut last_warn: Option<Instant> = None;
     let mut warn = |what: &str, e: &io::Error| {
@@ -245,230 +297,218 @@ fn writer(rx: Receiver<String>, mut sink: Sink, shared: Arc<Shared>) {
         }
     };
     loop {
-        // The writer wakes on its own clock and drains what queued up: a
-        // sender never has to wake it, so a request costs one formatted line
-        // and a lock-free push, not a thread switch and a write(2).
+        // The writer wakes on its own clock and takes what queued up: a
+        // request never wakes it, so a line costs a format and a memcpy
+        // under an uncontended lock, not a thread switch and a write(2).
         std::thread::sleep(TICK);
-        let got = rx.try_recv();
+        let lines = {
+            let mut p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::swap(&mut p.buf, &mut spare);
+            std::mem::take(&mut p.lines)
+        };
         let now_gen = REOPEN_GENERATION.load(Ordering::Relaxed);
         let asked = shared.reopen.swap(false, Ordering::AcqRel);
         let retry = sink.out.is_none() && last_retry.elapsed() >= Duration::from_secs(5);
         if now_gen != generation || asked || retry {
+            // Lines taken before the signal still go to the old file's
+            // successor: logrotate has renamed it already.
             generation = now_gen;
             last_retry = Instant::now();
-            shared
-                .written
-                .fetch_add(flush(&mut sink, &mut pending), Ordering::Relaxed);
             if let Err(e) = sink.reopen() {
                 warn("reopen failed", &e);
             }
         }
-        let mut disconnected = false;
-        if let Ok(first) = got {
-            // Batch: take what is waiting (bounded), then flush once.
-            let mut next = Some(first);
-            let mut taken = 0;
-            while let Some(line) = next.take() {
-                write_line(&mut sink, &line, &mut pending, &shared, &mut warn);
-                taken += 1;
-                if taken < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(l) => next = Some(l),
-                        Err(mpsc::TryRecvError::Empty) => {}
-                        Err(mpsc::TryRecvError::Disconnected) => disconnected = true,
-                    }
+        if lines > 0 {
+            match sink.write_batch(&spare) {
+                Ok(()) => {
+                    shared.written.fetch_add(lines, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    shared.dropped.fetch_add(lines, Ordering::Relaxed);
+                    warn("write failed", &e);
                 }
             }
-        } else if got == Err(mpsc::TryRecvError::Disconnected) {
-            disconnected = true;
         }
-        if pending > 0 {
-            let before = pending;
-            let n = flush(&mut sink, &mut pending);
-            if n < before {
-                shared.dropped.fetch_add(before - n, Ordering::Relaxed);
-                warn("flush failed", &io::Error::other("write error"));
-            }
-            shared.written.fetch_add(n, Ordering::Relaxed);
+        spare.clear();
+        // A burst must not keep its peak allocation for the process's life.
+        if spare.capacity() > KEEP_CAPACITY {
+            spare = Vec::new();
         }
-        if disconnected {
-            return;
-        }
-    }
-}
-
-fn write_line(
-    sink: &mut Sink,
-    line: &str,
-    pending: &mut u64,
-    shared: &Shared,
-    warn: &mut impl FnMut(&str, &io::Error),
-) {
-    match sink.out.as_mut() {
-        Some(w) => match w.write_all(line.as_bytes()) {
-            Ok(()) => *pending += 1,
-            Err(e) => {
-                shared.dropped.fetch_add(*pending + 1, Ordering::Relaxed);
-                *pending = 0;
-                warn("write failed", &e);
-                sink.out = None;
-            }
-        },
-        None => {
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Flushes the buffered lines; returns how many reached the target.
-fn flush(sink: &mut Sink, pending: &mut u64) -> u64 {
-    let n = std::mem::take(pending);
-    match sink.out.as_mut().map(|w| w.flush()) {
-        Some(Ok(())) => n,
-        Some(Err(_)) => {
-            sink.out = None;
-            0
-        }
-        None => 0,
     }
 }
 
 // ---------------------------------------------------------------------------
-// Formatting
+// Formatting (by hand into bytes: `fmt::write` was most of a line's cost)
 // ---------------------------------------------------------------------------
 
-fn redacted_query(query: &str, names: &[String]) -> String {
-    let mut out = String::with_capacity(query.len());
+/// Calls `emit` with the pieces of the query, the values of the listed
+/// parameter names replaced by `[REDACTED]`.
+fn redact_query(query: &str, names: &[String], mut emit: impl FnMut(&str)) {
     for (i, pair) in query.split('&').enumerate() {
         if i > 0 {
-            out.push('&');
+            emit("&");
         }
-        let (name, has_value) = match pair.split_once('=') {
-            Some((n, _)) => (n, true),
-            None => (pair, false),
-        };
-        let decoded = decode_name(name);
-        if has_value && names.iter().any(|n| n.eq_ignore_ascii_case(&decoded)) {
-            out.push_str(name);
-            out.push_str("=[REDACTED]");
-        } else {
-            out.push_str(pair);
+        match pair.split_once('=') {
+            Some((name, _)) if is_redacted(name, names) => {
+                emit(name);
+                emit("=[REDACTED]");
+            }
+            _ => emit(pair),
         }
     }
-    out
 }
 
-fn decode_name(name: &str) -> String {
+fn is_redacted(name: &str, names: &[String]) -> bool {
+    if names.is_empty() {
+        return false;
+    }
+    // Only an encoded name needs decoding (`pass%77ord`, `a+b`).
+    if !name.bytes().any(|b| b == b'%' || b == b'+') {
+        return names.iter().any(|n| n.eq_ignore_ascii_case(name));
+    }
     let plus = name.replace('+', " ");
-    percent_encoding::percent_decode_str(&plus)
-        .decode_utf8_lossy()
-        .into_owned()
+    let decoded = percent_encoding::percent_decode_str(&plus).decode_utf8_lossy();
+    names.iter().any(|n| n.eq_ignore_ascii_case(&decoded))
 }
 
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    // Most values need no escaping: copy them whole.
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-        out.push_str(s);
-        out.push('"');
+/// Whether any byte is a control, `"` or `\\`: eight bytes per step (the
+/// classic "has a zero byte" bit trick), since almost no value needs escaping.
+fn needs_json_escape(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let v = u64::from_le_bytes(w);
+        // `v - 0x20..` borrows into the high bit exactly where a byte < 0x20
+        // (and is not itself >= 0x80) is; the other two are equality tests.
+        if v.wrapping_sub(ONES * 0x20) & !v & HIGH != 0
+            || has_zero(v ^ (ONES * u64::from(b'"')))
+            || has_zero(v ^ (ONES * u64::from(b'\\')))
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
+}
+
+fn json_escape(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    if !needs_json_escape(b) {
+        out.extend_from_slice(b);
         return;
     }
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    let mut from = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            c if c < 0x20 => {
+                out.extend_from_slice(&b[from..i]);
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX_UPPER[usize::from(c >> 4)]);
+                out.push(HEX_UPPER[usize::from(c & 0x0f)]);
+                from = i + 1;
+                continue;
             }
-            c => out.push(c),
-        }
+            _ => continue,
+        };
+        out.extend_from_slice(&b[from..i]);
+        out.extend_from_slice(esc);
+        from = i + 1;
     }
-    out.push('"');
+    out.extend_from_slice(&b[from..]);
 }
 
-fn field_str(out: &mut String, key: &str, v: Option<&str>) {
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    json_escape(out, s);
+    out.push(b'"');
+}
+
+/// `,"key":"value"` when there is a value. `key` is a literal `,"key":`.
+fn field_str(out: &mut Vec<u8>, key: &str, v: Option<&str>) {
     if let Some(v) = v {
-        out.push_str(",\"");
-        out.push_str(key);
-        out.push_str("\":");
+        out.extend_from_slice(key.as_bytes());
         json_str(out, v);
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+/// `,"key":"value"` for values bext made itself and that need no escaping:
+/// request ids (checked on arrival), method tokens, protocol and outcome
+/// names, rule ids.
+fn field_raw(out: &mut Vec<u8>, key: &str, v: Option<&str>) {
+    if let Some(v) = v {
+        debug_assert!(!needs_json_escape(v.as_bytes()));
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'"');
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'"');
+    }
 }
 
-fn json_line(e: &AccessEntry<'_>, redact: &[String]) -> String {
-    let mut s = String::with_capacity(512);
-    s.push_str("{\"time\":\"");
-    let _ = write!(s, "{}", humantime::format_rfc3339_millis(e.time));
-    s.push('"');
-    field_str(&mut s, "request_id", Some(e.request_id));
-    match e.client_ip {
-        Some(ip) => {
-            let _ = write!(s, ",\"client_ip\":\"{ip}\"");
+fn int(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Milliseconds with three decimals (`1.500`), from whole microseconds.
+fn millis(out: &mut Vec<u8>, d: Duration) {
+    let us = d.as_micros();
+    int(out, us / 1000);
+    let frac = (us % 1000) as u16;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
+fn ip(out: &mut Vec<u8>, addr: IpAddr) {
+    match addr {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                int(out, o);
+            }
         }
-        None => s.push_str(",\"client_ip\":null"),
-    }
-    field_str(&mut s, "method", Some(e.method));
-    field_str(&mut s, "host", Some(e.host));
-    field_str(&mut s, "path", Some(e.path));
-    if let Some(q) = e.query {
-        field_str(&mut s, "query", Some(&redacted_query(q, redact)));
-    }
-    field_str(&mut s, "protocol", Some(e.protocol));
-    let _ = write!(
-        s,
-        ",\"status\":{},\"bytes_sent\":{},\"bytes_received\":{},\"duration_ms\":{:.3}",
-        e.status,
-        e.bytes_sent,
-        e.bytes_received,
-        ms(e.duration)
-    );
-    field_str(&mut s, "route", e.route);
-    field_str(&mut s, "upstream_node", e.upstream_node);
-    if let Some(a) = e.upstream_addr {
-        let _ = write!(s, ",\"upstream_addr\":\"{a}\"");
-    }
-    if let Some(t) = e.upstream_time {
-        let _ = write!(s, ",\"upstream_time_ms\":{:.3}", ms(t));
-    }
-    field_str(&mut s, "cache", e.cache);
-    field_str(&mut s, "waf", e.waf);
-    field_str(&mut s, "waf_rules", e.waf_rules);
-    field_str(&mut s, "limit", e.limit);
-    field_str(&mut s, "trace_id", e.trace_id);
-    field_str(&mut s, "user_agent", e.user_agent);
-    field_str(&mut s, "referer", e.referer);
-    s.push('}');
-    s
-}
-
-/// nginx's escaping in the access log: `"`, `\`, controls and non-ASCII as `\xHH`.
-fn nginx_escape(out: &mut String, s: &str) {
-    for &b in s.as_bytes() {
-        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            let _ = write!(out, "\\x{b:02X}");
-        } else {
-            out.push(char::from(b));
+        // Rare on the request path; the standard formatting knows the
+        // compression rules.
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
         }
     }
 }
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
+fn socket_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => ip(out, IpAddr::V4(*v4.ip())),
+        SocketAddr::V6(v6) => {
+            out.push(b'[');
+            ip(out, IpAddr::V6(*v6.ip()));
+            out.push(b']');
+        }
+    }
+    out.push(b':');
+    int(out, a.port());
+}
 
-/// `06/Dec/2026:11:46:08 +0000` (always UTC).
-fn time_local(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+/// The civil date and time of a Unix second (UTC), Howard Hinnant's
+/// days-to-civil: (year, month 1..=12, day, hour, minute, second).
+fn civil(secs: u64) -> (i64, usize, i64, i64, i64, i64) {
+    let secs = secs as i64;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -478,39 +518,186 @@ fn time_local(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
-        MONTHS[(month - 1) as usize],
+    (
+        year,
+        month as usize,
+        day,
         rem / 3600,
         rem % 3600 / 60,
-        rem % 60
+        rem % 60,
     )
 }
 
-fn combined_line(e: &AccessEntry<'_>, redact: &[String]) -> String {
-    let mut s = String::with_capacity(256);
-    match e.client_ip {
-        Some(ip) => {
-            let _ = write!(s, "{ip}");
+fn two(out: &mut [u8], n: i64) {
+    out[0] = b'0' + (n / 10 % 10) as u8;
+    out[1] = b'0' + (n % 10) as u8;
+}
+
+/// `2026-12-06T11:46:08.` for one second; the caller adds `mmmZ`.
+fn rfc3339_second(secs: u64) -> [u8; 20] {
+    let (y, mo, d, h, mi, s) = civil(secs);
+    let mut b = *b"0000-00-00T00:00:00.";
+    two(&mut b[0..2], y / 100);
+    two(&mut b[2..4], y % 100);
+    two(&mut b[5..7], mo as i64);
+    two(&mut b[8..10], d);
+    two(&mut b[11..13], h);
+    two(&mut b[14..16], mi);
+    two(&mut b[17..19], s);
+    b
+}
+
+const MONTHS: [&[u8; 3]; 12] = [
+    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+];
+
+/// `06/Dec/2026:11:46:08 +0000` (always UTC).
+fn time_local_bytes(secs: u64) -> [u8; 26] {
+    let (y, mo, d, h, mi, s) = civil(secs);
+    let mut b = *b"00/Mon/0000:00:00:00 +0000";
+    two(&mut b[0..2], d);
+    b[3..6].copy_from_slice(MONTHS[mo - 1]);
+    two(&mut b[7..9], y / 100);
+    two(&mut b[9..11], y % 100);
+    two(&mut b[12..14], h);
+    two(&mut b[15..17], mi);
+    two(&mut b[18..20], s);
+    b
+}
+
+thread_local! {
+    /// The formatted current second, per thread: lines within one second
+    /// share their date and time.
+    static SECOND: Cell<(u64, [u8; 20], [u8; 26])> = const { Cell::new((u64::MAX, [0; 20], [0; 26])) };
+}
+
+/// (the RFC 3339 prefix, nginx's `$time_local`, milliseconds) of `t`.
+fn stamps(t: SystemTime) -> ([u8; 20], [u8; 26], u32) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    SECOND.with(|c| {
+        let (at, rfc, local) = c.get();
+        if at == secs {
+            return (rfc, local, d.subsec_millis());
         }
-        None => s.push('-'),
+        let v = (secs, rfc3339_second(secs), time_local_bytes(secs));
+        c.set(v);
+        (v.1, v.2, d.subsec_millis())
+    })
+}
+
+fn json_line(s: &mut Vec<u8>, e: &AccessEntry<'_>, redact: &[String]) {
+    let (rfc, _, ms) = stamps(e.time);
+    s.extend_from_slice(b"{\"time\":\"");
+    s.extend_from_slice(&rfc);
+    let ms = ms as u16;
+    s.extend_from_slice(&[
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+        b'"',
+    ]);
+    field_raw(s, ",\"request_id\":", Some(e.request_id));
+    match e.client_ip {
+        Some(a) => {
+            s.extend_from_slice(b",\"client_ip\":\"");
+            ip(s, a);
+            s.push(b'"');
+        }
+        None => s.extend_from_slice(b",\"client_ip\":null"),
     }
-    let _ = write!(s, " - - [{}] \"", time_local(e.time));
-    nginx_escape(&mut s, e.method);
-    s.push(' ');
-    nginx_escape(&mut s, e.path);
+    field_raw(s, ",\"method\":", Some(e.method));
+    field_str(s, ",\"host\":", Some(e.host));
+    field_str(s, ",\"path\":", Some(e.path));
     if let Some(q) = e.query {
-        s.push('?');
-        nginx_escape(&mut s, &redacted_query(q, redact));
+        s.extend_from_slice(b",\"query\":\"");
+        redact_query(q, redact, |piece| json_escape(s, piece));
+        s.push(b'"');
     }
-    s.push(' ');
-    nginx_escape(&mut s, e.protocol);
-    let _ = write!(s, "\" {} {} \"", e.status, e.bytes_sent);
-    nginx_escape(&mut s, e.referer.unwrap_or("-"));
-    s.push_str("\" \"");
-    nginx_escape(&mut s, e.user_agent.unwrap_or("-"));
-    s.push('"');
-    s
+    field_raw(s, ",\"protocol\":", Some(e.protocol));
+    s.extend_from_slice(b",\"status\":");
+    int(s, e.status);
+    s.extend_from_slice(b",\"bytes_sent\":");
+    int(s, e.bytes_sent);
+    s.extend_from_slice(b",\"bytes_received\":");
+    int(s, e.bytes_received);
+    s.extend_from_slice(b",\"duration_ms\":");
+    millis(s, e.duration);
+    field_str(s, ",\"route\":", e.route);
+    field_str(s, ",\"upstream_node\":", e.upstream_node);
+    if let Some(a) = e.upstream_addr {
+        s.extend_from_slice(b",\"upstream_addr\":\"");
+        socket_addr(s, a);
+        s.push(b'"');
+    }
+    if let Some(t) = e.upstream_time {
+        s.extend_from_slice(b",\"upstream_time_ms\":");
+        millis(s, t);
+    }
+    field_raw(s, ",\"cache\":", e.cache);
+    field_raw(s, ",\"waf\":", e.waf);
+    field_raw(s, ",\"waf_rules\":", e.waf_rules);
+    field_raw(s, ",\"limit\":", e.limit);
+    if let Some(id) = e.trace_id {
+        s.extend_from_slice(b",\"trace_id\":\"");
+        for b in id {
+            s.push(HEX_LOWER[usize::from(b >> 4)]);
+            s.push(HEX_LOWER[usize::from(b & 0x0f)]);
+        }
+        s.push(b'"');
+    }
+    field_str(s, ",\"user_agent\":", e.user_agent);
+    field_str(s, ",\"referer\":", e.referer);
+    s.push(b'}');
+}
+
+/// nginx's escaping in the access log: `"`, `\`, controls and non-ASCII as `\xHH`.
+fn nginx_escape(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    let mut from = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'"' || c == b'\\' || !(0x20..0x7f).contains(&c) {
+            out.extend_from_slice(&b[from..i]);
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX_UPPER[usize::from(c >> 4)],
+                HEX_UPPER[usize::from(c & 0x0f)],
+            ]);
+            from = i + 1;
+        }
+    }
+    out.extend_from_slice(&b[from..]);
+}
+
+fn combined_line(s: &mut Vec<u8>, e: &AccessEntry<'_>, redact: &[String]) {
+    match e.client_ip {
+        Some(a) => ip(s, a),
+        None => s.push(b'-'),
+    }
+    let (_, local, _) = stamps(e.time);
+    s.extend_from_slice(b" - - [");
+    s.extend_from_slice(&local);
+    s.extend_from_slice(b"] \"");
+    nginx_escape(s, e.method);
+    s.push(b' ');
+    nginx_escape(s, e.path);
+    if let Some(q) = e.query {
+        s.push(b'?');
+        redact_query(q, redact, |piece| nginx_escape(s, piece));
+    }
+    s.push(b' ');
+    nginx_escape(s, e.protocol);
+    s.extend_from_slice(b"\" ");
+    int(s, e.status);
+    s.push(b' ');
+    int(s, e.bytes_sent);
+    s.extend_from_slice(b" \"");
+    nginx_escape(s, e.referer.unwrap_or("-"));
+    s.extend_from_slice(b"\" \"");
+    nginx_escape(s, e.user_agent.unwrap_or("-"));
+    s.push(b'"');
 }
 
 #[cfg(test)]
@@ -557,7 +744,7 @@ mod tests {
             target: Target::Stderr,
             format,
             redact: names(),
-            queue: 4,
+            buffer_bytes: 4096,
         })
     }
 
@@ -582,17 +769,37 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_escape_check_agrees_with_the_byte_loop() {
+        let slow = |b: &[u8]| b.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
+        for c in 0u8..=255 {
+            for at in 0..20 {
+                let mut v = vec![b'a'; 20];
+                v[at] = c;
+                assert_eq!(needs_json_escape(&v), slow(&v), "byte {c:#x} at {at}");
+                // Next to bytes that borrow or carry in the bit trick.
+                v[(at + 1) % 20] = 0x80;
+                v[(at + 19) % 20] = c.wrapping_add(1);
+                assert_eq!(needs_json_escape(&v), slow(&v), "byte {c:#x} at {at}");
+            }
+        }
+        let mut out = Vec::new();
+        json_escape(&mut out, "a\"b\\c\u{1}d\u{e9}\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a\\\"b\\\\c\\u0001d\u{e9}\\n"
+        );
+    }
+
+    #[test]
     fn combined_line_is_nginx_shaped() {
         let line = log(Format::Combined).format_line(&entry(Some("code=1&x=2")));
         assert_eq!(
             line,
             "203.0.113.7 - - [06/Dec/2026:11:46:08 +0000] \"GET /login?code=[REDACTED]&x=2 HTTP/1.1\" 200 12 \"-\" \"ua \\x22q\\x22\\x01\""
         );
-        assert_eq!(time_local(UNIX_EPOCH), "01/Jan/1970:00:00:00 +0000");
-        assert_eq!(
-            time_local(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "29/Feb/2000:00:00:00 +0000"
-        );
+        let local = |secs| String::from_utf8(time_local_bytes(secs).to_vec()).unwrap();
+        assert_eq!(local(0), "01/Jan/1970:00:00:00 +0000");
+        assert_eq!(local(951_782_400), "29/Feb/2000:00:00:00 +0000");
     }
 
     #[test]
@@ -604,7 +811,7 @@ mod tests {
             target: Target::File("/nonexistent-dir-bext/x.log".into()),
             format: Format::Json,
             redact: vec![],
-            queue: 1,
+            buffer_bytes: 1,
         });
         assert!(bad.start().is_err());
         for _ in 0..100 {
@@ -627,7 +834,7 @@ mod tests {
             target: Target::File(path.clone()),
             format: Format::Json,
             redact: vec![],
-            queue: 64,
+            buffer_bytes: 1 << 16,
         });
         l.start().unwrap();
         let wait = |n: u64| {

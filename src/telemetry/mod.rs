@@ -132,8 +132,14 @@ impl Telemetry {
     /// `early_request_filter`: the request's trace context, when tracing is on.
     pub fn trace_context(&self, req: &RequestHeader) -> Option<TraceContext> {
         let tracer = self.tracer.as_ref()?;
-        let parent = req.headers.get("traceparent").map(HeaderValue::as_bytes);
-        let state = req.headers.get("tracestate").map(HeaderValue::as_bytes);
+        // Constant names skip parsing the name per request; tracestate is
+        // only ever used with a traceparent.
+        static TRACEPARENT: ::http::HeaderName = ::http::HeaderName::from_static("traceparent");
+        static TRACESTATE: ::http::HeaderName = ::http::HeaderName::from_static("tracestate");
+        let parent = req.headers.get(&TRACEPARENT).map(HeaderValue::as_bytes);
+        let state = parent
+            .and(req.headers.get(&TRACESTATE))
+            .map(HeaderValue::as_bytes);
         Some(TraceContext::from_request(
             parent,
             state,
@@ -144,14 +150,14 @@ impl Telemetry {
     /// `logging`: hands the finished record to every sink.
     pub fn finish(&self, x: &Exchange, req: &RequestHeader, trace: Option<&TraceContext>) {
         self.http.record(x, &req.method);
-        let route = x.route.and_then(|i| self.routes.get(i)).map(|r| &**r);
+        let shared_route = x.route.and_then(|i| self.routes.get(i));
+        let route = shared_route.map(|r| &**r);
         if let Some(log) = &self.access_log {
-            let trace_hex = trace.map(TraceContext::trace_id_hex);
-            log.record(&entry(x, req, route, trace_hex.as_ref()));
+            log.record(&entry(x, req, route, trace.map(|t| t.trace_id)));
         }
         if let (Some(tracer), Some(ctx)) = (&self.tracer, trace) {
             if ctx.sampled {
-                tracer.submit(span(x, req, route, ctx, self.trace_query));
+                tracer.submit(span(x, req, shared_route, ctx, self.trace_query));
             }
         }
     }
@@ -192,15 +198,34 @@ fn entry<'a>(
     x: &'a Exchange,
     req: &'a RequestHeader,
     route: Option<&'a str>,
-    trace_hex: Option<&'a [u8; 32]>,
+    trace_id: Option<[u8; 16]>,
 ) -> AccessEntry<'a> {
     let o = &x.outcome;
+    // One pass over the headers instead of three hashed lookups.
+    let (mut host_h, mut user_agent, mut referer) = (None, None, None);
+    for (name, value) in &req.headers {
+        let slot = if name == ::http::header::HOST {
+            &mut host_h
+        } else if name == ::http::header::USER_AGENT {
+            &mut user_agent
+        } else if name == ::http::header::REFERER {
+            &mut referer
+        } else {
+            continue;
+        };
+        if slot.is_none() {
+            *slot = value.to_str().ok();
+        }
+    }
+    let host = host_h
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
     AccessEntry {
         time: x.started_at,
         request_id: x.id.to_str().unwrap_or("-"),
         client_ip: x.client.ip,
         method: req.method.as_str(),
-        host: host(req),
+        host,
         path: req.uri.path(),
         query: req.uri.query(),
         protocol: x.client.protocol.as_http(),
@@ -216,16 +241,16 @@ fn entry<'a>(
         waf: o.waf.action.map(|a| a.as_str()),
         waf_rules: o.waf.rules.as_deref(),
         limit: o.limit,
-        trace_id: trace_hex.and_then(|h| std::str::from_utf8(h).ok()),
-        user_agent: header(req, ::http::header::USER_AGENT),
-        referer: header(req, ::http::header::REFERER),
+        trace_id,
+        user_agent,
+        referer,
     }
 }
 
 fn span(
     x: &Exchange,
     req: &RequestHeader,
-    route: Option<&str>,
+    route: Option<&Arc<str>>,
     ctx: &TraceContext,
     with_query: bool,
 ) -> SpanRecord {
@@ -239,7 +264,7 @@ fn span(
     let mut a: Vec<(&'static str, AttrValue)> = Vec::with_capacity(16);
     a.push(("http.request.method", AttrValue::Str(method.to_string())));
     if let Some(r) = route {
-        a.push(("http.route", AttrValue::Str(r.to_string())));
+        a.push(("http.route", AttrValue::Shared(r.clone())));
     }
     a.push(("url.path", AttrValue::Str(req.uri.path().to_string())));
     if let (true, Some(q)) = (with_query, req.uri.query()) {
@@ -253,13 +278,10 @@ fn span(
         ));
     }
     if let Some(ip) = x.client.ip {
-        a.push(("client.address", AttrValue::Str(ip.to_string())));
+        a.push(("client.address", AttrValue::Ip(ip)));
     }
     if let Some(peer) = x.client.peer {
-        a.push((
-            "network.peer.address",
-            AttrValue::Str(peer.ip().to_string()),
-        ));
+        a.push(("network.peer.address", AttrValue::Ip(peer.ip())));
     }
     let h = host(req);
     if !h.is_empty() {
@@ -325,7 +347,7 @@ fn span(
             ),
         ];
         if let Some(addr) = u.addr {
-            attrs.push(("server.address", AttrValue::Str(addr.ip().to_string())));
+            attrs.push(("server.address", AttrValue::Ip(addr.ip())));
             attrs.push(("server.port", AttrValue::Int(i64::from(addr.port()))));
         }
         if let Some(s) = u.status {

@@ -32,14 +32,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, SpanKind};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, SpanFlags, Status};
+use opentelemetry_proto::tonic::trace::v1::{Span, SpanFlags, Status};
 use prost::Message;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -401,6 +399,10 @@ fn random_trace_id() -> [u8; 16] {
 pub enum AttrValue {
     Str(String),
     StaticStr(&'static str),
+    /// Shared with the plan (route patterns): no copy per span.
+    Shared(std::sync::Arc<str>),
+    /// Formatted by the exporter, off the request path.
+    Ip(std::net::IpAddr),
     Int(i64),
     Bool(bool),
 }
@@ -814,24 +816,36 @@ impl Tracer {
         Ok(rejected)
     }
 
+    /// The `ExportTraceServiceRequest` of one batch. The three wrapper
+    /// messages are framed by hand around spans prost encoded one by one:
+    /// prost sizes every nested message again at each level it is nested
+    /// in, which made the wrappers cost as much as the spans. The bytes are
+    /// what `request.encode_to_vec()` gives (a test decodes them).
     fn encode(&self, batch: Vec<SpanRecord>) -> Bytes {
-        let spans = batch.into_iter().map(proto_span).collect();
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "bext".to_owned(),
-                        version: env!("CARGO_PKG_VERSION").to_owned(),
-                        ..Default::default()
-                    }),
-                    spans,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        };
-        Bytes::from(request.encode_to_vec())
+        use prost::encoding::{encode_key, encode_varint, message, WireType};
+        let mut scope_spans = Vec::with_capacity(batch.len() * 512);
+        message::encode(
+            1,
+            &InstrumentationScope {
+                name: "bext".to_owned(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                ..Default::default()
+            },
+            &mut scope_spans,
+        );
+        for rec in batch {
+            message::encode(2, &proto_span(rec), &mut scope_spans);
+        }
+        let mut resource_spans = Vec::with_capacity(scope_spans.len() + 256);
+        message::encode(1, &self.resource, &mut resource_spans);
+        encode_key(2, WireType::LengthDelimited, &mut resource_spans);
+        encode_varint(scope_spans.len() as u64, &mut resource_spans);
+        resource_spans.extend_from_slice(&scope_spans);
+        let mut request = Vec::with_capacity(resource_spans.len() + 16);
+        encode_key(1, WireType::LengthDelimited, &mut request);
+        encode_varint(resource_spans.len() as u64, &mut request);
+        request.extend_from_slice(&resource_spans);
+        Bytes::from(request)
     }
 }
 
@@ -844,6 +858,8 @@ fn kv(key: &str, value: AttrValue) -> KeyValue {
     let value = match value {
         AttrValue::Str(s) => any_value::Value::StringValue(s),
         AttrValue::StaticStr(s) => any_value::Value::StringValue(s.to_owned()),
+        AttrValue::Shared(s) => any_value::Value::StringValue(s.to_string()),
+        AttrValue::Ip(ip) => any_value::Value::StringValue(ip.to_string()),
         AttrValue::Int(i) => any_value::Value::IntValue(i),
         AttrValue::Bool(b) => any_value::Value::BoolValue(b),
     };
@@ -981,6 +997,7 @@ impl WarnLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use std::sync::Arc;
 
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
