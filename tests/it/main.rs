@@ -13,6 +13,7 @@ mod liveview;
 mod metrics;
 mod otlp_receiver;
 mod placement;
+mod reuse;
 mod scrape;
 mod support;
 mod trace;

@@ -42,6 +42,32 @@ use std::time::{Duration, Instant};
 use tls::TlsConnector;
 use tokio::sync::Mutex;
 
+/// A connection waiting in the pool: the idle poll task reads from it under
+/// the lock, and `reused_stream` takes the stream out under the same lock,
+/// so handing a connection over never depends on who drops an `Arc` last.
+struct IdleStream(Option<Stream>);
+
+impl IdleStream {
+    fn take_stream(&mut self) -> Option<Stream> {
+        self.0.take()
+    }
+}
+
+impl tokio::io::AsyncRead for IdleStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut().0.as_mut() {
+            Some(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
+            // Taken for reuse: reads as closed (the idle poll has already
+            // returned by then, as the stream is only taken after it lets go).
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct IdleConnection {
     connection: ConnectionMeta,
@@ -170,7 +196,7 @@ impl ConnectorOptions {
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: Arc<ConnectionPool<Arc<Mutex<IdleStream>>>>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -252,12 +278,16 @@ impl TransportConnector {
         match self.connection_pool.get(&peer.reuse_hash()) {
             Some(s) => {
                 debug!("find reusable stream, trying to acquire it");
-                {
-                    let _ = s.lock().await;
-                } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
+                // Wait for the idle poll to release it, then take the
+                // stream out under the lock. (This used to `Arc::try_unwrap`
+                // after the lock: the idle poll task releases the lock in
+                // its guard's drop before it drops its `Arc` clone, so on a
+                // multi-threaded runtime the unwrap often lost that race and
+                // threw a healthy connection away, logging "failed to
+                // acquire reusable stream".)
+                let taken = s.lock().await.take_stream();
+                match taken {
+                    Some(mut stream) => {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
@@ -289,7 +319,9 @@ impl TransportConnector {
                             }
                         }
                     }
-                    Err(_) => {
+                    None => {
+                        // Only `reused_stream` takes, and the pool hands
+                        // each idle connection out once.
                         error!("failed to acquire reusable stream");
                         None
                     }
@@ -321,7 +353,7 @@ impl TransportConnector {
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
-        let stream = Arc::new(Mutex::new(stream));
+        let stream = Arc::new(Mutex::new(IdleStream(Some(stream))));
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
         let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
         let idle_meta = IdleConnection::new(meta);
