@@ -57,6 +57,15 @@ pub trait ServerApp {
 
     /// This callback will be called once after the service stops listening to its endpoints.
     async fn cleanup(&self) {}
+
+    /// Called when a downstream TLS handshake fails (`Some(error)`) or times
+    /// out (`None`), before the connection is dropped. Returning `false`
+    /// skips the service's own ERROR log line, for applications that count
+    /// these (they are mostly clients' and scanners' faults) instead of
+    /// logging one line per failed handshake.
+    fn downstream_handshake_failed(&self, _error: Option<&pingora_error::Error>) -> bool {
+        true
+    }
 }
 #[non_exhaustive]
 #[derive(Clone, Debug, Default)]

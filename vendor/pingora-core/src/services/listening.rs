@@ -236,8 +236,9 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
                                     Err(e) => {
-                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
-                                        if let Some(addr) = peer_addr {
+                                        if !app.downstream_handshake_failed(Some(&e)) {
+                                            debug!("Downstream handshake error: {e}");
+                                        } else if let Some(addr) = peer_addr {
                                             error!("Downstream handshake error from {}: {e}", addr);
                                         } else {
                                             error!("Downstream handshake error: {e}");
@@ -246,7 +247,11 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 }
                             }
                             Err(_) => {
-                                error!("Downstream handshake timeout");
+                                if app.downstream_handshake_failed(None) {
+                                    error!("Downstream handshake timeout");
+                                } else {
+                                    debug!("Downstream handshake timeout");
+                                }
                             }
                         }
                     });
