@@ -144,11 +144,67 @@ async fn h3_requests_are_counted_as_protocol_version_3() {
                 && l.ends_with(" 2")
         });
         if done {
+            // One QUIC connection, counted as such.
+            for series in [
+                "bext_client_connections_accepted_total{listener=\"quic\",network_protocol_version=\"3\"} 1",
+                "bext_client_connections_open{listener=\"quic\",network_protocol_version=\"3\"} 1",
+                "bext_client_connections_tls_handshakes_total{listener=\"quic\"} 1",
+                "bext_client_connections_tls_handshakes_total{listener=\"tls\"} 0",
+            ] {
+                assert!(text.lines().any(|l| l == series), "no `{series}` in:\n{text}");
+            }
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("no HTTP/3 series counting 2 requests in:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_tls_handshakes_are_counted_not_logged_per_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = start("").await;
+    // Plain HTTP to the TLS port, as scanners and misconfigured clients do.
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(f.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    }
+    // And one good TLS connection.
+    let roots = client_config(&[&f.cert], &[b"http/1.1"]);
+    let tls = tls_connect(f.addr, "a.test", roots).await.unwrap();
+    drop(tls);
+    let mut c = h3_connect_ready(f.addr, "a.test", &[&f.cert]).await;
+    let want = [
+        "bext_client_connections_tls_handshake_failures_total{listener=\"tls\",reason=\"error\"} 3",
+        "bext_client_connections_tls_handshakes_total{listener=\"tls\"} 1",
+    ];
+    let mut text = String::new();
+    for _ in 0..100 {
+        let r = h3_get(&mut c.send, "https://a.test/__bext/metrics").await;
+        text = String::from_utf8_lossy(&r.body).to_string();
+        if want.iter().all(|w| text.lines().any(|l| l == *w)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for w in want {
+        assert!(text.lines().any(|l| l == w), "no `{w}` in:\n{text}");
+    }
+    let log = f.bext.stderr();
+    assert!(
+        !log.contains("Downstream handshake error"),
+        "one ERROR per failed handshake:\n{log}"
+    );
+    assert_eq!(
+        log.matches("TLS handshake(s) failed").count(),
+        1,
+        "failed handshakes are reported once a minute at most:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,7 +35,8 @@ use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::limits::Limits;
+use crate::exchange::Protocol;
+use crate::limits::{Limits, Listener};
 use crate::proxy::BextProxy;
 use crate::tls::TlsPlan;
 use exchange::Pipeline;
@@ -179,11 +180,12 @@ async fn run_endpoint(
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    limits.metrics.connection_refused(Listener::Quic);
                     incoming.refuse();
                     continue;
                 };
                 let client = incoming.remote_address().ip().to_canonical();
-                let Ok(capped) = limits.admit_connection(Some(client)) else {
+                let Ok(capped) = limits.admit_connection(Some(client), Listener::Quic) else {
                     incoming.refuse();
                     continue;
                 };
@@ -193,8 +195,9 @@ async fn run_endpoint(
                     local,
                     shutdown: shutdown.clone(),
                 };
+                let limits = limits.clone();
                 let connection = async move {
-                    if let Err(e) = serve_connection(incoming, pipe).await {
+                    if let Err(e) = serve_connection(incoming, pipe, &limits).await {
                         log::debug!("http3 connection: {e}");
                     }
                     drop((permit, capped));
@@ -214,8 +217,26 @@ async fn run_endpoint(
     log::info!("http3 on udp {local} closed");
 }
 
-async fn serve_connection(incoming: quinn::Incoming, mut pipe: Pipeline) -> Result<(), H3Error> {
-    let conn = incoming.await?;
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    mut pipe: Pipeline,
+    limits: &Limits,
+) -> Result<(), H3Error> {
+    // The QUIC handshake is the TLS handshake (quinn bounds it by its idle
+    // timeout, reported as a timed-out connection).
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            let timed_out = matches!(e, quinn::ConnectionError::TimedOut);
+            limits.metrics.tls_handshake_failed(
+                Listener::Quic,
+                (!timed_out).then_some(&e as &dyn std::fmt::Display),
+            );
+            return Err(e.into());
+        }
+    };
+    limits.metrics.tls_handshake(Listener::Quic);
+    let _open = limits.metrics.connection(Listener::Quic, Protocol::Http3);
     pipe.peer = conn.remote_address();
     let mut h3 = ::h3::server::builder()
         .max_field_section_size(MAX_FIELD_SECTION)

@@ -35,6 +35,7 @@ use pingora::{Error, ErrorType, Result};
 use client_key::ClientKey;
 use conns::{listed, ConnLimiter, Permit};
 use metrics::LimitMetrics;
+pub(crate) use metrics::Listener;
 use rate::{Decision, RateLimiter};
 use sizes::HeadLimits;
 
@@ -275,11 +276,15 @@ impl Limits {
     }
 
     /// Called for every accepted connection, before anything is read.
-    pub(crate) fn admit_connection(&self, peer: Option<IpAddr>) -> Result<Permit, ()> {
+    pub(crate) fn admit_connection(
+        &self,
+        peer: Option<IpAddr>,
+        listener: Listener,
+    ) -> Result<Permit, ()> {
         let exempt = peer.is_none_or(|ip| self.exempt(ip) || listed(ip, &self.trusted));
         let key = peer.map(|ip| ClientKey::new(ip, self.plan.ipv6_prefix));
         self.conns.acquire(key, exempt).map_err(|_| {
-            self.metrics.connection_refused();
+            self.metrics.connection_refused(listener);
             self.record(Reason::Connections, peer, 503);
         })
     }

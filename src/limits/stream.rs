@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::conns::Permit;
-use super::Limits;
+use super::{Limits, Listener};
 use crate::exchange::Protocol;
 
 const IDLE: u8 = 0;
@@ -309,6 +309,16 @@ impl<A> ServerApp for LimitedApp<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    /// Failed handshakes are clients' and scanners' faults far more often
+    /// than bext's: counted, and logged at most once a minute, instead of
+    /// Pingora's ERROR line per connection.
+    fn downstream_handshake_failed(&self, error: Option<&pingora::Error>) -> bool {
+        self.limits
+            .metrics
+            .tls_handshake_failed(Listener::Tls, error.map(|e| e as &dyn std::fmt::Display));
+        false
+    }
+
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
@@ -317,7 +327,13 @@ where
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let permit = match self.limits.admit_connection(peer) {
+        // Pingora hands over TLS streams with the handshake done.
+        let listener = if stream.get_ssl_digest().is_some() {
+            Listener::Tls
+        } else {
+            Listener::Tcp
+        };
+        let permit = match self.limits.admit_connection(peer, listener) {
             Ok(p) => p,
             Err(()) => {
                 // Cheap refusal: no parsing, a canned answer, then close.
@@ -330,9 +346,8 @@ where
             .inner
             .server_options()
             .is_some_and(|o| o.h2c || o.force_custom);
-        if stream.get_ssl_digest().is_some() {
-            // Pingora hands over TLS streams with the handshake done.
-            self.limits.metrics.tls_handshake();
+        if listener == Listener::Tls {
+            self.limits.metrics.tls_handshake(listener);
         }
         let h2 = !matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1));
         // An h2c listener may also see HTTP/1.1; counted as the listener's protocol.
@@ -341,7 +356,7 @@ where
         } else {
             Protocol::Http11
         };
-        let _open = self.limits.metrics.connection(protocol);
+        let _open = self.limits.metrics.connection(listener, protocol);
         if h2c || h2 {
             // HTTP/2 (and custom protocols): Pingora's own handling; the
             // connection still holds its slot until it ends.
