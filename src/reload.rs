@@ -60,7 +60,8 @@ pub fn reload(opts: &ReloadOptions) -> Result<Reloaded, ReloadError> {
         .log
         .clone()
         .or_else(|| plan.server.error_log.clone().map(PathBuf::from));
-    let mut child = spawn_new(&opts.config, opts.daemon, log.as_deref())?;
+    let reloads = reloads_of(old_pid) + 1;
+    let mut child = spawn_new(&opts.config, opts.daemon, log.as_deref(), reloads)?;
     // The running process connects to the upgrade socket the new one listens
     // on, retrying until it is there, so the signal may go out right away.
     signal(old_pid, libc::SIGQUIT)?;
@@ -72,10 +73,31 @@ pub fn reload(opts: &ReloadOptions) -> Result<Reloaded, ReloadError> {
     })
 }
 
-fn spawn_new(config: &Path, daemon: bool, log: Option<&Path>) -> Result<Child, ReloadError> {
+/// How many reloads the running process's chain has seen: the variable it
+/// was started with (0 for a process not started by `bext reload`, or when
+/// its environment cannot be read).
+fn reloads_of(pid: i32) -> u64 {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return 0;
+    };
+    let prefix = format!("{}=", crate::telemetry::RELOADS_ENV);
+    env.split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn spawn_new(
+    config: &Path,
+    daemon: bool,
+    log: Option<&Path>,
+    reloads: u64,
+) -> Result<Child, ReloadError> {
     let exe = std::env::current_exe().map_err(ReloadError::Spawn)?;
     let mut cmd = Command::new(exe);
     cmd.arg("serve").arg("-c").arg(config).arg("-u");
+    // `bext_reloads_total` continues across the processes of one chain.
+    cmd.env(crate::telemetry::RELOADS_ENV, reloads.to_string());
     if daemon {
         cmd.arg("-d");
     }

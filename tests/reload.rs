@@ -179,6 +179,19 @@ async fn reload_hands_over_and_applies_the_new_config() {
     for _ in 0..5 {
         assert_eq!(generation_seen(&url).await.as_deref(), Some("2"));
     }
+    // The reload is counted, across the process change.
+    let metrics = client()
+        .get(bext.url("/__bext/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "bext_reloads_total 1"),
+        "{metrics}"
+    );
     // The route added by the new config answers.
     let r = client().get(bext.url("/brand-new")).send().await.unwrap();
     assert_eq!(r.status(), 200);

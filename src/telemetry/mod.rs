@@ -28,6 +28,10 @@ use trace::{AttrValue, SpanEvent, SpanRecord, TraceContext, Tracer};
 pub use registry::CONTENT_TYPE;
 pub use service::{MetricsApp, TelemetryService};
 
+/// Set by `bext reload` on the process it starts: how many reloads its
+/// chain has seen (read back from the running process's environment).
+pub const RELOADS_ENV: &str = "BEXT_RELOADS";
+
 /// Counters kept by the sinks themselves, copied into the registry at scrape time.
 struct SinkCounters {
     spans_dropped: IntCounter,
@@ -71,6 +75,16 @@ impl Telemetry {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0)),
+        );
+        let reloads = process.counter(
+            "reloads_total",
+            "Reloads and upgrades by `bext reload` since the first process of this chain (carried into each new process, so rate() and increase() count them).",
+        );
+        reloads.inc_by(
+            std::env::var(RELOADS_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         );
         let otel = Sub::new(registry, "otel");
         let log = Sub::new(registry, "access_log");
