@@ -358,6 +358,15 @@ where
                         .unwrap_or_else(|e| {
                             error!("failed to send error response to downstream: {e}");
                         });
+                } else if matches!(e.etype, ConnectionClosed | ReadError | ReadTimedout) {
+                    // The client closed, reset or stalled the connection
+                    // before finishing its request head: browsers closing
+                    // tabs, health checks, scanners. Nothing the server can
+                    // fix, so not an ERROR line per connection.
+                    debug!(
+                        "Fail to proxy: {e}, downstream session type: {}",
+                        downstream_session.session_type()
+                    );
                 } else {
                     // otherwise the connection must be broken, no need to send anything
                     error!(
