@@ -149,3 +149,48 @@ async fn combined_format_matches_nginx_and_sigusr1_reopens_the_file() {
     assert!(old.contains("/posts/1"));
     assert!(bext.is_running(), "SIGUSR1 must not stop bext");
 }
+
+/// Clients that close, reset or garble their connection are their own
+/// doing: the error log stays for bext's faults, and bext keeps serving.
+#[tokio::test]
+async fn broken_client_connections_do_not_fill_the_error_log() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = StubOrigin::start("n0").await;
+    let bext = Bext::start(&one_node(origin.addr(), "", "")).await;
+    let send = |bytes: &'static [u8], read: bool| {
+        let addr = bext.addr();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(bytes).await.unwrap();
+            if read {
+                let mut buf = Vec::new();
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    s.read_to_end(&mut buf),
+                )
+                .await;
+            }
+        }
+    };
+    for _ in 0..5 {
+        // Half a request head, then gone (a closed tab, a health check).
+        send(b"GET /a HTTP/1.1\r\nHost: a", false).await;
+        // A TLS hello on the plain port.
+        send(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n", true).await;
+        // A malformed header line.
+        send(b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", true).await;
+        // Gone before the response, and a body cut short.
+        send(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n", false).await;
+        send(
+            b"POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc",
+            false,
+        )
+        .await;
+    }
+    let r = client().get(bext.url("/still")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Give bext the time to log what it would log.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let log = bext.stderr();
+    assert!(!log.contains("ERROR"), "error log: {log}");
+}
