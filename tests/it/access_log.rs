@@ -176,7 +176,11 @@ async fn broken_client_connections_do_not_fill_the_error_log() {
         // Half a request head, then gone (a closed tab, a health check).
         send(b"GET /a HTTP/1.1\r\nHost: a", false).await;
         // A TLS hello on the plain port.
-        send(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n", true).await;
+        send(
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n",
+            true,
+        )
+        .await;
         // A malformed header line.
         send(b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", true).await;
         // Gone before the response, and a body cut short.
