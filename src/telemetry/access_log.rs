@@ -65,8 +65,10 @@ pub struct AccessEntry<'a> {
     pub waf: Option<&'a str>,
     pub waf_rules: Option<&'a str>,
     pub limit: Option<&'a str>,
-    /// The W3C trace id, written as 32 lowercase hex digits.
-    pub trace_id: Option<[u8; 16]>,
+    /// The W3C trace id as 32 lowercase hex digits ([`TraceContext::trace_id_hex`]).
+    ///
+    /// [`TraceContext::trace_id_hex`]: super::trace::TraceContext::trace_id_hex
+    pub trace_id: Option<[u8; 32]>,
     pub user_agent: Option<&'a str>,
     pub referer: Option<&'a str>,
 }
@@ -76,7 +78,6 @@ const TICK: Duration = Duration::from_millis(50);
 /// The writer's spare buffer is freed after a burst larger than this.
 const KEEP_CAPACITY: usize = 1 << 20;
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
-const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
 /// Set by the SIGUSR1 handler; every writer reopens when it sees a new value.
 static REOPEN_GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -225,6 +226,7 @@ impl AccessLog {
     }
 
     /// The formatted line, without the trailing newline.
+    #[cfg(test)]
     pub fn format_line(&self, e: &AccessEntry<'_>) -> String {
         let mut out = Vec::with_capacity(512);
         self.format_into(e, &mut out);
@@ -639,12 +641,9 @@ fn json_line(s: &mut Vec<u8>, e: &AccessEntry<'_>, redact: &[String]) {
     field_raw(s, ",\"waf\":", e.waf);
     field_raw(s, ",\"waf_rules\":", e.waf_rules);
     field_raw(s, ",\"limit\":", e.limit);
-    if let Some(id) = e.trace_id {
+    if let Some(hex) = &e.trace_id {
         s.extend_from_slice(b",\"trace_id\":\"");
-        for b in id {
-            s.push(HEX_LOWER[usize::from(b >> 4)]);
-            s.push(HEX_LOWER[usize::from(b & 0x0f)]);
-        }
+        s.extend_from_slice(hex);
         s.push(b'"');
     }
     field_str(s, ",\"user_agent\":", e.user_agent);

@@ -167,7 +167,7 @@ impl Telemetry {
         let shared_route = x.route.and_then(|i| self.routes.get(i));
         let route = shared_route.map(|r| &**r);
         if let Some(log) = &self.access_log {
-            log.record(&entry(x, req, route, trace.map(|t| t.trace_id)));
+            log.record(&entry(x, req, route, trace.map(TraceContext::trace_id_hex)));
         }
         if let (Some(tracer), Some(ctx)) = (&self.tracer, trace) {
             if ctx.sampled {
@@ -203,8 +203,12 @@ fn header(req: &RequestHeader, name: ::http::header::HeaderName) -> Option<&str>
 }
 
 fn host(req: &RequestHeader) -> &str {
-    header(req, ::http::header::HOST)
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+    host_or_authority(header(req, ::http::header::HOST), req)
+}
+
+/// The `Host` header, else the request target's authority (h2/h3), else "".
+fn host_or_authority<'a>(host: Option<&'a str>, req: &'a RequestHeader) -> &'a str {
+    host.or_else(|| req.uri.authority().map(|a| a.as_str()))
         .unwrap_or("")
 }
 
@@ -212,7 +216,7 @@ fn entry<'a>(
     x: &'a Exchange,
     req: &'a RequestHeader,
     route: Option<&'a str>,
-    trace_id: Option<[u8; 16]>,
+    trace_id: Option<[u8; 32]>,
 ) -> AccessEntry<'a> {
     let o = &x.outcome;
     // One pass over the headers instead of three hashed lookups.
@@ -231,9 +235,7 @@ fn entry<'a>(
             *slot = value.to_str().ok();
         }
     }
-    let host = host_h
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("");
+    let host = host_or_authority(host_h, req);
     AccessEntry {
         time: x.started_at,
         request_id: x.id.to_str().unwrap_or("-"),
