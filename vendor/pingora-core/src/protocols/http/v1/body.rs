@@ -27,8 +27,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::utils::BufRef;
 
-// TODO: make this dynamically adjusted
+// The largest single read of a body.
 const BODY_BUFFER_SIZE: usize = 1024 * 64;
+// The first read of a body whose length is unknown (close-delimited, which is
+// also every upgraded websocket tunnel, and chunked). Such a read may wait for
+// hours on an idle tunnel or event stream, holding its buffer all that time, so
+// it starts small and doubles while reads fill it (a bulk transfer reaches
+// BODY_BUFFER_SIZE within a few reads), and drops back once traffic is sparse.
+const MIN_BODY_READ_SIZE: usize = 1024;
 // limit how much incomplete chunk-size and chunk-ext to buffer
 const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
 // Trailers: https://datatracker.ietf.org/doc/html/rfc9112#section-7.1.2
@@ -151,6 +157,8 @@ pub struct BodyReader {
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
+    // Size of the next read of a body of unknown length, see MIN_BODY_READ_SIZE.
+    adaptive_read_size: usize,
 }
 
 impl BodyReader {
@@ -162,6 +170,7 @@ impl BodyReader {
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
+            adaptive_read_size: MIN_BODY_READ_SIZE,
         }
     }
 
@@ -174,7 +183,9 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        // Only what is rewound: each read reserves the room it needs, so a body
+        // that is not read yet (or never, like an idle tunnel's) holds no buffer.
+        let mut body_buf = BytesMut::with_capacity(buf_to_rewind.len());
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -202,9 +213,30 @@ impl BodyReader {
     /// behind by [`Self::do_read_chunked_body`]) must reuse the existing buffer instead.
     fn prepare_buf_for_io(&mut self, read_size: usize) -> &mut BytesMut {
         let body_buf = self.body_buf.get_or_insert_default();
-        body_buf.clear();
-        body_buf.reserve(read_size);
+        if body_buf.capacity() > read_size.saturating_mul(2).max(MIN_BODY_READ_SIZE) {
+            // A burst grew the buffer and the adaptive size has come back down:
+            // release the big allocation rather than hold it while idle.
+            *body_buf = BytesMut::with_capacity(read_size);
+        } else {
+            body_buf.clear();
+            body_buf.reserve(read_size);
+        }
         body_buf
+    }
+
+    /// The size of the next read of a body of unknown length.
+    fn adaptive_read_size(&self) -> usize {
+        self.adaptive_read_size.min(self.body_buf_size)
+    }
+
+    /// Grows the next unknown-length read while reads fill the buffer, and
+    /// shrinks it (halving) when a read returns less than a quarter of it.
+    fn adapt_read_size(&mut self, asked: usize, got: usize) {
+        if got >= asked {
+            self.adaptive_read_size = asked.saturating_mul(2).min(self.body_buf_size);
+        } else if got < asked / 4 {
+            self.adaptive_read_size = (asked / 2).max(MIN_BODY_READ_SIZE);
+        }
     }
 
     /// Grow the body buffer so it has room for `body_buf_size` bytes in total without discarding
@@ -462,13 +494,14 @@ impl BodyReader {
         self.rewind_buf_len = 0; // we only need to read rewind data once
         if n == 0 {
             /* Need to actually read */
-            let read_size = self.body_buf_size;
+            let read_size = self.adaptive_read_size();
             let body_buf = self.prepare_buf_for_io(read_size);
             n = stream
                 .take(read_size as u64)
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
+            self.adapt_read_size(read_size, n);
         }
         match self.body_state {
             PS::UntilClose(read) => {
@@ -500,13 +533,14 @@ impl BodyReader {
                         existing_buf_end = self.rewind_buf_len;
                         self.rewind_buf_len = 0; // we only need to read rewind data once
                         if existing_buf_end == 0 {
-                            let read_size = self.body_buf_size;
+                            let read_size = self.adaptive_read_size();
                             let body_buf = self.prepare_buf_for_io(read_size);
                             existing_buf_end = stream
                                 .take(read_size as u64)
                                 .read_buf(body_buf)
                                 .await
                                 .or_err(ReadError, "when reading body")?;
+                            self.adapt_read_size(read_size, existing_buf_end);
                         }
                     } else {
                         /* existing_buf_end != 0 this is partial chunk head */
