@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 #[cfg(target_os = "linux")]
 use tokio::io::Interest;
-use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf};
+use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
@@ -186,6 +186,19 @@ impl RawStreamWrapper {
     #[cfg(target_os = "linux")]
     pub fn enable_rx_ts(&mut self, enable_rx_ts: bool) {
         self.enable_rx_ts = enable_rx_ts;
+    }
+}
+
+impl RawStreamWrapper {
+    /// Ready once a read would find data (or EOF, or an error). A virtual
+    /// stream has no readiness to wait on and is always ready.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.stream {
+            RawStream::Tcp(s) => s.poll_read_ready(cx),
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.poll_read_ready(cx),
+            RawStream::Virtual(_) => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -418,17 +431,96 @@ impl L4BufferSettings {
     }
 }
 
+/// A read buffer that exists only while it holds data.
+///
+/// Like tokio's `BufReader`, reads smaller than the capacity are served from one
+/// larger read of the socket (TLS reads a record header, then the record), and
+/// larger reads bypass the buffer. Unlike it, the buffer is allocated only once
+/// the socket is readable and freed as soon as it is drained, so a connection
+/// that waits for its next request, or an idle websocket tunnel, holds no read
+/// buffer at all (tokio's allocates, and zeroes, its full capacity per
+/// connection up front).
+#[derive(Debug)]
+struct LazyBufReader {
+    inner: BufWriter<RawStreamWrapper>,
+    buf: Vec<u8>,
+    pos: usize,
+    capacity: usize,
+}
+
+impl LazyBufReader {
+    fn with_capacity(capacity: usize, inner: BufWriter<RawStreamWrapper>) -> Self {
+        LazyBufReader {
+            inner,
+            buf: Vec::new(),
+            pos: 0,
+            capacity,
+        }
+    }
+
+    fn release(&mut self) {
+        self.buf = Vec::new();
+        self.pos = 0;
+    }
+
+    /// Copy buffered bytes out; the buffer is freed once drained.
+    fn drain_into(&mut self, out: &mut ReadBuf<'_>) {
+        let n = (self.buf.len() - self.pos).min(out.remaining());
+        out.put_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        if self.pos == self.buf.len() {
+            self.release();
+        }
+    }
+}
+
+impl AsyncRead for LazyBufReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        if me.pos < me.buf.len() {
+            me.drain_into(out);
+            return Poll::Ready(Ok(()));
+        }
+        if out.remaining() >= me.capacity {
+            return Pin::new(&mut me.inner).poll_read(cx, out);
+        }
+        // Allocate only once there is something to read.
+        std::task::ready!(me.inner.get_ref().poll_read_ready(cx))?;
+        let mut buf = Vec::with_capacity(me.capacity);
+        let mut rb = ReadBuf::uninit(&mut buf.spare_capacity_mut()[..me.capacity]);
+        match Pin::new(&mut me.inner).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                // SAFETY: `ReadBuf::filled` covers the first `n` bytes of the
+                // spare capacity, which the read initialized.
+                unsafe { buf.set_len(n) };
+                if n > 0 {
+                    me.buf = buf;
+                    me.pos = 0;
+                    me.drain_into(out);
+                }
+                Poll::Ready(Ok(()))
+            }
+            // The buffer is dropped: nothing is held while waiting.
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// The L4 buffers in front of a [`RawStreamWrapper`]: a read buffer over a write
 /// buffer, the same layering as tokio's [`BufStream`](tokio::io::BufStream).
 ///
-/// A zero read capacity leaves the read buffer out, because [`BufReader`] panics on
-/// a zero capacity. Reads then go straight to the raw stream, as they did through
-/// an empty `BufReader`. [`BufWriter`] accepts a zero capacity and writes straight
-/// through.
+/// A zero read capacity leaves the read buffer out. Reads then go straight to the
+/// raw stream. [`BufWriter`] accepts a zero capacity and writes straight through.
 #[derive(Debug)]
 enum BufferedStream {
     UnbufferedRead(BufWriter<RawStreamWrapper>),
-    BufferedRead(BufReader<BufWriter<RawStreamWrapper>>),
+    BufferedRead(LazyBufReader),
 }
 
 impl BufferedStream {
@@ -437,21 +529,21 @@ impl BufferedStream {
         if read == 0 {
             BufferedStream::UnbufferedRead(writer)
         } else {
-            BufferedStream::BufferedRead(BufReader::with_capacity(read, writer))
+            BufferedStream::BufferedRead(LazyBufReader::with_capacity(read, writer))
         }
     }
 
     fn writer(&self) -> &BufWriter<RawStreamWrapper> {
         match self {
             BufferedStream::UnbufferedRead(writer) => writer,
-            BufferedStream::BufferedRead(reader) => reader.get_ref(),
+            BufferedStream::BufferedRead(reader) => &reader.inner,
         }
     }
 
     fn writer_mut(&mut self) -> &mut BufWriter<RawStreamWrapper> {
         match self {
             BufferedStream::UnbufferedRead(writer) => writer,
-            BufferedStream::BufferedRead(reader) => reader.get_mut(),
+            BufferedStream::BufferedRead(reader) => &mut reader.inner,
         }
     }
 
@@ -467,7 +559,7 @@ impl BufferedStream {
     fn into_inner(self) -> RawStreamWrapper {
         match self {
             BufferedStream::UnbufferedRead(writer) => writer.into_inner(),
-            BufferedStream::BufferedRead(reader) => reader.into_inner().into_inner(),
+            BufferedStream::BufferedRead(reader) => reader.inner.into_inner(),
         }
     }
 }
@@ -485,7 +577,7 @@ impl AsyncRead for BufferedStream {
     }
 }
 
-// `BufReader` only forwards writes to the `BufWriter` under it, so write to the `BufWriter`
+// The read buffer only forwards writes to the `BufWriter` under it, so write to the `BufWriter`
 // directly.
 impl AsyncWrite for BufferedStream {
     fn poll_write(
