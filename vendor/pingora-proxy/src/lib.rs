@@ -421,7 +421,13 @@ where
             Err(e) => return (false, Some(e)),
         };
 
-        let client_session = self.client_upstream.get_http_session(&*peer).await;
+        // Boxed, like the h2 and custom upstream futures below: a future is as
+        // large as its largest state, and the connect future (~9 KiB) was the
+        // largest state of the request's future, which is allocated at that
+        // size for the whole request, and for an upgraded websocket for the
+        // tunnel's whole life. The h1 path stays inline (it is the common one
+        // and now sets the size).
+        let client_session = Box::pin(self.client_upstream.get_http_session(&*peer)).await;
         match client_session {
             Ok((client_session, client_reused)) => {
                 let (server_reused, error) = match client_session {
@@ -438,9 +444,14 @@ where
                         (server_reused, error)
                     }
                     ClientSession::H2(mut h2) => {
-                        let (server_reused, mut error) = self
-                            .proxy_to_h2_upstream(session, &mut h2, client_reused, &peer, ctx)
-                            .await;
+                        let (server_reused, mut error) = Box::pin(self.proxy_to_h2_upstream(
+                            session,
+                            &mut h2,
+                            client_reused,
+                            &peer,
+                            ctx,
+                        ))
+                        .await;
                         let session = ClientSession::H2(h2);
                         self.client_upstream
                             .release_http_session(session, &*peer, peer.idle_timeout())
@@ -467,9 +478,14 @@ where
                         (server_reused, error)
                     }
                     ClientSession::Custom(mut c) => {
-                        let (server_reused, error) = self
-                            .proxy_to_custom_upstream(session, &mut c, client_reused, &peer, ctx)
-                            .await;
+                        let (server_reused, error) = Box::pin(self.proxy_to_custom_upstream(
+                            session,
+                            &mut c,
+                            client_reused,
+                            &peer,
+                            ctx,
+                        ))
+                        .await;
                         let session = ClientSession::Custom(c);
                         self.client_upstream
                             .release_http_session(session, &*peer, peer.idle_timeout())
@@ -1373,7 +1389,23 @@ where
             .await
     }
 
+    // The error path's future (~4.7 KiB) is boxed so that it does not size the
+    // request's future, which every request and every open tunnel carries.
     async fn handle_error(
+        &self,
+        session: Session,
+        ctx: &mut <SV as ProxyHttp>::CTX,
+        e: Box<Error>,
+        context: &str,
+    ) -> Option<ReusedHttpStream>
+    where
+        SV: ProxyHttp + Send + Sync + 'static,
+        <SV as ProxyHttp>::CTX: Send + Sync,
+    {
+        Box::pin(self.handle_error_inner(session, ctx, e, context)).await
+    }
+
+    async fn handle_error_inner(
         &self,
         mut session: Session,
         ctx: &mut <SV as ProxyHttp>::CTX,
