@@ -305,7 +305,16 @@ impl HttpSession {
                             return self.fail_response_header_read(e);
                         }
 
-                        let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
+                        let switching = resp.code == Some(101);
+                        let buf = std::mem::take(&mut self.response_header_read_buf);
+                        // The header values point into this buffer, so it lives as
+                        // long as the response header: for a 101, the tunnel's whole
+                        // life. Give it an allocation of its own size then.
+                        let buf = if switching && buf.capacity() > buf.len() * 2 {
+                            Bytes::copy_from_slice(&buf)
+                        } else {
+                            buf.freeze()
+                        };
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
