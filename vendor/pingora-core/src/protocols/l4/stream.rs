@@ -705,6 +705,26 @@ impl Stream {
         Ok(())
     }
 
+    /// Ready once a read would not block: data (or EOF, or an error) is waiting
+    /// on the socket, or bytes are already buffered or rewound.
+    ///
+    /// Lets an application wait for a keep-alive connection's next request
+    /// without holding the buffers and state it needs to read and serve one.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.rewind_read_buf.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        match self.stream() {
+            BufferedStream::BufferedRead(r) if r.pos < r.buf.len() => Poll::Ready(Ok(())),
+            s => s.get_ref().poll_read_ready(cx),
+        }
+    }
+
+    /// Waits until [`Self::poll_read_ready`] is ready.
+    pub async fn readable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_read_ready(cx)).await
+    }
+
     /// Put some data back to the head of the stream to be read again.
     ///
     /// This is useful when you've read data to detect a protocol (e.g., PROXY protocol)
