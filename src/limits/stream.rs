@@ -20,7 +20,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,6 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
@@ -36,6 +37,7 @@ use pingora::protocols::{
 };
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use super::conns::Permit;
@@ -114,6 +116,18 @@ fn guarded(stream: &Stream) -> Option<&GuardedStream> {
 pub fn headers_complete(stream: Option<&Stream>) {
     if let Some(g) = stream.and_then(guarded) {
         g.phase.store(BODY, Ordering::Relaxed);
+    }
+}
+
+impl GuardedStream {
+    /// Ready once the next request's first byte (or EOF) is waiting. Plain
+    /// TCP only; any other stream is ready at once.
+    fn poll_next_request(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let io: &dyn IO = &*self.inner;
+        match io.as_any().downcast_ref::<L4Stream>() {
+            Some(l4) => l4.poll_read_ready(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -282,6 +296,10 @@ pub struct LimitedApp<A> {
     inner: Arc<A>,
     limits: Arc<Limits>,
     idle_drain: Duration,
+    /// Set, and `idle_abort` notified, when idle keep-alive connections must
+    /// close (the end of the shutdown drain).
+    aborting: AtomicBool,
+    idle_abort: Notify,
 }
 
 impl<A> LimitedApp<A> {
@@ -290,6 +308,34 @@ impl<A> LimitedApp<A> {
             inner: Arc::new(inner),
             limits,
             idle_drain: Duration::ZERO,
+            aborting: AtomicBool::new(false),
+            idle_abort: Notify::new(),
+        }
+    }
+
+    /// Waits, holding nothing but the connection, until a reused keep-alive
+    /// connection's next request starts to arrive. `false`: close it (idle
+    /// past `keepalive`, or shutdown is closing idle connections).
+    ///
+    /// Serving a request takes Pingora's session and request future (~10 KiB,
+    /// plus a 4 KiB head buffer) the moment its head read begins; waiting here
+    /// first is what lets an idle connection cost a few hundred bytes, as in
+    /// nginx. Streams without readiness (TLS, which may hold decrypted bytes
+    /// the socket does not show) are ready at once and wait in Pingora's read.
+    async fn idle_until_readable(&self, stream: &Stream, keepalive: Duration) -> bool {
+        let Some(g) = guarded(stream) else {
+            return true;
+        };
+        let notified = self.idle_abort.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.aborting.load(Ordering::Acquire) {
+            return false;
+        }
+        let ready = std::future::poll_fn(|cx| g.poll_next_request(cx));
+        tokio::select! {
+            r = tokio::time::timeout(keepalive, ready) => r.is_ok(),
+            () = &mut notified => false,
         }
     }
 
@@ -379,6 +425,12 @@ where
         let mut result = self.inner.process_new_http(session, shutdown).await;
         while let Some((stream, settings)) = result.map(|r| r.consume()) {
             await_next_request(&stream);
+            if !self
+                .idle_until_readable(&stream, plan.keepalive_timeout)
+                .await
+            {
+                return None;
+            }
             let mut session = ServerSession::new_http1(stream);
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
@@ -397,6 +449,8 @@ where
         // shutdown is flagged); idle ones are only aborted near the end of the
         // grace period, so each client's next request is answered, not reset.
         tokio::time::sleep(self.idle_drain).await;
+        self.aborting.store(true, Ordering::Release);
+        self.idle_abort.notify_waiters();
         self.inner.http_cleanup().await;
     }
 }
