@@ -18,6 +18,7 @@ pub mod exchange;
 pub mod h3;
 pub mod import;
 pub mod limits;
+mod memory;
 pub mod proxy;
 pub mod reload;
 pub mod respond;

@@ -403,6 +403,7 @@ where
             Protocol::Http11
         };
         let _open = self.limits.metrics.connection(listener, protocol);
+        let _active = crate::memory::Active::new();
         if h2c || h2 {
             // HTTP/2 (and custom protocols): Pingora's own handling; the
             // connection still holds its slot until it ends.
