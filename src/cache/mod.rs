@@ -64,7 +64,10 @@ pub struct CacheCtx {
 
 /// Request headers never forwarded on cacheable requests: some frameworks
 /// route by them, and they are not part of the key (cache poisoning).
-const UNKEYED_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+const UNKEYED_OVERRIDES: [http::HeaderName; 2] = [
+    http::HeaderName::from_static("x-original-url"),
+    http::HeaderName::from_static("x-rewrite-url"),
+];
 
 #[derive(Clone)]
 pub struct EdgeCache {
@@ -233,7 +236,7 @@ impl EdgeCache {
     /// `upstream_request_filter`: drops unkeyed routing overrides.
     pub fn scrub_upstream(req: &mut RequestHeader, ctx: &CacheCtx) {
         if ctx.key.is_some() {
-            for h in UNKEYED_OVERRIDES {
+            for h in &UNKEYED_OVERRIDES {
                 req.remove_header(h);
             }
         }

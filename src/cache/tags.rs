@@ -12,7 +12,11 @@ pub const MAX_TAGS: usize = 256;
 pub const MAX_TAG_LEN: usize = 256;
 
 /// Response headers that carry tags (both are accepted; Fastly/Cloudflare spellings).
-pub const TAG_HEADERS: [&str; 2] = ["cache-tag", "surrogate-key"];
+// HeaderName, not &str: looking a name up by &str parses it first, per request.
+pub const TAG_HEADERS: [http::HeaderName; 2] = [
+    http::HeaderName::from_static("cache-tag"),
+    http::HeaderName::from_static("surrogate-key"),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TagError {
@@ -28,7 +32,7 @@ pub enum TagError {
 /// through its replacement form or by URL/prefix/all).
 pub fn parse(headers: &http::HeaderMap) -> Result<Vec<Box<str>>, TagError> {
     let mut tags: Vec<Box<str>> = Vec::new();
-    for name in TAG_HEADERS {
+    for name in &TAG_HEADERS {
         for value in headers.get_all(name) {
             for raw in value
                 .as_bytes()
@@ -54,7 +58,7 @@ pub fn parse(headers: &http::HeaderMap) -> Result<Vec<Box<str>>, TagError> {
 
 /// Removes the tag headers (before a response reaches the client).
 pub fn strip(resp: &mut pingora::http::ResponseHeader) {
-    for name in TAG_HEADERS {
+    for name in &TAG_HEADERS {
         resp.remove_header(name);
     }
 }

@@ -3,9 +3,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use http::HeaderName;
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
+
+// A lookup by &str parses the name first; this runs on every request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// TLS version the HTTP/3 bridge reports in its digest; how the pipeline
 /// tells a request that arrived over QUIC.
@@ -125,7 +129,7 @@ pub fn real_ip(req: &RequestHeader, peer: Option<IpAddr>, trusted: &[IpNet]) -> 
     // Walk the X-Forwarded-For chain from the right: hops appended by trusted
     // proxies are skipped; the first untrusted hop is the client.
     let mut leftmost = None;
-    for value in req.headers.get_all("x-forwarded-for").iter().rev() {
+    for value in req.headers.get_all(X_FORWARDED_FOR).iter().rev() {
         let Ok(text) = value.to_str() else {
             return Some(peer);
         };

@@ -4,7 +4,7 @@
 //! else's are dropped so Phoenix (Plug.RewriteOn / remote_ip) never sees a
 //! spoofed client address. `Host` is left exactly as the client sent it.
 
-use http::header::HOST;
+use http::header::{HeaderName, HOST};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
@@ -17,6 +17,14 @@ const XFH: &str = "x-forwarded-host";
 const XFPORT: &str = "x-forwarded-port";
 const XRI: &str = "x-real-ip";
 const FORWARDED: &str = "forwarded";
+// The same names for lookups and removals, which by &str would parse the name
+// first (inserts take the &'static str: no allocation for the case map).
+const XFF_NAME: HeaderName = HeaderName::from_static(XFF);
+const XFP_NAME: HeaderName = HeaderName::from_static(XFP);
+const XFH_NAME: HeaderName = HeaderName::from_static(XFH);
+const XFPORT_NAME: HeaderName = HeaderName::from_static(XFPORT);
+const XRI_NAME: HeaderName = HeaderName::from_static(XRI);
+const FORWARDED_NAME: HeaderName = HeaderName::from_static(FORWARDED);
 
 /// Rewrites the forwarding headers of `req` for `client`.
 pub fn apply(req: &mut RequestHeader, client: &Client, trusted: &[IpNet]) -> pingora::Result<()> {
@@ -24,23 +32,34 @@ pub fn apply(req: &mut RequestHeader, client: &Client, trusted: &[IpNet]) -> pin
     let trusted_peer = peer.is_some_and(|ip| is_trusted(ip, trusted));
 
     // The chain the client presented (comma-joined across repeated headers).
-    let prior_chain = if trusted_peer { joined(req, XFF) } else { None };
+    let prior_chain = if trusted_peer {
+        joined(req, &XFF_NAME)
+    } else {
+        None
+    };
     let prior_proto = if trusted_peer {
-        first_value(req, XFP)
+        first_value(req, &XFP_NAME)
     } else {
         None
     };
     let prior_host = if trusted_peer {
-        first_value(req, XFH)
+        first_value(req, &XFH_NAME)
     } else {
         None
     };
     let prior_port = if trusted_peer {
-        first_value(req, XFPORT)
+        first_value(req, &XFPORT_NAME)
     } else {
         None
     };
-    for name in [XFF, XFP, XFH, XFPORT, XRI, FORWARDED] {
+    for name in &[
+        XFF_NAME,
+        XFP_NAME,
+        XFH_NAME,
+        XFPORT_NAME,
+        XRI_NAME,
+        FORWARDED_NAME,
+    ] {
         req.remove_header(name);
     }
 
@@ -85,7 +104,7 @@ pub fn apply(req: &mut RequestHeader, client: &Client, trusted: &[IpNet]) -> pin
     Ok(())
 }
 
-fn joined(req: &RequestHeader, name: &str) -> Option<String> {
+fn joined(req: &RequestHeader, name: &HeaderName) -> Option<String> {
     let mut out = String::new();
     for v in req.headers.get_all(name) {
         let Ok(v) = v.to_str() else { continue };
@@ -101,7 +120,7 @@ fn joined(req: &RequestHeader, name: &str) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
-fn first_value(req: &RequestHeader, name: &str) -> Option<String> {
+fn first_value(req: &RequestHeader, name: &HeaderName) -> Option<String> {
     req.headers
         .get(name)
         .and_then(|v| v.to_str().ok())

@@ -3,11 +3,12 @@
 //! between) sends back, so they never reach the client. Pingora writes its own
 //! `Connection` header for the downstream connection.
 
-use http::header::{CONNECTION, TE, TRAILER, UPGRADE};
+use http::header::{HeaderName, CONNECTION, TE, TRAILER, UPGRADE};
 use pingora::http::ResponseHeader;
 
-const KEEP_ALIVE: &str = "keep-alive";
-const PROXY_CONNECTION: &str = "proxy-connection";
+// HeaderName, not &str: a removal by &str parses the name first, per response.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Removes hop-by-hop fields and the fields the `Connection` header nominates.
 /// A `101 Switching Protocols` keeps `Connection`/`Upgrade`: the handshake needs them.
@@ -25,7 +26,7 @@ pub fn strip_response(resp: &mut ResponseHeader) {
     for name in nominated {
         resp.remove_header(name.as_str());
     }
-    for name in [KEEP_ALIVE, PROXY_CONNECTION, TE.as_str(), TRAILER.as_str()] {
+    for name in &[KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER] {
         resp.remove_header(name);
     }
     // Transfer-Encoding is left alone: framing is Pingora's to rewrite, not ours.

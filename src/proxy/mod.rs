@@ -292,7 +292,11 @@ impl ProxyHttp for BextProxy {
         EdgeCache::serve_stale(&mut ctx.cache, error)
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
             .as_ref()
@@ -421,7 +425,12 @@ impl ProxyHttp for BextProxy {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Self::CTX) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
         let code = respond::status_for(e);
         // Pingora 0.9 closes the client connection after a failed proxy attempt
         // whatever this hook returns, so the page must say `Connection: close`

@@ -6,6 +6,7 @@
 
 use aho_corasick::AhoCorasick;
 use http::request::Parts;
+use http::HeaderName;
 
 use super::body::{param, Part};
 use super::inspect::Pass;
@@ -37,16 +38,16 @@ const ALLOWED_CHARSETS: &[&[u8]] = &[
 ];
 
 /// Headers a client has no business sending to a Phoenix app through bext.
-const RESTRICTED_HEADERS: &[&str] = &[
-    "proxy",
-    "lock-token",
-    "content-encoding",
-    "if",
-    "request-range",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-middleware-subrequest",
+static RESTRICTED_HEADERS: [HeaderName; 9] = [
+    HeaderName::from_static("proxy"),
+    HeaderName::from_static("lock-token"),
+    http::header::CONTENT_ENCODING,
+    HeaderName::from_static("if"),
+    HeaderName::from_static("request-range"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-middleware-subrequest"),
 ];
 
 /// File extensions refused in the path (backups, databases, server configs).
@@ -207,7 +208,9 @@ const SESSION_NAMES: &[&str] = &[
     "beaker.session.id",
 ];
 
-fn header<'a>(req: &'a Parts, name: &str) -> Option<&'a [u8]> {
+// Names are `HeaderName`s: a lookup by &str parses the name first, and the
+// head checks run on every request.
+fn header<K: http::header::AsHeaderName>(req: &Parts, name: K) -> Option<&[u8]> {
     req.headers.get(name).map(|v| v.as_bytes())
 }
 
@@ -225,10 +228,10 @@ fn host_of(url: &[u8]) -> &[u8] {
 }
 
 pub(super) fn foreign_referer(req: &Parts) -> bool {
-    let Some(r) = header(req, "referer") else {
+    let Some(r) = header(req, http::header::REFERER) else {
         return true;
     };
-    let host = header(req, "host").map(|h| {
+    let host = header(req, http::header::HOST).map(|h| {
         let end = h.iter().position(|&b| b == b':').unwrap_or(h.len());
         &h[..end]
     });
@@ -243,7 +246,7 @@ pub(super) fn head(pass: &mut Pass, req: &Parts) {
     if !pass.waf.plan.allowed_methods.iter().any(|m| m == method) {
         pass.hit(911010, "method", b"", method.as_bytes(), 0, false);
     }
-    if let Some(ua) = header(req, "user-agent") {
+    if let Some(ua) = header(req, http::header::USER_AGENT) {
         if let Some(m) = pass.waf.scanners.find(ua) {
             let s = SCANNERS[m.pattern().as_usize()];
             pass.hit(913010, "header", b"user-agent", s.as_bytes(), 0, false);
@@ -251,7 +254,7 @@ pub(super) fn head(pass: &mut Pass, req: &Parts) {
     }
     framing(pass, req);
     let body = super::inspect::has_body(req);
-    match header(req, "content-type") {
+    match header(req, http::header::CONTENT_TYPE) {
         Some(ct) => content_type(pass, ct, "header", b"content-type", body),
         // A PUT or PATCH with a sized body and no type at all: the body is a
         // representation (or a patch document, RFC 5789) whose media type
@@ -268,12 +271,19 @@ pub(super) fn head(pass: &mut Pass, req: &Parts) {
         }
         None => {}
     }
-    for name in RESTRICTED_HEADERS {
-        if req.headers.contains_key(*name) {
-            pass.hit(920090, "header", name.as_bytes(), name.as_bytes(), 0, false);
+    for name in &RESTRICTED_HEADERS {
+        if req.headers.contains_key(name) {
+            pass.hit(
+                920090,
+                "header",
+                name.as_str().as_bytes(),
+                name.as_str().as_bytes(),
+                0,
+                false,
+            );
         }
     }
-    if let Some(c) = header(req, "connection") {
+    if let Some(c) = header(req, http::header::CONNECTION) {
         let l = c.to_ascii_lowercase();
         let has = |w: &[u8]| super::body::find(&l, w).is_some();
         let tokens: Vec<&[u8]> = l.split(|&b| b == b',').map(<[u8]>::trim_ascii).collect();
@@ -283,14 +293,14 @@ pub(super) fn head(pass: &mut Pass, req: &Parts) {
             .any(|(i, t)| tokens[..i].contains(t));
         if (has(b"keep-alive") && has(b"close"))
             || repeated
-            || req.headers.get_all("connection").iter().count() > 1
+            || req.headers.get_all(http::header::CONNECTION).iter().count() > 1
         {
             pass.hit(920110, "header", b"connection", c, 0, false);
         }
     }
     // Browsers send a handful of codings (`gzip, deflate, br, zstd`); CRS
     // caps the header at 100 bytes, past which it is a parser probe.
-    if let Some(ae) = header(req, "accept-encoding") {
+    if let Some(ae) = header(req, http::header::ACCEPT_ENCODING) {
         if ae.len() > 100 {
             pass.hit(920220, "header", b"accept-encoding", ae, 0, false);
         }
@@ -303,10 +313,10 @@ pub(super) fn head(pass: &mut Pass, req: &Parts) {
             pass.hit(921060, "header", b"cookie", b"$version", 0, false);
         }
     }
-    if header(req, "accept").is_some_and(bad_accept_charset) {
+    if header(req, http::header::ACCEPT).is_some_and(bad_accept_charset) {
         pass.hit(920190, "header", b"accept", b"", 0, false);
     }
-    if let Some(r) = header(req, "range") {
+    if let Some(r) = header(req, http::header::RANGE) {
         if bad_range(r) {
             pass.hit(920160, "header", b"range", r, 0, false);
         }
