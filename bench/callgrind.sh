@@ -12,7 +12,7 @@
 # BEXT_BIN picks the binary (default target/release/bext); the config is
 # bench/bext-candidate.sh's, so BEXT_TELEMETRY / BEXT_WAF_MODE apply too.
 # Prints instructions per request, and leaves the profile in $OUT (default a
-# temp dir) for callgrind_annotate.
+# temp dir, with bext.log) for callgrind_annotate.
 set -euo pipefail
 kind=${1:-small}
 n=${2:-5000}
@@ -22,10 +22,13 @@ for t in valgrind callgrind_control nginx h2load openssl; do
   command -v "$t" >/dev/null || { echo "callgrind.sh: needs $t" >&2; exit 2; }
 done
 tmp=$(mktemp -d)
-out=${OUT:-$tmp}
+out=${OUT:-$(mktemp -d)}
+mkdir -p "$out"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 oport=$(port); bport=$(port); tport=$(port)
 mkdir -p "$tmp/www" "$tmp/origin"
+# nginx workers run as an unprivileged user: mktemp -d is 0700.
+chmod 755 "$tmp" "$tmp/www"
 head -c 1024 /dev/zero | tr '\0' 'x' >"$tmp/www/nocache"
 cp "$tmp/www/nocache" "$tmp/www/small"
 cat >"$tmp/origin/nginx.conf" <<EOF
@@ -47,7 +50,8 @@ openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tmp/key.pem" -out "$tmp/cert
 cleanup() {
   [[ -n ${vpid:-} ]] && kill "$vpid" 2>/dev/null && wait "$vpid" 2>/dev/null || true
   [[ -n ${opid:-} ]] && kill "$opid" 2>/dev/null || true
-  [[ -z ${OUT:-} ]] || rm -rf "$tmp"
+  cp "$tmp/bext.log" "$out/" 2>/dev/null || true
+  rm -rf "$tmp"
 }
 trap cleanup EXIT
 nginx -c "$tmp/origin/nginx.conf" -e "$tmp/origin/error.log" &
