@@ -307,3 +307,46 @@ async fn sigterm_drains_in_flight_request_then_exits_zero() {
         bext.stderr()
     );
 }
+
+/// Idle keep-alive connections wait for their next request in bext's
+/// connection layer, outside Pingora. Shutdown must still treat them as
+/// Pingora did: a request sent during the drain is answered (with
+/// `Connection: close`), not reset, and a connection that stays idle is closed
+/// before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connections_are_answered_then_closed_on_sigterm() {
+    let origin = StubOrigin::start("a").await;
+    let closed = ClosedPort::new();
+    let mut bext = Bext::start(&config(free_port(), &origin, &closed, "")).await;
+    let req = b"GET /ka HTTP/1.1\r\nHost: a\r\n\r\n";
+    let (first, mut answered) = raw_request_keep(bext.addr(), req).await;
+    assert_eq!(first.status, 200);
+    let (first, mut idle) = raw_request_keep(bext.addr(), req).await;
+    assert_eq!(first.status, 200);
+
+    bext.sigterm();
+    // Inside the 3 s grace period: shutdown has started, idle connections
+    // are still open.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    answered.write_all(req).await.unwrap();
+    let r = read_response(&mut answered).await;
+    assert_eq!(
+        r.status, 200,
+        "request during the drain: {:?}",
+        r.status_line
+    );
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert!(
+        wait_closed(&mut answered, Duration::from_secs(10)).await,
+        "connection kept open after Connection: close"
+    );
+
+    assert!(
+        wait_closed(&mut idle, Duration::from_secs(15)).await,
+        "idle keep-alive connection never closed during shutdown"
+    );
+    let exit = bext.wait_exit(Duration::from_secs(20)).await;
+    let exit = exit.unwrap_or_else(|| panic!("bext still running 20 s after SIGTERM"));
+    assert_eq!(exit.code(), Some(0), "{}", bext.stderr());
+    assert_eq!(origin.requests_to("/ka").len(), 3);
+}
