@@ -10,4 +10,4 @@ scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
-python3 bench/memory.py --smoke --proxy bext --bin target/debug/bext
+python3 bench/memory.py --smoke --proxy bext --bin "${CARGO_TARGET_DIR:-target}/debug/bext"
