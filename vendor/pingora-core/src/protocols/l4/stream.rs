@@ -720,11 +720,6 @@ impl Stream {
         }
     }
 
-    /// Waits until [`Self::poll_read_ready`] is ready.
-    pub async fn readable(&self) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.poll_read_ready(cx)).await
-    }
-
     /// Put some data back to the head of the stream to be read again.
     ///
     /// This is useful when you've read data to detect a protocol (e.g., PROXY protocol)

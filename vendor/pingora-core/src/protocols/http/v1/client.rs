@@ -306,15 +306,10 @@ impl HttpSession {
                         }
 
                         let switching = resp.code == Some(101);
-                        let buf = std::mem::take(&mut self.response_header_read_buf);
-                        // The header values point into this buffer, so it lives as
-                        // long as the response header: for a 101, the tunnel's whole
-                        // life. Give it an allocation of its own size then.
-                        let buf = if switching && buf.capacity() > buf.len() * 2 {
-                            Bytes::copy_from_slice(&buf)
-                        } else {
-                            buf.freeze()
-                        };
+                        let buf = freeze_head(
+                            std::mem::take(&mut self.response_header_read_buf),
+                            switching,
+                        );
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);

@@ -31,6 +31,18 @@ pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 
+/// Freezes a parsed head's read buffer. The header values are zero-copy slices
+/// of it, so it lives as long as the header does; for a head kept for a
+/// tunnel's whole life (`long_lived`: an upgrade request, a 101 response) a
+/// mostly empty buffer is copied to an allocation of its own size instead.
+pub(super) fn freeze_head(buf: bytes::BytesMut, long_lived: bool) -> bytes::Bytes {
+    if long_lived && buf.capacity() > buf.len() * 2 {
+        bytes::Bytes::copy_from_slice(&buf)
+    } else {
+        buf.freeze()
+    }
+}
+
 pub const CRLF: &[u8; 2] = b"\r\n";
 /// The empty line that terminates a message's header section.
 pub(super) const HEADER_SECTION_END: &[u8; 4] = b"\r\n\r\n";

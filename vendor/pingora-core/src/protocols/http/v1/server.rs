@@ -380,18 +380,10 @@ impl HttpSession {
                             }
                             rest
                         };
-                        // The header values point into this buffer, so it lives as
-                        // long as the request header: for an upgrade, the tunnel's
-                        // whole life. Give such a head an allocation of its own
-                        // size instead of keeping the whole read buffer.
                         let upgrade = header_refs
                             .iter()
                             .any(|h| h.get_name(&buf).eq_ignore_ascii_case(b"upgrade"));
-                        let buf = if upgrade && buf.capacity() > buf.len() * 2 {
-                            Bytes::copy_from_slice(&buf)
-                        } else {
-                            buf.freeze()
-                        };
+                        let buf = freeze_head(buf, upgrade);
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
