@@ -131,12 +131,6 @@ impl GuardedStream {
     }
 }
 
-fn await_next_request(stream: &Stream) {
-    if let Some(g) = guarded(stream) {
-        g.phase.store(IDLE, Ordering::Relaxed);
-    }
-}
-
 impl AsyncRead for GuardedStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -313,9 +307,10 @@ impl<A> LimitedApp<A> {
         }
     }
 
-    /// Waits, holding nothing but the connection, until a reused keep-alive
-    /// connection's next request starts to arrive. `false`: close it (idle
-    /// past `keepalive`, or shutdown is closing idle connections).
+    /// Marks the connection idle (its next byte starts a new head, with its
+    /// own deadline) and waits, holding nothing but the connection, until that
+    /// request starts to arrive. `false`: close it (idle past `keepalive`, or
+    /// shutdown is closing idle connections).
     ///
     /// Serving a request takes Pingora's session and request future (~10 KiB,
     /// plus a 4 KiB head buffer) the moment its head read begins; waiting here
@@ -326,6 +321,7 @@ impl<A> LimitedApp<A> {
         let Some(g) = guarded(stream) else {
             return true;
         };
+        g.phase.store(IDLE, Ordering::Relaxed);
         let notified = self.idle_abort.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -425,7 +421,6 @@ where
         session.set_keepalive_reuses_remaining(reuses);
         let mut result = self.inner.process_new_http(session, shutdown).await;
         while let Some((stream, settings)) = result.map(|r| r.consume()) {
-            await_next_request(&stream);
             if !self
                 .idle_until_readable(&stream, plan.keepalive_timeout)
                 .await
