@@ -1,9 +1,10 @@
 //! The access log: one line per finished request, JSON (default) or nginx's
-//! `combined`, to stdout, stderr or a file. Lines are formatted on the
-//! request's thread into a per-thread buffer and appended to one bounded
-//! shared buffer that a writer thread takes every 50 ms; when it is full or
-//! the disk fails the line is dropped and counted, so a slow disk never
-//! makes a request wait. The file is reopened
+//! `combined`, to stdout, stderr or a file. A request's thread only copies
+//! its [`AccessEntry`] in raw form (`record`) into one bounded shared buffer;
+//! a writer thread takes that buffer every 50 ms, formats the lines and
+//! writes them. When the buffer is full or the disk fails the line is
+//! dropped and counted, so a slow disk never makes a request wait. The file
+//! is reopened
 //! on SIGUSR1 (logrotate's `postrotate`, as for nginx). Query values of the
 //! configured parameter names are redacted; cookies and `Authorization` are
 //! never part of an [`AccessEntry`].
@@ -16,6 +17,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod record;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -37,8 +40,8 @@ pub struct AccessLogConfig {
     /// Query parameter names whose values are replaced by `[REDACTED]`
     /// (ASCII case-insensitive, on the percent-decoded name).
     pub redact: Vec<String>,
-    /// Bytes of formatted lines waiting for the writer at most (it takes
-    /// them every 50 ms); past it lines are dropped and counted.
+    /// Bytes of entries waiting for the writer at most (it takes them every
+    /// 50 ms); past it lines are dropped and counted.
     pub buffer_bytes: usize,
 }
 
@@ -65,10 +68,8 @@ pub struct AccessEntry<'a> {
     pub waf: Option<&'a str>,
     pub waf_rules: Option<&'a str>,
     pub limit: Option<&'a str>,
-    /// The W3C trace id as 32 lowercase hex digits ([`TraceContext::trace_id_hex`]).
-    ///
-    /// [`TraceContext::trace_id_hex`]: super::trace::TraceContext::trace_id_hex
-    pub trace_id: Option<[u8; 32]>,
+    /// The W3C trace id (logged as 32 lowercase hex digits).
+    pub trace_id: Option<[u8; 16]>,
     pub user_agent: Option<&'a str>,
     pub referer: Option<&'a str>,
 }
@@ -112,7 +113,7 @@ struct Shared {
     pending: Mutex<Pending>,
 }
 
-/// What the request threads hand the writer: finished lines, back to back.
+/// What the request threads hand the writer: raw entries, back to back.
 #[derive(Default)]
 struct Pending {
     buf: Vec<u8>,
@@ -120,7 +121,7 @@ struct Pending {
 }
 
 thread_local! {
-    /// Each request thread formats into its own buffer, so the shared lock
+    /// Each request thread encodes into its own buffer, so the shared lock
     /// is held only for a memcpy and no line allocates.
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
 }
@@ -165,7 +166,14 @@ impl AccessLog {
         let shared = self.shared.clone();
         let spawned = std::thread::Builder::new()
             .name("bext-access-log".into())
-            .spawn(move || writer(sink, shared));
+            .spawn({
+                let (format, redact) = (self.cfg.format, self.cfg.redact.clone());
+                move || {
+                    writer(sink, shared, move |out, e| {
+                        format_line(format, &redact, e, out)
+                    })
+                }
+            });
         if let Err(e) = spawned {
             self.shared.started.store(false, Ordering::Release);
             return Err(e);
@@ -173,8 +181,8 @@ impl AccessLog {
         opened
     }
 
-    /// Formats the line and appends it for the writer; never blocks on I/O.
-    /// A line that does not fit in the buffer (writer behind, disk stuck) is
+    /// Appends the entry for the writer to format; never blocks on I/O. An
+    /// entry that does not fit in the buffer (writer behind, disk stuck) is
     /// dropped and counted.
     pub fn record(&self, e: &AccessEntry<'_>) {
         if !self.shared.started.load(Ordering::Acquire) {
@@ -187,8 +195,7 @@ impl AccessLog {
                 return;
             };
             line.clear();
-            self.format_into(e, &mut line);
-            line.push(b'\n');
+            record::encode(e, &mut line);
             let mut p = self
                 .shared
                 .pending
@@ -217,19 +224,11 @@ impl AccessLog {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Appends the formatted line, without the trailing newline.
-    pub fn format_into(&self, e: &AccessEntry<'_>, out: &mut Vec<u8>) {
-        match self.cfg.format {
-            Format::Json => json_line(out, e, &self.cfg.redact),
-            Format::Combined => combined_line(out, e, &self.cfg.redact),
-        }
-    }
-
     /// The formatted line, without the trailing newline.
     #[cfg(test)]
     pub fn format_line(&self, e: &AccessEntry<'_>) -> String {
         let mut out = Vec::with_capacity(512);
-        self.format_into(e, &mut out);
+        format_line(self.cfg.format, &self.cfg.redact, e, &mut out);
         // Every byte written is ASCII or copied from a `&str` whole.
         String::from_utf8(out)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
@@ -287,9 +286,17 @@ impl Sink {
     }
 }
 
-fn writer(mut sink: Sink, shared: Arc<Shared>) {
+fn format_line(format: Format, redact: &[String], e: &AccessEntry<'_>, out: &mut Vec<u8>) {
+    match format {
+        Format::Json => json_line(out, e, redact),
+        Format::Combined => combined_line(out, e, redact),
+    }
+}
+
+fn writer(mut sink: Sink, shared: Arc<Shared>, format: impl Fn(&mut Vec<u8>, &AccessEntry<'_>)) {
     let mut generation = REOPEN_GENERATION.load(Ordering::Relaxed);
     let mut spare: Vec<u8> = Vec::new();
+    let mut text: Vec<u8> = Vec::new();
     let mut last_retry = Instant::now();
     let mut last_warn: Option<Instant> = None;
     let mut warn = |what: &str, e: &io::Error| {
@@ -303,11 +310,26 @@ fn writer(mut sink: Sink, shared: Arc<Shared>) {
         // request never wakes it, so a line costs a format and a memcpy
         // under an uncontended lock, not a thread switch and a write(2).
         std::thread::sleep(TICK);
-        let lines = {
+        let entries = {
             let mut p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::swap(&mut p.buf, &mut spare);
             std::mem::take(&mut p.lines)
         };
+        // Formatting happens here, off the request threads.
+        text.clear();
+        let mut at = 0;
+        let mut lines = 0u64;
+        while let Some((e, used)) = record::decode(&spare[at..]) {
+            format(&mut text, &e);
+            text.push(b'\n');
+            at += used;
+            lines += 1;
+        }
+        // Only entries bext encoded itself are here, so nothing is left
+        // over; should anything be, it is counted rather than lost quietly.
+        shared
+            .dropped
+            .fetch_add(entries.saturating_sub(lines), Ordering::Relaxed);
         let now_gen = REOPEN_GENERATION.load(Ordering::Relaxed);
         let asked = shared.reopen.swap(false, Ordering::AcqRel);
         let retry = sink.out.is_none() && last_retry.elapsed() >= Duration::from_secs(5);
@@ -321,7 +343,7 @@ fn writer(mut sink: Sink, shared: Arc<Shared>) {
             }
         }
         if lines > 0 {
-            match sink.write_batch(&spare) {
+            match sink.write_batch(&text) {
                 Ok(()) => {
                     shared.written.fetch_add(lines, Ordering::Relaxed);
                 }
@@ -335,6 +357,9 @@ fn writer(mut sink: Sink, shared: Arc<Shared>) {
         // A burst must not keep its peak allocation for the process's life.
         if spare.capacity() > KEEP_CAPACITY {
             spare = Vec::new();
+        }
+        if text.capacity() > KEEP_CAPACITY {
+            text = Vec::new();
         }
     }
 }
@@ -641,9 +666,11 @@ fn json_line(s: &mut Vec<u8>, e: &AccessEntry<'_>, redact: &[String]) {
     field_raw(s, ",\"waf\":", e.waf);
     field_raw(s, ",\"waf_rules\":", e.waf_rules);
     field_raw(s, ",\"limit\":", e.limit);
-    if let Some(hex) = &e.trace_id {
+    if let Some(id) = &e.trace_id {
         s.extend_from_slice(b",\"trace_id\":\"");
-        s.extend_from_slice(hex);
+        let mut hex = [0u8; 32];
+        super::trace::write_hex(id, &mut hex);
+        s.extend_from_slice(&hex);
         s.push(b'"');
     }
     field_str(s, ",\"user_agent\":", e.user_agent);

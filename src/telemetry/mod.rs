@@ -167,7 +167,7 @@ impl Telemetry {
         let shared_route = x.route.and_then(|i| self.routes.get(i));
         let route = shared_route.map(|r| &**r);
         if let Some(log) = &self.access_log {
-            log.record(&entry(x, req, route, trace.map(TraceContext::trace_id_hex)));
+            log.record(&entry(x, req, route, trace.map(|t| t.trace_id)));
         }
         if let (Some(tracer), Some(ctx)) = (&self.tracer, trace) {
             if ctx.sampled {
@@ -216,7 +216,7 @@ fn entry<'a>(
     x: &'a Exchange,
     req: &'a RequestHeader,
     route: Option<&'a str>,
-    trace_id: Option<[u8; 32]>,
+    trace_id: Option<[u8; 16]>,
 ) -> AccessEntry<'a> {
     let o = &x.outcome;
     // One pass over the headers instead of three hashed lookups.

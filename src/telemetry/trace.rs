@@ -186,7 +186,7 @@ impl TraceContext {
     }
 }
 
-fn write_hex(bytes: &[u8], out: &mut [u8]) {
+pub(crate) fn write_hex(bytes: &[u8], out: &mut [u8]) {
     for (i, b) in bytes.iter().enumerate() {
         out[2 * i] = HEX[usize::from(b >> 4)];
         out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
