@@ -168,11 +168,7 @@ impl AccessLog {
             .name("bext-access-log".into())
             .spawn({
                 let (format, redact) = (self.cfg.format, self.cfg.redact.clone());
-                move || {
-                    writer(sink, shared, move |out, e| {
-                        format_line(format, &redact, e, out)
-                    })
-                }
+                move || writer(sink, shared, format, &redact)
             });
         if let Err(e) = spawned {
             self.shared.started.store(false, Ordering::Release);
@@ -293,7 +289,7 @@ fn format_line(format: Format, redact: &[String], e: &AccessEntry<'_>, out: &mut
     }
 }
 
-fn writer(mut sink: Sink, shared: Arc<Shared>, format: impl Fn(&mut Vec<u8>, &AccessEntry<'_>)) {
+fn writer(mut sink: Sink, shared: Arc<Shared>, format: Format, redact: &[String]) {
     let mut generation = REOPEN_GENERATION.load(Ordering::Relaxed);
     let mut spare: Vec<u8> = Vec::new();
     let mut text: Vec<u8> = Vec::new();
@@ -307,8 +303,8 @@ fn writer(mut sink: Sink, shared: Arc<Shared>, format: impl Fn(&mut Vec<u8>, &Ac
     };
     loop {
         // The writer wakes on its own clock and takes what queued up: a
-        // request never wakes it, so a line costs a format and a memcpy
-        // under an uncontended lock, not a thread switch and a write(2).
+        // request never wakes it, so a line costs the request an encode and
+        // a memcpy under an uncontended lock, not a thread switch and a write(2).
         std::thread::sleep(TICK);
         let entries = {
             let mut p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -320,7 +316,7 @@ fn writer(mut sink: Sink, shared: Arc<Shared>, format: impl Fn(&mut Vec<u8>, &Ac
         let mut at = 0;
         let mut lines = 0u64;
         while let Some((e, used)) = record::decode(&spare[at..]) {
-            format(&mut text, &e);
+            format_line(format, redact, &e, &mut text);
             text.push(b'\n');
             at += used;
             lines += 1;

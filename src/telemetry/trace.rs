@@ -178,7 +178,8 @@ impl TraceContext {
             .unwrap_or_else(|_| HeaderValue::from_static(INVALID_TRACEPARENT))
     }
 
-    /// Lowercase hex, ASCII (for the access log).
+    /// Lowercase hex, ASCII (the access log's writer hexes the raw id itself).
+    #[cfg(test)]
     pub fn trace_id_hex(&self) -> [u8; 32] {
         let mut out = [0u8; 32];
         write_hex(&self.trace_id, &mut out);
