@@ -35,9 +35,23 @@ use tokio_tungstenite::WebSocketStream;
 pub const BEXT: &str = env!("CARGO_BIN_EXE_bext");
 
 /// A loopback port that was free a moment ago (bound to port 0, then released).
+///
+/// A port is never handed out twice by one test process: tests run in
+/// parallel, and the kernel may give a just-released port to the next
+/// `bind(0)` before the first test's bext has bound it, so two bexts would
+/// race for one port and a TLS client could reach the other test's plain
+/// listener.
 pub fn free_port() -> u16 {
-    let l = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
+    static ISSUED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let l = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().unwrap().port();
+        let mut issued = ISSUED.lock().unwrap();
+        if !issued.contains(&port) {
+            issued.push(port);
+            return port;
+        }
+    }
 }
 
 /// A loopback port that refuses connections for as long as the guard lives:
