@@ -133,6 +133,37 @@ mod tests {
     }
 
     #[test]
+    fn otlp_tls_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("bext.toml");
+        let load = |t: &str| load_str(&base, &format!("{UP}{ROUTE}[telemetry]\n{t}"));
+        let ck = rcgen::generate_simple_self_signed(vec!["collector".to_owned()]).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ck.cert.pem()).unwrap();
+        // A relative CA path is read next to the config file.
+        let plan = load("otlp_endpoint = \"https://collector\"\notlp_ca = \"ca.pem\"\n").unwrap();
+        let trace = plan.telemetry.trace.expect("trace plan");
+        assert!(trace.tls.is_some());
+        let errs = |t: &str| match load(t) {
+            Ok(_) => panic!("config unexpectedly valid: {t}"),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+        };
+        let e = errs("otlp_endpoint = \"https://collector\"\notlp_ca = \"nope.pem\"\n");
+        assert!(
+            e[0].contains("telemetry.otlp_ca:") && e[0].contains("nope.pem"),
+            "{e:?}"
+        );
+        let e = errs("otlp_endpoint = \"http://collector\"\notlp_ca = \"ca.pem\"\n");
+        assert!(
+            e[0].contains("telemetry.otlp_ca:") && e[0].contains("only used for https"),
+            "{e:?}"
+        );
+        let e = errs("otlp_ca = \"ca.pem\"\n");
+        assert!(e[0].contains("telemetry.otlp_endpoint:"), "{e:?}");
+        let e = errs("otlp_endpoint = \"grpc://collector:4317\"\n");
+        assert!(e[0].contains("telemetry.otlp_endpoint:"), "{e:?}");
+    }
+
+    #[test]
     fn unknown_upstream_is_an_error() {
         let e = errs(&format!(
             "{UP}[[route_rules]]\npattern = \"/*\"\nproxy = \"phenix\"\n"

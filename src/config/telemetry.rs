@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::plan::{resolve_secret, Errors};
 use crate::telemetry::access_log::{AccessLogConfig, Format, Target};
-use crate::telemetry::trace::{validate_endpoint, TraceConfig};
+use crate::telemetry::trace::{tls_client, validate_endpoint, TraceConfig};
 
 /// Query parameters whose values the access log never shows.
 pub const DEFAULT_REDACT: [&str; 5] = ["password", "token", "_csrf_token", "code", "secret"];
@@ -27,8 +27,12 @@ pub struct TelemetrySection {
     pub access_log_format: Option<String>,
     /// Query parameter names redacted in the access log (replaces the default list).
     pub redact_query: Option<Vec<String>>,
-    /// OTLP/HTTP collector, e.g. `http://127.0.0.1:4318`.
+    /// OTLP/HTTP collector, e.g. `http://127.0.0.1:4318` or
+    /// `https://otlp.example.com`.
     pub otlp_endpoint: Option<String>,
+    /// PEM file of the CA(s) an https collector's certificate is checked
+    /// against (default: the system's roots).
+    pub otlp_ca: Option<String>,
     /// Extra headers on export requests; values may be `env:VAR`.
     #[serde(default)]
     pub otlp_headers: BTreeMap<String, String>,
@@ -111,6 +115,7 @@ pub(super) fn compile(errs: &mut Errors, base: &Path, t: TelemetrySection) -> Te
             Err(e) => errs.push(key, e),
         }
     }
+    let endpoint_missing = t.otlp_endpoint.is_none();
     let trace = t.otlp_endpoint.and_then(|e| {
         let uri = match e.parse::<Uri>() {
             Ok(u) => u,
@@ -122,10 +127,36 @@ pub(super) fn compile(errs: &mut Errors, base: &Path, t: TelemetrySection) -> Te
                 return None;
             }
         };
-        if let Err(why) = validate_endpoint(&uri) {
-            errs.push("telemetry.otlp_endpoint", why);
-            return None;
-        }
+        let https = match validate_endpoint(&uri) {
+            Ok(https) => https,
+            Err(why) => {
+                errs.push("telemetry.otlp_endpoint", why);
+                return None;
+            }
+        };
+        let ca = t.otlp_ca.as_deref().map(|p| base.join(p));
+        let tls = match (https, ca) {
+            (true, ca) => match tls_client(ca.as_deref()) {
+                Ok(tls) => Some(tls),
+                Err(why) => {
+                    let key = if t.otlp_ca.is_some() {
+                        "telemetry.otlp_ca"
+                    } else {
+                        "telemetry.otlp_endpoint"
+                    };
+                    errs.push(key, why);
+                    return None;
+                }
+            },
+            (false, Some(_)) => {
+                errs.push(
+                    "telemetry.otlp_ca",
+                    "set, but otlp_endpoint is http:// (a CA file is only used for https)",
+                );
+                None
+            }
+            (false, None) => None,
+        };
         Some(TraceConfig {
             endpoint: uri,
             headers: headers.clone(),
@@ -134,12 +165,15 @@ pub(super) fn compile(errs: &mut Errors, base: &Path, t: TelemetrySection) -> Te
             queue: 4096,
             batch: 512,
             export_timeout: Duration::from_secs(5),
+            tls,
         })
     });
-    if trace.is_none() && (t.service_name.is_some() || !t.otlp_headers.is_empty()) {
+    if endpoint_missing
+        && (t.service_name.is_some() || !t.otlp_headers.is_empty() || t.otlp_ca.is_some())
+    {
         errs.push(
             "telemetry.otlp_endpoint",
-            "service_name / otlp_headers are set but there is no otlp_endpoint to send traces to",
+            "service_name / otlp_headers / otlp_ca are set but there is no otlp_endpoint to send traces to",
         );
     }
     TelemetryPlan {

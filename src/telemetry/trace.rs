@@ -10,7 +10,9 @@
 //!   the request threads, and one async loop ([`Tracer::run`]) that encodes
 //!   batches as `ExportTraceServiceRequest` protobuf (`opentelemetry-proto`
 //!   messages + `prost`) and POSTs them to `{endpoint}/v1/traces` over a
-//!   kept-alive hyper HTTP/1 connection.
+//!   kept-alive hyper HTTP/1 connection, plain or TLS (rustls, the same
+//!   ring-backed stack as bext's listeners; the collector's certificate is
+//!   verified against the system's roots or a configured CA file).
 //!
 //! The opentelemetry SDK's BatchSpanProcessor is deliberately not used: it
 //! runs its own thread, hides its drop counter, and allocates per attribute
@@ -21,8 +23,9 @@ use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -38,6 +41,10 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, SpanKind};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::{Span, SpanFlags, Status};
+use pingora::tls::{
+    load_ca_file_into_store, load_platform_certs_incl_env_into_store, ClientConfig, RootCertStore,
+    ServerName, TlsConnector,
+};
 use prost::Message;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -58,7 +65,6 @@ const MAX_TRACESTATE_MEMBERS: usize = 32;
 /// larger is not worth buffering.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
 const OTLP_PATH: &str = "/v1/traces";
-const HTTPS_UNSUPPORTED: &str = "https OTLP endpoints are not supported yet: point otlp_endpoint at a local OpenTelemetry Collector on http://127.0.0.1:4318";
 const USER_AGENT_VALUE: &str = concat!("bext/", env!("CARGO_PKG_VERSION"));
 /// Only used if building a header from hex digits ever failed (it cannot):
 /// all-zero ids make Phoenix start its own trace instead of joining a bogus one.
@@ -82,17 +88,53 @@ pub struct TraceConfig {
     pub batch: usize,
     /// Per POST (default 5 s).
     pub export_timeout: Duration,
+    /// For an `https://` endpoint (built by [`tls_client`]); None for http.
+    pub tls: Option<Arc<ClientConfig>>,
+}
+
+/// The rustls client an `https://` endpoint is reached with: the roots are
+/// the PEM certificates in `ca_file` when one is given (a private CA), else
+/// the system's (honouring `SSL_CERT_FILE`/`SSL_CERT_DIR`, as curl does).
+/// Only HTTP/1.1 is offered in ALPN: it is all the exporter speaks.
+pub fn tls_client(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    pingora::tls::install_default_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            load_ca_file_into_store(path, &mut roots)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if roots.is_empty() {
+                return Err(format!(
+                    "{}: no PEM certificate in the file",
+                    path.display()
+                ));
+            }
+        }
+        None => {
+            load_platform_certs_incl_env_into_store(&mut roots)
+                .map_err(|e| format!("loading the system's CA certificates: {e}"))?;
+            if roots.is_empty() {
+                return Err("the system has no CA certificates (install ca-certificates, or set telemetry.otlp_ca to the collector's CA file)".to_owned());
+            }
+        }
+    }
+    let mut cfg = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
 }
 
 /// Checks an OTLP endpoint before a [`Tracer`] is built from it (`Tracer::new`
-/// cannot fail): plain `http://` with a host is all the exporter speaks.
-pub fn validate_endpoint(uri: &http::Uri) -> Result<(), String> {
-    match uri.scheme_str() {
-        Some(s) if s.eq_ignore_ascii_case("http") => {}
-        Some(s) if s.eq_ignore_ascii_case("https") => return Err(HTTPS_UNSUPPORTED.to_owned()),
+/// cannot fail): `http://` or `https://` with a host. Ok(true) for https.
+pub fn validate_endpoint(uri: &http::Uri) -> Result<bool, String> {
+    let https = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => false,
+        Some(s) if s.eq_ignore_ascii_case("https") => true,
         Some(s) => {
             return Err(format!(
-                "OTLP endpoint scheme `{s}` is not supported: point otlp_endpoint at a local OpenTelemetry Collector on http://127.0.0.1:4318"
+                "OTLP endpoint scheme `{s}` is not supported: use http:// or https://, e.g. http://127.0.0.1:4318"
             ))
         }
         None => {
@@ -100,9 +142,9 @@ pub fn validate_endpoint(uri: &http::Uri) -> Result<(), String> {
                 "OTLP endpoint `{uri}` needs a scheme and a host, e.g. http://127.0.0.1:4318"
             ))
         }
-    }
+    };
     match uri.host() {
-        Some(h) if !h.is_empty() => Ok(()),
+        Some(h) if !h.is_empty() => Ok(https),
         _ => Err(format!(
             "OTLP endpoint `{uri}` has no host, e.g. http://127.0.0.1:4318"
         )),
@@ -440,10 +482,13 @@ struct Target {
     path: String,
     /// For log lines.
     url: String,
+    /// For https: the handshake's connector and the name the collector's
+    /// certificate must carry.
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
 }
 
-fn target(uri: &http::Uri) -> Result<Target, String> {
-    validate_endpoint(uri)?;
+fn target(uri: &http::Uri, tls: Option<&Arc<ClientConfig>>) -> Result<Target, String> {
+    let https = validate_endpoint(uri)?;
     let authority = uri
         .authority()
         .ok_or_else(|| format!("OTLP endpoint `{uri}` has no host"))?;
@@ -452,7 +497,21 @@ fn target(uri: &http::Uri) -> Result<Target, String> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tls = match (https, tls) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(format!(
+                "OTLP endpoint `{uri}` is https but no TLS client was configured"
+            ))
+        }
+        (true, Some(cfg)) => {
+            let name = ServerName::try_from(connect_host.clone()).map_err(|e| {
+                format!("OTLP endpoint `{uri}`: `{connect_host}` is not a TLS server name: {e}")
+            })?;
+            Some((cfg.clone(), name))
+        }
+    };
     let host_header = HeaderValue::from_str(authority.as_str())
         .map_err(|e| format!("OTLP endpoint `{uri}`: bad host: {e}"))?;
     let path = match uri.path() {
@@ -464,13 +523,15 @@ fn target(uri: &http::Uri) -> Result<Target, String> {
             .path_and_query()
             .map_or_else(|| OTLP_PATH.to_owned(), |pq| pq.as_str().to_owned()),
     };
-    let url = format!("http://{}{path}", authority.as_str());
+    let scheme = if https { "https" } else { "http" };
+    let url = format!("{scheme}://{}{path}", authority.as_str());
     Ok(Target {
         connect_host,
         port,
         host_header,
         path,
         url,
+        tls,
     })
 }
 
@@ -527,7 +588,7 @@ impl Tracer {
             ..Default::default()
         };
         Tracer {
-            target: target(&cfg.endpoint),
+            target: target(&cfg.endpoint, cfg.tls.as_ref()),
             resource,
             queue_cap,
             batch,
@@ -936,7 +997,23 @@ impl Conn {
             .map_err(|e| format!("connect: {e}"))?;
         // Small request/response pairs: don't wait on Nagle.
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        match &target.tls {
+            None => Self::handshake(stream).await,
+            Some((cfg, name)) => {
+                let tls = TlsConnector::from(cfg.clone())
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                Self::handshake(tls).await
+            }
+        }
+    }
+
+    async fn handshake<S>(io: S) -> Result<Conn, String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
         let task = tokio::spawn(async move {
@@ -1206,19 +1283,16 @@ mod tests {
     #[test]
     fn endpoints() {
         let ok = |s: &str| validate_endpoint(&s.parse().unwrap());
-        assert_eq!(ok("http://127.0.0.1:4318"), Ok(()));
-        assert_eq!(ok("http://collector/otlp/v1/traces"), Ok(()));
-        assert_eq!(
-            ok("https://collector:4318"),
-            Err(HTTPS_UNSUPPORTED.to_owned())
-        );
+        assert_eq!(ok("http://127.0.0.1:4318"), Ok(false));
+        assert_eq!(ok("http://collector/otlp/v1/traces"), Ok(false));
+        assert_eq!(ok("HTTPS://collector:4318"), Ok(true));
         assert!(ok("grpc://collector:4317")
             .unwrap_err()
             .contains("not supported"));
         assert!(ok("/v1/traces").is_err());
         assert!(ok("collector:4318").is_err());
 
-        let t = |s: &str| target(&s.parse().unwrap()).unwrap();
+        let t = |s: &str| target(&s.parse().unwrap(), None).unwrap();
         let a = t("http://127.0.0.1:4318");
         assert_eq!(
             (a.connect_host.as_str(), a.port, a.path.as_str()),
@@ -1230,6 +1304,40 @@ mod tests {
         let v6 = t("http://[::1]:4318");
         assert_eq!((v6.connect_host.as_str(), v6.port), ("::1", 4318));
         assert_eq!(t("http://collector").port, 80);
+        assert!(t("http://collector").tls.is_none());
+        // https needs the TLS client the config layer builds; 443 by default.
+        assert!(target(&"https://collector".parse().unwrap(), None).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let ck = rcgen::generate_simple_self_signed(vec!["collector".to_owned()]).unwrap();
+        std::fs::write(&ca, ck.cert.pem()).unwrap();
+        let tls = tls_client(Some(&ca)).unwrap();
+        let s = target(&"https://collector".parse().unwrap(), Some(&tls)).unwrap();
+        assert_eq!(
+            (s.port, s.url.as_str()),
+            (443, "https://collector/v1/traces")
+        );
+        assert!(s.tls.is_some());
+        let ip = target(&"https://[::1]:4318".parse().unwrap(), Some(&tls)).unwrap();
+        assert!(ip.tls.is_some());
+    }
+
+    #[test]
+    fn ca_file_errors_name_the_file_and_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = tls_client(Some(&missing)).unwrap_err();
+        assert!(
+            e.contains("missing.pem") && e.contains("No such file"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = tls_client(Some(&empty)).unwrap_err();
+        assert!(
+            e.contains("empty.pem") && e.contains("no PEM certificate"),
+            "{e}"
+        );
     }
 
     fn config(endpoint: &str, queue: usize, batch: usize, timeout: Duration) -> TraceConfig {
@@ -1241,6 +1349,7 @@ mod tests {
             queue,
             batch,
             export_timeout: timeout,
+            tls: None,
         }
     }
 

@@ -9,7 +9,9 @@
 //! It runs on a tokio runtime on its own std thread, so synchronous tests can
 //! use it; dropping it stops the server and closes its connections.
 //! `black_hole()` is the failure twin: it accepts TCP connections and reads
-//! forever without answering, like a wedged collector.
+//! forever without answering, like a wedged collector. `start_tls()` is the
+//! same receiver behind real TLS (rustls, a certificate made with rcgen for
+//! 127.0.0.1 whose PEM `ca_path()` gives), like a hosted collector.
 
 // Not every test uses every accessor.
 #![allow(dead_code)]
@@ -30,6 +32,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use pingora::tls::{PrivateKeyDer, ServerConfig, TlsAcceptor};
 use prost::Message;
 use tokio::io::AsyncReadExt;
 
@@ -56,17 +59,21 @@ struct State {
     spans: Mutex<Vec<ReceivedSpan>>,
     requests: AtomicUsize,
     connections: AtomicUsize,
+    handshakes: AtomicUsize,
     last_headers: Mutex<Option<http::HeaderMap>>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Mode {
     Answer,
     BlackHole,
+    Tls(TlsAcceptor),
 }
 
 pub struct OtlpReceiver {
     addr: SocketAddr,
+    /// Holds the CA file of a TLS receiver.
+    ca: Option<(tempfile::TempDir, std::path::PathBuf)>,
     state: Arc<State>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -83,9 +90,39 @@ impl OtlpReceiver {
         Self::spawn(Mode::BlackHole)
     }
 
-    /// "http://127.0.0.1:PORT"
+    /// A receiver answering over TLS only, with a fresh self-signed
+    /// certificate for 127.0.0.1 (see `ca_path`).
+    pub fn start_tls() -> OtlpReceiver {
+        pingora::tls::install_default_crypto_provider();
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+            .expect("rcgen certificate");
+        let key = PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+        let server = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .expect("receiver TLS config");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("collector-ca.pem");
+        std::fs::write(&ca, ck.cert.pem()).expect("write CA file");
+        let mut r = Self::spawn(Mode::Tls(TlsAcceptor::from(Arc::new(server))));
+        r.ca = Some((dir, ca));
+        r
+    }
+
+    /// "http://127.0.0.1:PORT" ("https://…" for a TLS receiver)
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// PEM of the TLS receiver's certificate (its own CA).
+    pub fn ca_path(&self) -> &std::path::Path {
+        &self.ca.as_ref().expect("a TLS receiver").1
+    }
+
+    /// TLS handshakes that completed (0 for a plain receiver).
+    pub fn tls_handshakes(&self) -> usize {
+        self.state.handshakes.load(Ordering::SeqCst)
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
@@ -144,6 +181,7 @@ impl OtlpReceiver {
         };
         OtlpReceiver {
             addr,
+            ca: None,
             state,
             stop: Some(stop),
             thread: Some(thread),
@@ -181,14 +219,19 @@ async fn serve(
             },
         };
         state.connections.fetch_add(1, Ordering::SeqCst);
-        match mode {
+        match &mode {
             Mode::Answer => {
-                let state = state.clone();
+                tokio::spawn(serve_http(stream, state.clone()));
+            }
+            Mode::Tls(acceptor) => {
+                let (acceptor, state) = (acceptor.clone(), state.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    // A client that does not trust the certificate aborts
+                    // the handshake: that connection never carries a POST.
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        state.handshakes.fetch_add(1, Ordering::SeqCst);
+                        serve_http(tls, state).await;
+                    }
                 });
             }
             Mode::BlackHole => {
@@ -204,6 +247,16 @@ async fn serve(
             }
         }
     }
+}
+
+async fn serve_http<S>(io: S, state: Arc<State>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 fn reply(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {

@@ -1,7 +1,9 @@
 //! OTLP traces end to end: a real OTLP/HTTP receiver decodes bext's spans;
 //! the client's trace is continued and Phoenix gets bext's span as parent;
 //! hostile `traceparent`s start fresh traces; a dead or black-holed
-//! collector never affects requests and its spans are counted as dropped.
+//! collector never affects requests and its spans are counted as dropped;
+//! an https collector gets the spans over TLS when its certificate verifies
+//! and nothing when it does not.
 
 use std::time::{Duration, Instant};
 
@@ -158,4 +160,74 @@ async fn collector_down_drops_spans_not_requests() {
 async fn black_holed_collector_drops_spans_not_requests() {
     let hole = OtlpReceiver::black_hole();
     requests_unaffected_and_spans_dropped(&hole.endpoint()).await;
+}
+
+fn tls_config(origin: std::net::SocketAddr, endpoint: &str, ca: &std::path::Path) -> String {
+    let telemetry = format!(
+        "[telemetry]\notlp_endpoint = \"{endpoint}\"\notlp_ca = \"{}\"\nsample_ratio = 1.0\n",
+        ca.display()
+    );
+    one_node(origin, "", &telemetry)
+}
+
+#[tokio::test]
+async fn https_collector_gets_the_spans_over_verified_tls() {
+    let receiver = OtlpReceiver::start_tls();
+    let origin = StubOrigin::start("n0").await;
+    let bext = Bext::start(&tls_config(
+        origin.addr(),
+        &receiver.endpoint(),
+        receiver.ca_path(),
+    ))
+    .await;
+    let c = client();
+    for i in 0..3 {
+        let r = c.get(bext.url(&format!("/tls/{i}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let spans = receiver.wait_for_spans(3, Duration::from_secs(20));
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    assert!(spans
+        .iter()
+        .all(|s| s.attributes["url.path"].starts_with("/tls/")));
+    assert!(receiver.tls_handshakes() >= 1);
+    let s = parse(&scrape(&c, &format!("http://{}", bext.addr())).await);
+    assert_eq!(value(&s, "bext_otel_spans_dropped_total", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn https_collector_with_a_certificate_bext_does_not_trust_gets_nothing() {
+    let receiver = OtlpReceiver::start_tls();
+    // A CA that did not sign the receiver's certificate.
+    let other = OtlpReceiver::start_tls();
+    let origin = StubOrigin::start("n0").await;
+    let bext = Bext::start(&tls_config(
+        origin.addr(),
+        &receiver.endpoint(),
+        other.ca_path(),
+    ))
+    .await;
+    let c = client();
+    for _ in 0..20 {
+        let r = c.get(bext.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let base = format!("http://{}", bext.addr());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = parse(&scrape(&c, &base).await);
+        if value(&s, "bext_otel_spans_dropped_total", &[]) >= 1.0 {
+            assert_eq!(value(&s, "bext_otel_spans_exported_total", &[]), 0.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no span counted as dropped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(receiver.requests(), 0);
+    assert_eq!(receiver.tls_handshakes(), 0);
+    assert!(
+        bext.stderr().contains("TLS handshake"),
+        "the warning says why: {}",
+        bext.stderr()
+    );
 }
