@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod compression;
 pub mod config;
 pub mod demo;
 pub mod demo_origin;

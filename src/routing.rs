@@ -157,6 +157,9 @@ pub struct Route {
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// The WAF inspects requests on this route (`waf = false` turns it off).
     pub waf: bool,
+    /// Proxied responses may be compressed (`compress = false` turns it off;
+    /// never on websocket or static routes).
+    pub compress: bool,
 }
 
 impl Route {
@@ -229,6 +232,7 @@ mod tests {
             sticky: None,
             response_headers: vec![],
             waf: true,
+            compress: true,
         }
     }
 

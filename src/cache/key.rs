@@ -119,7 +119,14 @@ pub fn vary_names(headers: &http::HeaderMap) -> Option<Vec<String>> {
 }
 
 /// The secondary key for a request against a stored response's `Vary`.
-pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+/// `accept_encoding`, when given, stands for the request's `Accept-Encoding`
+/// (the coding bext negotiated), so clients that get the same coding share
+/// one variant.
+pub fn variance(
+    meta: &CacheMeta,
+    req: &RequestHeader,
+    accept_encoding: Option<&str>,
+) -> Option<HashBinary> {
     let names = vary_names(meta.headers())?;
     if names.is_empty() {
         return None;
@@ -127,7 +134,10 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     let mut b = VarianceBuilder::new();
     for name in names {
         let value: Vec<u8> = if name == "accept-encoding" {
-            accept_encoding_class(req).into_bytes()
+            accept_encoding.map_or_else(
+                || accept_encoding_class(req).into_bytes(),
+                |c| c.as_bytes().to_vec(),
+            )
         } else {
             let mut v = Vec::new();
             for (i, h) in req.headers.get_all(name.as_str()).iter().enumerate() {

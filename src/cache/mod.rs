@@ -191,8 +191,16 @@ impl EdgeCache {
         session: &Session,
         resp: &ResponseHeader,
         ctx: &mut CacheCtx,
+        foreign_coding: bool,
     ) -> RespCacheable {
-        let decision = policy::decide(session.req_header(), resp, ctx.ttl_override, &self.plan);
+        // The origin's body is in a coding other than the one this request's
+        // variant is keyed by (compression): other clients of the variant
+        // might not decode it.
+        let decision = if foreign_coding {
+            Err(Refusal::Encoding)
+        } else {
+            policy::decide(session.req_header(), resp, ctx.ttl_override, &self.plan)
+        };
         match (decision, &ctx.key) {
             (Ok((mut meta, tags)), Some(parts)) => {
                 let info = FillInfo {
@@ -214,9 +222,15 @@ impl EdgeCache {
         }
     }
 
-    /// `cache_vary_filter`.
-    pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
-        key::variance(meta, req)
+    /// `cache_vary_filter`. `accept_encoding` is the request's negotiated
+    /// coding on a compressing route: the variant a stored response that
+    /// varies on `Accept-Encoding` is kept under.
+    pub fn variance(
+        meta: &CacheMeta,
+        req: &RequestHeader,
+        accept_encoding: Option<&str>,
+    ) -> Option<HashBinary> {
+        key::variance(meta, req, accept_encoding)
     }
 
     /// `should_serve_stale`: stale-while-revalidate whenever the entry's window

@@ -32,6 +32,7 @@ pub enum Refusal {
     Vary,
     Tags,
     TooLarge,
+    Encoding,
 }
 
 impl Refusal {
@@ -47,6 +48,7 @@ impl Refusal {
             Refusal::Vary => "vary",
             Refusal::Tags => "tags",
             Refusal::TooLarge => "too-large",
+            Refusal::Encoding => "content-encoding",
         }
     }
 }

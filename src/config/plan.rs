@@ -39,6 +39,7 @@ pub struct Plan {
     /// `[tls]`, when present: HTTPS listeners, certificates, HTTP/3, edge HTTPS.
     pub tls: Option<TlsPlan>,
     pub telemetry: super::TelemetryPlan,
+    pub compression: crate::compression::CompressionPlan,
 }
 
 /// `[cache]`, validated. See `crate::cache` for what each knob does.
@@ -145,6 +146,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
     let waf = compile_waf(&mut errs, user.waf);
     let cache = compile_cache(&mut errs, user.cache);
     let telemetry = super::telemetry::compile(&mut errs, base, user.telemetry);
+    let compression = super::compression::compile(&mut errs, user.compression);
     let tls = user
         .tls
         .and_then(|t| super::tls::compile(&mut errs, base, t, &server.listen));
@@ -184,6 +186,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             cache,
             tls,
             telemetry,
+            compression,
         })
     } else {
         Err(ConfigErrors(errs.list))
@@ -476,6 +479,8 @@ fn compile_route(
     if errs.list.len() != before {
         return None;
     }
+    let compress =
+        r.compress.unwrap_or(true) && !websocket && matches!(target, Some(RouteTarget::Proxy(_)));
     Some(Route {
         index: i,
         pattern_text: r.pattern,
@@ -494,6 +499,7 @@ fn compile_route(
         sticky: r.sticky,
         response_headers,
         waf: r.waf.unwrap_or(true),
+        compress,
     })
 }
 

@@ -30,6 +30,8 @@ pub struct UserConfig {
     pub tls: Option<TlsSection>,
     #[serde(default)]
     pub telemetry: super::telemetry::TelemetrySection,
+    #[serde(default)]
+    pub compression: super::compression::CompressionSection,
 }
 
 /// `[cache]`: the edge cache shared by every route with `cache = true`.
@@ -142,4 +144,7 @@ pub struct RouteRule {
     pub max_body: Option<ByteSize>,
     /// `false` turns the WAF off for this route.
     pub waf: Option<bool>,
+    /// `false` sends this route's responses uncompressed (default: compressed
+    /// when `[compression]` is on and the route proxies).
+    pub compress: Option<bool>,
 }

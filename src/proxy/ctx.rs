@@ -24,4 +24,6 @@ pub struct Ctx {
     pub cache: crate::cache::CacheCtx,
     /// W3C trace context (only when tracing is configured).
     pub trace: Option<TraceContext>,
+    /// Negotiated coding and the response's encoder.
+    pub compress: crate::compression::CompressState,
 }

@@ -7,11 +7,12 @@
 //!
 //! ```text
 //! early_request_filter   exchange (id, client once) → limits.early → trace context
-//! request_filter         limits refusal | edge redirect | admin | route → limits, WAF, static
+//! request_filter         limits refusal | edge redirect | admin | route → limits, WAF, static, coding
 //! request_body_filter    limits (size, rate) → WAF (held body) → LiveView join peek
 //! request_cache_filter … cache (enable, key, hit, admission, vary, stale)
 //! upstream_peer          upstream pool (health, affinity, retries)
 //! upstream_request_filter forwarded headers, request id, traceparent
+//! upstream_response_*    node response head; compression (before the cache stores it)
 //! response_filter        hop-by-hop, edge headers, affinity cookie, Cache-Status, route headers
 //! logging                outcome → telemetry (metrics, access log, span)
 //! ```
@@ -40,12 +41,14 @@ pub use ctx::Ctx;
 
 use crate::admin::{self, AdminAccess, Endpoint};
 use crate::cache::EdgeCache;
+use crate::compression::{Coding, EdgeCompression};
 use crate::config::Plan;
 use crate::exchange::Client;
 use crate::limits::Limits;
 use crate::respond::{self, request_id, ErrorPages};
 use crate::routing::{request_host, RouteTable, RouteTarget};
 use crate::static_files;
+use crate::telemetry::registry::Sub;
 use crate::telemetry::Telemetry;
 use crate::tls::EdgePolicy;
 use crate::upstream::{self as upstream, Upstreams};
@@ -67,6 +70,7 @@ pub struct BextProxy {
     cache: EdgeCache,
     edge: EdgePolicy,
     telemetry: Arc<Telemetry>,
+    compression: EdgeCompression,
 }
 
 impl BextProxy {
@@ -83,6 +87,8 @@ impl BextProxy {
         let cache = EdgeCache::new(plan.cache);
         cache.register_metrics(&registry);
         plan.waf.register_metrics(&registry);
+        let compression =
+            EdgeCompression::new(plan.compression, &Sub::new(&registry, "compression"));
         let patterns: Vec<String> = plan.routes.iter().map(|r| r.pattern_text.clone()).collect();
         let mut telemetry = Telemetry::new(&plan.telemetry, &registry, &patterns);
         let (pools, store) = (upstreams.clone(), cache.store());
@@ -102,6 +108,7 @@ impl BextProxy {
             waf: plan.waf,
             cache,
             telemetry: Arc::new(telemetry),
+            compression,
         }
     }
 
@@ -221,6 +228,11 @@ impl ProxyHttp for BextProxy {
             static_files::serve(session, root, extras, &self.pages).await?;
             return Ok(true);
         }
+        self.compression.on_request(
+            route.compress,
+            &session.req_header().headers,
+            &mut ctx.compress,
+        );
         Ok(false)
     }
 
@@ -271,16 +283,19 @@ impl ProxyHttp for BextProxy {
         resp: &ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<RespCacheable> {
-        Ok(self.cache.admission(session, resp, &mut ctx.cache))
+        let foreign_coding = ctx.compress.unstorable();
+        Ok(self
+            .cache
+            .admission(session, resp, &mut ctx.cache, foreign_coding))
     }
 
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        EdgeCache::variance(meta, req)
+        EdgeCache::variance(meta, req, ctx.compress.variant())
     }
 
     fn should_serve_stale(
@@ -363,7 +378,22 @@ impl ProxyHttp for BextProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        ctx.upstream.response_head(session, resp)
+        ctx.upstream.response_head(session, resp)?;
+        let method = &session.req_header().method;
+        self.compression
+            .on_response_head(method, resp, &mut ctx.compress)
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        self.compression
+            .on_body(body, end_of_stream, &mut ctx.compress)?;
+        Ok(None)
     }
 
     async fn upstream_request_filter(
@@ -463,7 +493,13 @@ impl ProxyHttp for BextProxy {
         let duration = ctx.exchange.elapsed();
         let outcome = &mut ctx.exchange.outcome;
         outcome.duration = duration;
-        outcome.status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let written = session.response_written();
+        outcome.status = written.map_or(0, |r| r.status.as_u16());
+        // As sent: compressed here, or stored compressed and served from the cache.
+        outcome.encoding = written
+            .and_then(crate::compression::content_coding)
+            .and_then(Coding::from_token)
+            .map(Coding::as_str);
         outcome.bytes_in = session.body_bytes_read() as u64;
         outcome.bytes_out = session.body_bytes_sent() as u64;
         outcome.limit = ctx.limits.refused();

@@ -404,9 +404,14 @@ struct StubState {
 /// * `.../hop`         — replies with hop-by-hop response headers
 ///   (`Connection: X-Origin-Hop`, `X-Origin-Hop: 1`, `Keep-Alive: timeout=5`)
 ///   plus `X-Origin-Normal: yes`
+/// * `.../text?n=N`    — N bytes of HTML-like text (the same for every N
+///   prefix), `text/html; charset=utf-8` unless `ct=`; with `stream=1` it is
+///   sent in 16 KiB chunks without a length (chunked)
 /// * `.../ws`, `.../websocket` — websocket echo for upgrade requests, 400 otherwise
 /// * anything else     — echo: JSON `{"method","path","query","headers","body_len","node"}`;
-///   `?status=N` sets the status, `?set=Name:Value` adds a response header.
+///   `?status=N` sets the status.
+///
+/// On every endpoint, each `set=Name:Value` (percent-decoded) adds a response header.
 ///
 /// Every response carries `x-node: <id>`.
 #[derive(Clone)]
@@ -419,6 +424,30 @@ type StubBody = UnsyncBoxBody<Bytes, Infallible>;
 
 fn full(body: impl Into<Bytes>) -> StubBody {
     Full::new(body.into()).boxed_unsync()
+}
+
+/// A percent-encoded query value, decoded (`+` is a space).
+fn decode_param(v: &str) -> String {
+    percent_encoding::percent_decode_str(&v.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// `n` bytes of text shaped like a rendered Phoenix page: repetitive markup
+/// with varying numbers, so it compresses like real HTML (not like zeros).
+pub fn text_body(n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 128);
+    let mut i = 0u64;
+    while out.len() < n {
+        let row = format!(
+            "<tr id=\"post-{i}\" phx-click=\"open\"><td class=\"px-4 py-2\">Post {i}</td><td>{}</td></tr>\n",
+            i.wrapping_mul(2654435761) % 100000
+        );
+        out.extend_from_slice(row.as_bytes());
+        i += 1;
+    }
+    out.truncate(n);
+    out
 }
 
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
@@ -617,13 +646,43 @@ async fn handle(st: Arc<StubState>, mut req: Request<Incoming>) -> Response<Stub
             .header("X-Origin-Normal", "yes")
             .body(full("hop"))
             .unwrap(),
+        "text" => {
+            let n: usize = query_param(&query, "n")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let ct = query_param(&query, "ct")
+                .map(decode_param)
+                .unwrap_or_else(|| "text/html; charset=utf-8".to_string());
+            let mut r = if query_param(&query, "stream") == Some("1") {
+                const CHUNK: usize = 16 * 1024;
+                let all = Bytes::from(text_body(n));
+                let stream = futures_util::stream::unfold(0usize, move |off| {
+                    let all = all.clone();
+                    async move {
+                        if off >= n {
+                            return None;
+                        }
+                        let len = CHUNK.min(n - off);
+                        let chunk = all.slice(off..off + len);
+                        Some((Ok::<_, Infallible>(Frame::data(chunk)), off + len))
+                    }
+                });
+                Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)))
+            } else {
+                Response::new(full(text_body(n)))
+            };
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_str(&ct).unwrap(),
+            );
+            r
+        }
         "ws" | "websocket" => websocket(&st, &mut req),
         _ => {
             let method = req.method().to_string();
             let status = query_param(&query, "status")
                 .and_then(|v| v.parse::<u16>().ok())
                 .unwrap_or(200);
-            let set = query_param(&query, "set").map(|s| s.to_string());
             let body = match req.into_body().collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => Bytes::new(),
@@ -636,17 +695,24 @@ async fn handle(st: Arc<StubState>, mut req: Request<Incoming>) -> Response<Stub
                 "body_len": body.len(),
                 "node": st.id,
             });
-            let mut b = Response::builder()
+            Response::builder()
                 .status(status)
-                .header("content-type", "application/json");
-            if let Some(set) = set {
-                if let Some((n, v)) = set.split_once(':') {
-                    b = b.header(n, v);
-                }
-            }
-            b.body(full(json.to_string())).unwrap()
+                .header("content-type", "application/json")
+                .body(full(json.to_string()))
+                .unwrap()
         }
     };
+    for set in query.split('&').filter_map(|kv| kv.strip_prefix("set=")) {
+        let set = decode_param(set);
+        if let Some((n, v)) = set.split_once(':') {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(n.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                resp.headers_mut().append(n, v);
+            }
+        }
+    }
     resp.headers_mut().insert(
         "x-node",
         HeaderValue::from_str(&st.id).expect("node id is a valid header value"),

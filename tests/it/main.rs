@@ -8,6 +8,7 @@ mod common;
 mod upstream_support;
 
 mod access_log;
+mod compression;
 mod dashboard;
 mod liveview;
 mod metrics;
