@@ -43,6 +43,10 @@ mode = "${BEXT_WAF_MODE:-block}"
 max_size = "256MiB"
 
 $(printf '%b' "${BEXT_TELEMETRY:-}")
+
+# BEXT_EXTRA adds any other sections (\n for newlines), e.g.
+# '[compression]\nenabled = false' for a compression-off baseline.
+$(printf '%b' "${BEXT_EXTRA:-}")
 CONF
 # HTTPS + HTTP/2 for the h2 scenario (and HTTP/3 on the same port, udp).
 if [[ -n ${BENCH_H2_PORT:-} && -n ${BENCH_CERT:-} && -n ${BENCH_KEY:-} ]]; then

@@ -69,10 +69,17 @@ for _ in $(seq 1 300); do
   curl -s -o /dev/null "http://127.0.0.1:$bport/nocache" && break
   sleep 0.2
 done
+# BENCH_HEADERS (like peers.sh: `|`-separated) adds request headers, e.g.
+# "Accept-Encoding: br, gzip" to count compression.
+hdrs=()
+if [[ -n ${BENCH_HEADERS:-} ]]; then
+  IFS='|' read -ra hs <<<"$BENCH_HEADERS"
+  for h in "${hs[@]}"; do hdrs+=(-H "$h"); done
+fi
 case $kind in
-  small) load=(h2load --h1 -c 4 "http://127.0.0.1:$bport/nocache") ;;
-  cached) load=(h2load --h1 -c 4 "http://127.0.0.1:$bport/small") ;;
-  h2) load=(h2load -c 4 -m 4 "https://127.0.0.1:$tport/nocache") ;;
+  small) load=(h2load --h1 -c 4 "${hdrs[@]}" "http://127.0.0.1:$bport/nocache") ;;
+  cached) load=(h2load --h1 -c 4 "${hdrs[@]}" "http://127.0.0.1:$bport/small") ;;
+  h2) load=(h2load -c 4 -m 4 "${hdrs[@]}" "https://127.0.0.1:$tport/nocache") ;;
   *) echo "callgrind.sh: unknown kind $kind" >&2; exit 2 ;;
 esac
 "${load[@]}" -n 500 >/dev/null # warm-up: pools, cache fill, lazy statics

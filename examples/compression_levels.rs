@@ -5,7 +5,10 @@
 //! itself: it prints the table the defaults in `compression::Levels` were
 //! picked from (README, "Compression").
 //!
-//!   cargo run --release --example compression_levels
+//!   cargo run --release --example compression_levels [-- --small]
+//!
+//! `--small` measures 1, 4 and 16 KiB answers instead, where setting up the
+//! encoder costs more than compressing.
 
 use std::time::Instant;
 
@@ -25,16 +28,60 @@ impl Rng {
         words[(self.next() % words.len() as u64) as usize]
     }
     fn sentence(&mut self, words: &[&str], n: usize) -> String {
-        (0..n).map(|_| self.pick(words)).collect::<Vec<_>>().join(" ")
+        (0..n)
+            .map(|_| self.pick(words))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
 const WORDS: &[&str] = &[
-    "phoenix", "elixir", "socket", "render", "channel", "deploy", "cluster", "query",
-    "the", "a", "of", "and", "to", "in", "is", "for", "with", "on", "that", "by", "user",
-    "post", "comment", "update", "release", "node", "edge", "cache", "request", "page",
-    "stream", "event", "live", "view", "form", "submit", "change", "error", "valid",
-    "database", "migration", "schema", "context", "router", "controller", "template",
+    "phoenix",
+    "elixir",
+    "socket",
+    "render",
+    "channel",
+    "deploy",
+    "cluster",
+    "query",
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "for",
+    "with",
+    "on",
+    "that",
+    "by",
+    "user",
+    "post",
+    "comment",
+    "update",
+    "release",
+    "node",
+    "edge",
+    "cache",
+    "request",
+    "page",
+    "stream",
+    "event",
+    "live",
+    "view",
+    "form",
+    "submit",
+    "change",
+    "error",
+    "valid",
+    "database",
+    "migration",
+    "schema",
+    "context",
+    "router",
+    "controller",
+    "template",
 ];
 
 fn html_page(rng: &mut Rng) -> Vec<u8> {
@@ -111,16 +158,29 @@ fn measure(name: &str, body: &[u8]) {
     for (coding, levels) in runs {
         for &level in *levels {
             let l = match coding {
-                Coding::Brotli => Levels { brotli: level as u32, ..Levels::default() },
-                Coding::Zstd => Levels { zstd: level, ..Levels::default() },
-                _ => Levels { gzip: level as u32, ..Levels::default() },
+                Coding::Brotli => Levels {
+                    brotli: level as u32,
+                    ..Levels::default()
+                },
+                Coding::Zstd => Levels {
+                    zstd: level,
+                    ..Levels::default()
+                },
+                _ => Levels {
+                    gzip: level as u32,
+                    ..Levels::default()
+                },
             };
             let once = || {
-                let mut enc = Encoder::new(*coding, &l);
+                // As an origin sends it: with its Content-Length.
+                let mut enc = Encoder::new(*coding, &l, Some(body.len() as u64));
                 let mut n = 0;
                 let mut chunks = body.chunks(16 * 1024).peekable();
                 while let Some(c) = chunks.next() {
-                    n += enc.encode(c, chunks.peek().is_none()).expect("encode").len();
+                    n += enc
+                        .encode(c, chunks.peek().is_none())
+                        .expect("encode")
+                        .len();
                 }
                 n
             };
@@ -144,6 +204,15 @@ fn measure(name: &str, body: &[u8]) {
 
 fn main() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    measure("Phoenix HTML page (LiveView markup)", &html_page(&mut rng));
-    measure("JSON API answer", &json_answer(&mut rng));
+    let page = html_page(&mut rng);
+    let json = json_answer(&mut rng);
+    if std::env::args().any(|a| a == "--small") {
+        // Small answers: where the encoder's set-up, not the data, is the cost.
+        for n in [1024, 4096, 16384] {
+            measure(&format!("first {n} bytes of the JSON answer"), &json[..n]);
+        }
+        return;
+    }
+    measure("Phoenix HTML page (LiveView markup)", &page);
+    measure("JSON API answer", &json);
 }

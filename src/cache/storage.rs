@@ -579,12 +579,30 @@ impl HandleMiss for Fill {
         }
         let body = self.body.freeze();
         let size = body.len();
-        let weight = size + self.meta.bytes() + info.bytes() + ENTRY_OVERHEAD;
+        let mut meta = self.meta;
+        // A body that arrived without a length (chunked: compressed by bext,
+        // or streamed by Phoenix) is complete now: hits send it with its
+        // `Content-Length` in one write instead of as chunks.
+        if !meta
+            .header
+            .headers
+            .contains_key(http::header::CONTENT_LENGTH)
+        {
+            meta.header.remove_header(&http::header::TRANSFER_ENCODING);
+            if meta
+                .header
+                .insert_header(http::header::CONTENT_LENGTH, size)
+                .is_err()
+            {
+                return Err(storage_error("could not set the stored Content-Length"));
+            }
+        }
+        let weight = size + meta.bytes() + info.bytes() + ENTRY_OVERHEAD;
         if weight > self.store.budget {
             return Err(storage_error("response larger than cache.max_size"));
         }
         let obj = Object {
-            meta: self.meta,
+            meta,
             body,
             info,
             weight,

@@ -127,8 +127,12 @@ impl EdgeCompression {
             // copy is this client's variant only (nginx's `gzip_vary`).
             return super::add_vary(resp);
         }
+        let len = resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
         apply_headers(resp, coding)?;
-        st.encoder = Some(Encoder::new(coding, &self.plan.levels));
+        st.encoder = Some(Encoder::new(coding, &self.plan.levels, len));
         Ok(())
     }
 

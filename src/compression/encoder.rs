@@ -13,11 +13,20 @@ const BROTLI_LGWIN: u32 = 19;
 const BROTLI_BUFFER: usize = 4096;
 /// zstd window: 2^20 = 1 MiB at most (the level's default is capped to it).
 const ZSTD_WINDOW_LOG: u32 = 20;
+/// Up to this known length the encoders are sized for the body: setting up
+/// (zeroing) tables sized for megabytes would cost more than compressing.
+const SMALL: u64 = 64 << 10;
+/// Up to this known length Brotli uses quality 1 at most: its tables for
+/// higher qualities are fixed (0.5-2 MiB) and zeroing them was 3x the
+/// compression of a 1 KiB body (`examples/compression_levels.rs --small`).
+const BROTLI_FAST_BELOW: u64 = 16 << 10;
 
 enum Inner {
     Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
     Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
-    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    /// Gzip framing comes from the `Compress` (`new_gzip`), which lets the
+    /// window be sized to the body; `ZlibEncoder` is only the writer around it.
+    Gzip(flate2::write::ZlibEncoder<Vec<u8>>),
     /// After the end (or a failure): nothing more is produced.
     Done,
 }
@@ -44,25 +53,49 @@ impl std::fmt::Debug for Encoder {
 
 impl Encoder {
     /// `coding` must not be `Identity` (the encoder then passes nothing).
-    pub fn new(coding: Coding, levels: &Levels) -> Encoder {
+    /// `len` is the body's length when the origin said (`Content-Length`):
+    /// small bodies get windows and tables of their size, as nginx sizes
+    /// zlib's by `Content-Length`.
+    pub fn new(coding: Coding, levels: &Levels, len: Option<u64>) -> Encoder {
+        // log2 of the smallest window holding the whole body.
+        let fit = len
+            .filter(|&n| n <= SMALL)
+            .map(|n| 64 - n.max(1).saturating_sub(1).leading_zeros());
         let inner = match coding {
-            Coding::Brotli => Inner::Brotli(Box::new(brotli::CompressorWriter::new(
-                Vec::new(),
-                BROTLI_BUFFER,
-                levels.brotli.min(11),
-                BROTLI_LGWIN,
-            ))),
-            Coding::Zstd => match zstd_encoder(levels.zstd) {
+            Coding::Brotli => {
+                let mut p = brotli::enc::BrotliEncoderParams::default();
+                p.quality = levels.brotli.min(11) as i32;
+                p.lgwin = BROTLI_LGWIN as i32;
+                if let Some(n) = len {
+                    p.size_hint = usize::try_from(n).unwrap_or(usize::MAX);
+                    if n <= BROTLI_FAST_BELOW {
+                        p.quality = p.quality.min(1);
+                    }
+                }
+                if let Some(bits) = fit {
+                    p.lgwin = bits.clamp(10, BROTLI_LGWIN) as i32;
+                }
+                Inner::Brotli(Box::new(brotli::CompressorWriter::with_params(
+                    Vec::new(),
+                    BROTLI_BUFFER,
+                    &p,
+                )))
+            }
+            Coding::Zstd => match zstd_encoder(levels.zstd, fit) {
                 Ok(z) => Inner::Zstd(z),
                 Err(e) => {
                     log::warn!("zstd encoder: {e}");
                     Inner::Done
                 }
             },
-            Coding::Gzip => Inner::Gzip(flate2::write::GzEncoder::new(
-                Vec::new(),
-                flate2::Compression::new(levels.gzip.clamp(1, 9)),
-            )),
+            Coding::Gzip => {
+                let bits = fit.map_or(15, |b| b.clamp(9, 15)) as u8;
+                let c = flate2::Compress::new_gzip(
+                    flate2::Compression::new(levels.gzip.clamp(1, 9)),
+                    bits,
+                );
+                Inner::Gzip(flate2::write::ZlibEncoder::new_with_compress(Vec::new(), c))
+            }
             Coding::Identity => Inner::Done,
         };
         Encoder {
@@ -127,9 +160,22 @@ impl Encoder {
     }
 }
 
-fn zstd_encoder(level: i32) -> io::Result<zstd::stream::write::Encoder<'static, Vec<u8>>> {
+fn zstd_encoder(
+    level: i32,
+    fit: Option<u32>,
+) -> io::Result<zstd::stream::write::Encoder<'static, Vec<u8>>> {
     let mut z = zstd::stream::write::Encoder::new(Vec::new(), level.clamp(1, 19))?;
-    z.window_log(ZSTD_WINDOW_LOG)?;
+    match fit {
+        Some(bits) => {
+            // Tables no larger than the body needs (levels up to 19 use at
+            // most 2^17 / 2^16 entries for a 64 KiB input anyway).
+            let w = bits.clamp(10, 17);
+            z.window_log(w)?;
+            z.set_parameter(zstd::stream::raw::CParameter::HashLog((w + 1).min(17)))?;
+            z.set_parameter(zstd::stream::raw::CParameter::ChainLog(w.min(16)))?;
+        }
+        None => z.window_log(ZSTD_WINDOW_LOG)?,
+    }
     // The frame carries a checksum, as zstd's own CLI writes by default.
     z.include_checksum(true)?;
     Ok(z)

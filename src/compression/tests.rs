@@ -255,7 +255,7 @@ fn streamed_bodies_round_trip_and_each_chunk_is_flushed() {
         .flat_map(|i| format!("<li class=\"row\">item {i} of the list</li>\n").into_bytes())
         .collect();
     for coding in [Coding::Brotli, Coding::Zstd, Coding::Gzip] {
-        let mut enc = Encoder::new(coding, &Levels::default());
+        let mut enc = Encoder::new(coding, &Levels::default(), None);
         let mut wire = Vec::new();
         for chunk in page.chunks(7000) {
             let out = enc.encode(chunk, false).unwrap();
@@ -276,8 +276,46 @@ fn streamed_bodies_round_trip_and_each_chunk_is_flushed() {
 #[test]
 fn a_body_ending_with_data_in_the_last_call_round_trips() {
     for coding in [Coding::Brotli, Coding::Zstd, Coding::Gzip] {
-        let mut enc = Encoder::new(coding, &Levels::default());
+        let mut enc = Encoder::new(coding, &Levels::default(), None);
         let out = enc.encode(b"hello, hello, hello", true).unwrap();
         assert_eq!(decode(coding, &out), b"hello, hello, hello");
+    }
+}
+
+#[test]
+fn encoders_sized_for_a_known_length_round_trip_at_every_size() {
+    let text: Vec<u8> = (0..20_000)
+        .flat_map(|i| format!("{{\"id\":{i},\"title\":\"post {}\"}},", i % 97).into_bytes())
+        .collect();
+    for n in [
+        1,
+        100,
+        1023,
+        1024,
+        1025,
+        5000,
+        16 << 10,
+        (16 << 10) + 1,
+        64 << 10,
+        (64 << 10) + 1,
+        200_000,
+    ] {
+        let body = &text[..n];
+        for coding in [Coding::Brotli, Coding::Zstd, Coding::Gzip] {
+            // As declared, and also when the origin's length was wrong.
+            for declared in [n as u64, n as u64 / 2 + 1, n as u64 * 2] {
+                let mut enc = Encoder::new(coding, &Levels::default(), Some(declared));
+                let mut wire = Vec::new();
+                for chunk in body.chunks(4096) {
+                    wire.extend_from_slice(&enc.encode(chunk, false).unwrap());
+                }
+                wire.extend_from_slice(&enc.encode(&[], true).unwrap());
+                assert_eq!(
+                    decode(coding, &wire),
+                    body,
+                    "{coding:?} n={n} declared={declared}"
+                );
+            }
+        }
     }
 }

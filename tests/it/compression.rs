@@ -344,6 +344,11 @@ async fn the_cache_stores_one_compressed_variant_per_coding_and_purges_them_all(
             );
         } else {
             assert!(status.contains("hit"), "{ae}: {status}");
+            // The stored body's length is known: hits are not chunked.
+            assert_eq!(
+                g.headers["content-length"],
+                g.body.len().to_string().as_str()
+            );
         }
     }
     // Other codings are variants of their own; identity too (stored as the
