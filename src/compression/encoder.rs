@@ -63,9 +63,11 @@ impl Encoder {
             .map(|n| 64 - n.max(1).saturating_sub(1).leading_zeros());
         let inner = match coding {
             Coding::Brotli => {
-                let mut p = brotli::enc::BrotliEncoderParams::default();
-                p.quality = levels.brotli.min(11) as i32;
-                p.lgwin = BROTLI_LGWIN as i32;
+                let mut p = brotli::enc::BrotliEncoderParams {
+                    quality: levels.brotli.min(11) as i32,
+                    lgwin: BROTLI_LGWIN as i32,
+                    ..Default::default()
+                };
                 if let Some(n) = len {
                     p.size_hint = usize::try_from(n).unwrap_or(usize::MAX);
                     if n <= BROTLI_FAST_BELOW {
