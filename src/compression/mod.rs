@@ -207,19 +207,22 @@ const MAX_ITEMS: usize = 32;
 
 /// q-value in thousandths (RFC 9110 §12.4.2: at most three decimals); None
 /// when malformed (the item is then ignored).
-fn qvalue(s: &str) -> Option<u16> {
-    let s = s.trim();
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+fn qvalue(s: &[u8]) -> Option<u16> {
+    let s = s.trim_ascii();
+    let (int, frac) = match s.iter().position(|&b| b == b'.') {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => (s, &b""[..]),
+    };
+    if frac.len() > 3 || !frac.iter().all(u8::is_ascii_digit) {
         return None;
     }
     let mut thousandths = 0u16;
-    for (i, b) in frac.bytes().enumerate() {
+    for (i, b) in frac.iter().enumerate() {
         thousandths += u16::from(b - b'0') * [100, 10, 1][i];
     }
     match int {
-        "0" => Some(thousandths),
-        "1" if thousandths == 0 => Some(1000),
+        b"0" => Some(thousandths),
+        b"1" if thousandths == 0 => Some(1000),
         _ => None,
     }
 }
@@ -235,36 +238,32 @@ impl CompressionPlan {
         let mut q: [Option<u16>; 3] = [None; 3];
         let mut star: Option<u16> = None;
         let mut items = 0usize;
+        // Bytes, not `str`: header values are visible ASCII or they match
+        // nothing here anyway, and this runs on every proxied request.
         'headers: for value in headers.get_all(ACCEPT_ENCODING) {
-            let Ok(text) = value.to_str() else { continue };
-            for item in text.split(',') {
+            for item in value.as_bytes().split(|&b| b == b',') {
                 items += 1;
                 if items > MAX_ITEMS {
                     break 'headers;
                 }
-                let mut parts = item.split(';');
-                let name = parts.next().unwrap_or("").trim();
-                if name.is_empty() {
-                    continue;
-                }
+                let mut parts = item.split(|&b| b == b';');
+                let name = parts.next().unwrap_or_default().trim_ascii();
+                let slot = match name.len() {
+                    1 if name == b"*" => &mut star,
+                    2 if name.eq_ignore_ascii_case(b"br") => &mut q[0],
+                    4 if name.eq_ignore_ascii_case(b"zstd") => &mut q[1],
+                    4 if name.eq_ignore_ascii_case(b"gzip") => &mut q[2],
+                    6 if name.eq_ignore_ascii_case(b"x-gzip") => &mut q[2],
+                    _ => continue,
+                };
                 let mut weight = Some(1000);
                 for p in parts {
-                    let p = p.trim();
-                    if let Some(v) = p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")) {
-                        weight = qvalue(v);
+                    let p = p.trim_ascii();
+                    if p.len() >= 2 && p[..2].eq_ignore_ascii_case(b"q=") {
+                        weight = qvalue(&p[2..]);
                     }
                 }
                 let Some(weight) = weight else { continue };
-                let slot = if name == "*" {
-                    &mut star
-                } else {
-                    match Coding::from_token(name) {
-                        Some(Coding::Brotli) => &mut q[0],
-                        Some(Coding::Zstd) => &mut q[1],
-                        Some(Coding::Gzip) => &mut q[2],
-                        _ => continue,
-                    }
-                };
                 // A repeated coding keeps its highest weight.
                 *slot = Some(slot.map_or(weight, |w: u16| w.max(weight)));
             }

@@ -79,16 +79,16 @@ fn accept_encoding_bombs_are_cut_short() {
 
 #[test]
 fn qvalues_parse_by_the_rfc() {
-    assert_eq!(qvalue("1"), Some(1000));
-    assert_eq!(qvalue("1.000"), Some(1000));
-    assert_eq!(qvalue("0.5"), Some(500));
-    assert_eq!(qvalue("0.05"), Some(50));
-    assert_eq!(qvalue("0"), Some(0));
-    assert_eq!(qvalue("0."), Some(0));
-    assert_eq!(qvalue("0.0001"), None);
-    assert_eq!(qvalue("1.5"), None);
-    assert_eq!(qvalue("-1"), None);
-    assert_eq!(qvalue(""), None);
+    assert_eq!(qvalue(b"1"), Some(1000));
+    assert_eq!(qvalue(b"1.000"), Some(1000));
+    assert_eq!(qvalue(b"0.5"), Some(500));
+    assert_eq!(qvalue(b"0.05"), Some(50));
+    assert_eq!(qvalue(b"0"), Some(0));
+    assert_eq!(qvalue(b"0."), Some(0));
+    assert_eq!(qvalue(b"0.0001"), None);
+    assert_eq!(qvalue(b"1.5"), None);
+    assert_eq!(qvalue(b"-1"), None);
+    assert_eq!(qvalue(b""), None);
 }
 
 fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
