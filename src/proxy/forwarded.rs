@@ -87,11 +87,15 @@ pub fn apply(req: &mut RequestHeader, client: &Client, trusted: &[IpNet]) -> pin
             req.insert_header(HOST, authority)?;
         }
     }
+    // Without the port, as nginx's `$host`: the port goes in
+    // X-Forwarded-Port, and `Plug.RewriteOn` copies this value into
+    // `conn.host` as is (with the port, `request_url` became
+    // `http://127.0.0.1:8080:8080/…`).
     let host = prior_host.or_else(|| {
         req.headers
             .get(HOST)
             .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
+            .map(|h| host_without_port(h).to_string())
     });
     if let Some(host) = host {
         req.insert_header(XFH, host)?;
@@ -126,6 +130,24 @@ fn first_value(req: &RequestHeader, name: &HeaderName) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(',').next().unwrap_or("").trim().to_string())
         .filter(|v| !v.is_empty())
+}
+
+/// `a.test:8443` → `a.test`, `[::1]:8080` → `[::1]`; a host without a port
+/// is returned as it is.
+fn host_without_port(host: &str) -> &str {
+    let host = host.trim();
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.find(']') {
+            Some(end) => &host[..end + 2],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    }
 }
 
 #[cfg(test)]
@@ -170,7 +192,7 @@ mod tests {
         assert_eq!(get(&r, "x-forwarded-for"), Some("203.0.113.9"));
         assert_eq!(get(&r, "x-real-ip"), Some("203.0.113.9"));
         assert_eq!(get(&r, "x-forwarded-proto"), Some("http"));
-        assert_eq!(get(&r, "x-forwarded-host"), Some("app.example.com:8443"));
+        assert_eq!(get(&r, "x-forwarded-host"), Some("app.example.com"));
         assert_eq!(get(&r, "x-forwarded-port"), Some("8080"));
         assert_eq!(get(&r, "host"), Some("app.example.com:8443"));
         assert_eq!(get(&r, "forwarded"), None);
@@ -192,6 +214,21 @@ mod tests {
         );
         assert_eq!(get(&r, "x-real-ip"), Some("198.51.100.7"));
         assert_eq!(get(&r, "x-forwarded-proto"), Some("https"));
+    }
+
+    #[test]
+    fn forwarded_host_has_no_port() {
+        for (host, want) in [
+            ("a.test", "a.test"),
+            ("a.test:8080", "a.test"),
+            ("127.0.0.1:8080", "127.0.0.1"),
+            ("[::1]:8080", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("a.test:", "a.test"),
+            ("[::1", "[::1"),
+        ] {
+            assert_eq!(host_without_port(host), want, "{host}");
+        }
     }
 
     #[test]
