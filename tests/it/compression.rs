@@ -137,7 +137,7 @@ async fn codings_are_negotiated_and_decode_to_the_origin_bytes() {
     let g = get(&c, &bext.url("/page/text?n=100000&stream=1"), Some("gzip")).await;
     assert_eq!(g.coding, "gzip");
     assert_eq!(decode("gzip", &g.body), text_body(100_000));
-    // The exchange record says what was sent.
+    // The counters saw every compressed response and its input bytes.
     let s = parse(&scrape(&c, &format!("http://{}", bext.addr())).await);
     assert_eq!(
         value(&s, "bext_compression_responses_total", &[("coding", "br")]),
