@@ -248,3 +248,44 @@ async fn tunnels_to_a_killed_node_are_closed_and_drain_closes_tunnels() {
     wait_state(&cl, &bext.url(""), &other, "unhealthy").await;
     eprintln!("node death to its tunnel closed: {:?}", t0.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cookie_is_set_only_where_affinity_matters() {
+    let (a, b, c) = three().await;
+    let bext = Bext::start(&config(free_port(), &[&a, &b, &c], &sticky_conf())).await;
+    let cl = client();
+    // A cookie-less client: the document that mounts the LiveView and its
+    // long-poll transport get the cookie ...
+    for path in ["/posts", "/live/longpoll"] {
+        let (status, _, set) = get(&cl, &bext.url(path), None).await;
+        assert_eq!(status, 200);
+        assert!(
+            set.is_some_and(|s| s.starts_with("_bext_node=")),
+            "{path} must pin the client"
+        );
+    }
+    // ... assets, JSON answers and error pages do not, so browsers and
+    // shared caches may keep them.
+    for path in [
+        "/assets/app.js",
+        "/assets/app.css",
+        "/images/logo.png",
+        "/api/posts.json",
+        "/x/fail503",
+    ] {
+        let (_, _, set) = get(&cl, &bext.url(path), None).await;
+        assert_eq!(set, None, "{path} must not carry Set-Cookie");
+    }
+    // The websocket handshake does.
+    let req = format!("ws://{}/live/ws", bext.addr())
+        .into_client_request()
+        .unwrap();
+    let (_ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket handshake");
+    let set = resp
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert!(set.is_some_and(|s| s.starts_with("_bext_node=")));
+}

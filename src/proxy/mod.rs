@@ -423,7 +423,9 @@ impl ProxyHttp for BextProxy {
     ) -> Result<()> {
         hop_by_hop::strip_response(resp);
         self.edge.decorate(session, resp)?;
-        ctx.upstream.response(resp, ctx.exchange.client.secure)?;
+        let longpoll = session.req_header().uri.path().ends_with("/longpoll");
+        ctx.upstream
+            .response(resp, ctx.exchange.client.secure, longpoll)?;
         self.cache.finish_response(session, resp, &ctx.cache)?;
         if let Some(route) = &ctx.route {
             for (name, value) in &route.response_headers {

@@ -107,6 +107,24 @@ impl Upstreams {
     }
 }
 
+/// A 101 (websocket), a long-poll answer, or a successful HTML document.
+fn affinity_matters(resp: &ResponseHeader, longpoll: bool) -> bool {
+    let status = resp.status.as_u16();
+    if status == 101 || longpoll {
+        return true;
+    }
+    if !(200..400).contains(&status) {
+        return false;
+    }
+    resp.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| ct.split(';').next().unwrap_or("").trim())
+        .is_some_and(|m| {
+            m.eq_ignore_ascii_case("text/html") || m.eq_ignore_ascii_case("application/xhtml+xml")
+        })
+}
+
 impl RequestState {
     pub fn node(&self) -> Option<&Arc<Node>> {
         self.lease.as_ref().map(NodeLease::node)
@@ -125,8 +143,17 @@ impl RequestState {
     }
 
     /// `response_filter`: registers a forwarded 101 as a tunnel of its node
-    /// and pins the client to the serving node with the affinity cookie.
-    pub fn response(&mut self, resp: &mut ResponseHeader, secure: bool) -> Result<()> {
+    /// and pins the client to the serving node with the affinity cookie
+    /// where affinity matters: the websocket, a long-poll (`longpoll`: the
+    /// request is to Phoenix's `…/longpoll` transport) and the HTML document
+    /// that mounts the LiveView. Assets, JSON and error answers get no
+    /// cookie, so they stay cacheable by browsers and shared caches.
+    pub fn response(
+        &mut self,
+        resp: &mut ResponseHeader,
+        secure: bool,
+        longpoll: bool,
+    ) -> Result<()> {
         let Some(node) = self.node().cloned() else {
             return Ok(());
         };
@@ -137,7 +164,7 @@ impl RequestState {
                 self.peeker = Some(Box::new(JoinPeeker::new(PEEK_BUDGET, PEEK_FRAMES)));
             }
         }
-        if self.sticky && self.cookie_node != Some(node.index) {
+        if self.sticky && self.cookie_node != Some(node.index) && affinity_matters(resp, longpoll) {
             let cookie = self
                 .pool
                 .as_ref()

@@ -164,6 +164,15 @@ async fn serve(listener: TcpListener, st: Arc<State>, mut kill: watch::Receiver<
     }
 }
 
+fn page(status: u16, id: &str, content_type: &str, body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("x-node", id)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
 fn text(status: u16, id: &str, body: &str) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -207,10 +216,20 @@ async fn handle(
             die.notify_one();
             std::future::pending().await
         }
-        "fail503" => text(503, &st.id, "unavailable"),
+        "fail503" => page(503, &st.id, "text/html", "unavailable"),
+        // Phoenix's long-poll transport answers JSON.
+        "longpoll" => page(200, &st.id, "application/json", "{\"status\":200}"),
         _ => {
             let _ = req.into_body().collect().await;
-            text(200, &st.id, &st.id)
+            // Like a Phoenix app: assets by extension, pages otherwise.
+            let ct = match last.rsplit_once('.').map(|(_, ext)| ext) {
+                Some("js") => "text/javascript",
+                Some("css") => "text/css",
+                Some("png") => "image/png",
+                Some("json") => "application/json",
+                _ => "text/html; charset=utf-8",
+            };
+            page(200, &st.id, ct, &st.id)
         }
     }
 }
