@@ -207,6 +207,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { config } => match config::load(&config) {
             Ok(plan) => {
                 print!("{plan}");
+                for w in config::runtime_warnings(&plan) {
+                    eprintln!("warning: {w}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(errors) => {

@@ -337,3 +337,28 @@ fn version_prints_name_and_semver() {
         "version output"
     );
 }
+
+#[test]
+fn check_warns_when_the_pid_file_or_upgrade_socket_cannot_be_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bext.toml");
+    let missing = dir.path().join("no-such-dir");
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:18080\"]\npid_file = \"{}/bext.pid\"\nupgrade_sock = \"{}/bext.sock\"\n\
+         [upstreams.app]\nnodes = [\"127.0.0.1:4000\"]\n[[route_rules]]\npattern = \"/*\"\nproxy = \"app\"\n",
+        missing.display(),
+        dir.path().display()
+    );
+    std::fs::write(&path, toml).unwrap();
+    let (code, stdout, stderr) = check(&path);
+    // Still valid (systemd creates /run/bext), but said.
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let prefix = format!("warning: {}: server.pid_file:", path.display());
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` warning:\n{stderr}"));
+    assert!(line.contains("does not exist"), "{line}");
+    // The upgrade socket's directory exists and is writable: no warning.
+    assert!(!stderr.contains("server.upgrade_sock"), "{stderr}");
+}

@@ -141,7 +141,9 @@ fn liveview_with_bandit_runtime_port_and_static_assets() {
     write(
         dir.path(),
         "config/runtime.exs",
-        "if config_env() == :prod do\n  port = String.to_integer(System.get_env(\"PORT\") || \"4050\")\n  config :shop, ShopWeb.Endpoint,\n    http: [ip: {0, 0, 0, 0, 0, 0, 0, 0}, port: String.to_integer(System.get_env(\"PORT\") || \"4050\")]\nend\n",
+        // As `mix phx.new` writes it: the port in a variable, and the url's
+        // public port (443) before the listener's.
+        "if config_env() == :prod do\n  host = System.get_env(\"PHX_HOST\") || \"example.com\"\n  port = String.to_integer(System.get_env(\"PORT\") || \"4050\")\n  config :shop, ShopWeb.Endpoint,\n    url: [host: host, port: 443, scheme: \"https\"],\n    http: [\n      ip: {0, 0, 0, 0, 0, 0, 0, 0},\n      port: port\n    ],\n    secret_key_base: secret_key_base\nend\n",
     );
     write(dir.path(), "priv/static/assets/app.js", "console.log(1)");
     // `bext site autoconfigure` is the same command.
@@ -155,6 +157,10 @@ fn liveview_with_bandit_runtime_port_and_static_assets() {
     let config = dir.path().join("bext.config.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("127.0.0.1:4050"), "{text}");
+    assert!(
+        text.contains("config/runtime.exs"),
+        "the port's source is named: {text}"
+    );
     assert!(text.contains("render = \"static\""), "{text}");
     assert!(text.contains("static_root = \"priv/static\""), "{text}");
     let summary = check_ok(&config);

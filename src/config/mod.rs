@@ -49,6 +49,48 @@ impl fmt::Display for ConfigErrors {
 }
 
 /// Reads, validates and compiles the config file at `path`.
+/// What `bext check` should point out about a valid plan: files bext will
+/// write at run time whose directory is missing or not writable by the user
+/// running the check (the pid file `bext reload` reads, the upgrade socket).
+/// Warnings, not errors: under systemd `RuntimeDirectory=bext` creates
+/// `/run/bext` when the service starts.
+pub fn runtime_warnings(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    let file = plan.source.display();
+    for (key, path) in [
+        ("server.pid_file", &plan.server.pid_file),
+        ("server.upgrade_sock", &plan.server.upgrade_sock),
+    ] {
+        let dir = match Path::new(path).parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let why = if !dir.is_dir() {
+            Some("does not exist")
+        } else if !writable(&dir) {
+            Some("is not writable by this user")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            out.push(format!(
+                "{file}: {key}: directory {} {why}, so `{path}` cannot be created (the systemd unit's RuntimeDirectory=bext creates /run/bext; running by hand, create the directory or point {key} elsewhere)",
+                dir.display()
+            ));
+        }
+    }
+    out
+}
+
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path; access(2) only reads it.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
 pub fn load(path: &Path) -> Result<Plan, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {

@@ -172,32 +172,129 @@ fn find_port(config_dir: &Path) -> Result<(u16, String), DetectError> {
             return Ok((port, format!("config/{file}")));
         }
     }
-    Ok((DEFAULT_PORT, "Phoenix default".into()))
+    Ok((
+        DEFAULT_PORT,
+        "nowhere: no `http: [port: …]` in config/*.exs, 4000 assumed; check it".into(),
+    ))
 }
 
-/// Finds `port: 4000`, or the fallback in `port: String.to_integer(System.get_env("PORT") || "4000")`.
+/// The port of the endpoint's `http:` listener: `http: [port: 4001]`, the
+/// env fallback in `port: String.to_integer(System.get_env("PORT") || "4050")`,
+/// or a variable, as `mix phx.new` writes runtime.exs:
+/// `port = String.to_integer(System.get_env("PORT") || "4000")` then
+/// `http: [ip: …, port: port]`. The `url:` port (the public one, 443) is not
+/// where Phoenix listens and is never taken.
 fn port_in(text: &str) -> Option<u16> {
     let mut rest = text;
-    while let Some(i) = rest.find("port:") {
+    while let Some(i) = rest.find("http:") {
+        // Only the keyword `http:` itself, not `https:` or `xhttp:`.
+        let before_ok = rest[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
         let after = &rest[i + 5..];
-        let window: String = after.chars().take(120).collect();
-        let digits = |s: &str| -> Option<u16> {
-            let d: String = s
-                .trim_start()
-                .chars()
-                .take_while(|c| c.is_ascii_digit())
-                .collect();
-            d.parse().ok().filter(|p| *p > 0)
-        };
-        if let Some(p) = digits(&window) {
-            return Some(p);
-        }
-        if let Some(j) = window.find("|| \"") {
-            if let Some(p) = digits(&window[j + 4..]) {
-                return Some(p);
+        if before_ok {
+            if let Some(list) = bracketed(after) {
+                if let Some(value) = keyword_value(list, "port:") {
+                    if let Some(p) = port_value(value).or_else(|| variable(text, value)) {
+                        return Some(p);
+                    }
+                }
             }
         }
         rest = after;
+    }
+    None
+}
+
+/// The contents of the `[...]` list that starts `s` (after spaces), nested
+/// brackets included; None if `s` does not start with a list.
+fn bracketed(s: &str) -> Option<&str> {
+    let s = s.trim_start();
+    let inner = s.strip_prefix('[')?;
+    let mut depth = 1usize;
+    for (i, c) in inner.char_indices() {
+        match c {
+            '[' | '{' | '(' => depth += 1,
+            ']' | '}' | ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&inner[..i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The text of `key` in a keyword list (up to the next top-level comma).
+fn keyword_value<'a>(list: &'a str, key: &str) -> Option<&'a str> {
+    let mut depth = 0usize;
+    let mut start = 0usize;
+    let mut items = Vec::new();
+    for (i, c) in list.char_indices() {
+        match c {
+            '[' | '{' | '(' => depth += 1,
+            ']' | '}' | ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                items.push(&list[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&list[start..]);
+    items
+        .into_iter()
+        .find_map(|item| item.trim().strip_prefix(key).map(str::trim))
+}
+
+/// `4001`, or `String.to_integer(System.get_env("PORT") || "4050")` /
+/// `System.get_env("PORT", "4050")` → the default.
+fn port_value(v: &str) -> Option<u16> {
+    let v = v.trim();
+    let digits = |s: &str| -> Option<u16> {
+        let d: String = s
+            .trim_start()
+            .trim_start_matches('"')
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        d.parse().ok().filter(|p| *p > 0)
+    };
+    if v.starts_with(|c: char| c.is_ascii_digit()) {
+        return digits(v);
+    }
+    if !v.contains("System.get_env") {
+        return None;
+    }
+    if let Some(j) = v.find("||") {
+        return digits(&v[j + 2..]);
+    }
+    // System.get_env("PORT", "4050")
+    let args = v.split_once("get_env(")?.1;
+    digits(args.split_once(',')?.1)
+}
+
+/// `port: NAME` where `NAME = <port expression>` is assigned in the file.
+fn variable(text: &str, name: &str) -> Option<u16> {
+    let name = name.trim();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return None;
+    }
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rhs) = line
+            .strip_prefix(name)
+            .and_then(|r| r.trim_start().strip_prefix('='))
+        {
+            if !rhs.starts_with('=') {
+                if let Some(p) = port_value(rhs) {
+                    return Some(p);
+                }
+            }
+        }
     }
     None
 }
@@ -240,6 +337,37 @@ mod tests {
             Some(4050)
         );
         assert_eq!(port_in("url: [host: \"x\"]"), None);
+    }
+
+    #[test]
+    fn the_runtime_exs_mix_phx_new_writes() {
+        let runtime = r#"
+if config_env() == :prod do
+  host = System.get_env("PHX_HOST") || "example.com"
+  port = String.to_integer(System.get_env("PORT") || "4123")
+
+  config :hello, HelloWeb.Endpoint,
+    url: [host: host, port: 443, scheme: "https"],
+    http: [
+      # Enable IPv6 and bind on all interfaces.
+      ip: {0, 0, 0, 0, 0, 0, 0, 0},
+      port: port
+    ],
+    secret_key_base: secret_key_base
+end
+"#;
+        assert_eq!(port_in(runtime), Some(4123));
+        // The url port alone is not a listener port.
+        assert_eq!(port_in("url: [host: host, port: 443]"), None);
+        assert_eq!(
+            port_in("https: [port: 4443], http: [port: 4001]"),
+            Some(4001)
+        );
+        assert_eq!(
+            port_in("http: [port: System.get_env(\"PORT\", \"4002\") |> String.to_integer()]"),
+            Some(4002)
+        );
+        assert_eq!(port_in("http: [port: port]"), None);
     }
 
     #[test]
