@@ -17,6 +17,7 @@ pub mod demo;
 pub mod demo_origin;
 pub mod exchange;
 pub mod h3;
+pub mod header_policy;
 pub mod import;
 pub mod limits;
 mod memory;

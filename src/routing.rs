@@ -160,6 +160,8 @@ pub struct Route {
     /// Proxied responses may be compressed (`compress = false` turns it off;
     /// never on websocket or static routes).
     pub compress: bool,
+    /// Security preset, response headers removed, request headers set/removed.
+    pub header_policy: crate::header_policy::HeaderPolicy,
 }
 
 impl Route {
@@ -233,6 +235,7 @@ mod tests {
             response_headers: vec![],
             waf: true,
             compress: true,
+            header_policy: Default::default(),
         }
     }
 

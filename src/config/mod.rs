@@ -207,6 +207,33 @@ mod tests {
     }
 
     #[test]
+    fn header_policy_settings_are_checked() {
+        let route = |extra: &str| {
+            format!("{UP}[[route_rules]]\npattern = \"/*\"\nproxy = \"phoenix\"\n{extra}\n")
+        };
+        let e = errs(&route("permissions_policy = \"camera=()\""));
+        assert!(e[0].contains("route_rules[0].permissions_policy:"), "{e:?}");
+        let e = errs(&route("request_headers = { host = \"evil\" }"));
+        assert!(
+            e[0].contains("route_rules[0].request_headers.host:"),
+            "{e:?}"
+        );
+        let e = errs(&route("response_headers_remove = [\"bad name\"]"));
+        assert!(
+            e[0].contains("route_rules[0].response_headers_remove[0]:"),
+            "{e:?}"
+        );
+        let plan = load_str(
+            Path::new("t.toml"),
+            &route("security_headers = true\nrequest_headers_remove = [\"x-debug\"]"),
+        )
+        .unwrap();
+        let r = plan.routes.iter().next().unwrap();
+        assert!(r.header_policy.security);
+        assert_eq!(r.header_policy.request_remove, ["x-debug"]);
+    }
+
+    #[test]
     fn unknown_upstream_is_an_error() {
         let e = errs(&format!(
             "{UP}[[route_rules]]\npattern = \"/*\"\nproxy = \"phenix\"\n"

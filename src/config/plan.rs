@@ -476,6 +476,13 @@ fn compile_route(
             ),
         }
     }
+    let header_policy = compile_header_policy(errs, &key, &r);
+    if !header_policy.is_empty() && matches!(target, Some(RouteTarget::Static(_))) {
+        errs.push(
+            format!("{key}.security_headers"),
+            "security_headers and the request/response header lists apply to proxied routes only; use `headers` on a static route",
+        );
+    }
     if errs.list.len() != before {
         return None;
     }
@@ -500,7 +507,74 @@ fn compile_route(
         response_headers,
         waf: r.waf.unwrap_or(true),
         compress,
+        header_policy,
     })
+}
+
+fn compile_header_policy(
+    errs: &mut Errors,
+    key: &str,
+    r: &RouteRule,
+) -> crate::header_policy::HeaderPolicy {
+    let mut p = crate::header_policy::HeaderPolicy {
+        security: r.security_headers.unwrap_or(false),
+        ..Default::default()
+    };
+    let name = |errs: &mut Errors, k: String, n: &str| match HeaderName::from_bytes(n.as_bytes()) {
+        Ok(n) => Some(n),
+        Err(_) => {
+            errs.push(k, format!("\"{n}\" is not a valid HTTP header name"));
+            None
+        }
+    };
+    if let Some(v) = &r.permissions_policy {
+        if !p.security {
+            errs.push(
+                format!("{key}.permissions_policy"),
+                "is added with the security preset: set `security_headers = true` too",
+            );
+        }
+        match HeaderValue::from_str(v) {
+            Ok(v) => p.permissions_policy = Some(v),
+            Err(_) => errs.push(
+                format!("{key}.permissions_policy"),
+                "value contains characters not allowed in an HTTP header",
+            ),
+        }
+    }
+    for (i, n) in r.response_headers_remove.iter().enumerate() {
+        if let Some(n) = name(errs, format!("{key}.response_headers_remove[{i}]"), n) {
+            p.response_remove.push(n);
+        }
+    }
+    for (i, n) in r.request_headers_remove.iter().enumerate() {
+        if let Some(n) = name(errs, format!("{key}.request_headers_remove[{i}]"), n) {
+            p.request_remove.push(n);
+        }
+    }
+    for (n, v) in &r.request_headers {
+        let k = format!("{key}.request_headers.{n}");
+        let Some(hn) = name(errs, k.clone(), n) else {
+            continue;
+        };
+        // Framing and routing headers are bext's to set.
+        if [
+            http::header::HOST,
+            http::header::CONTENT_LENGTH,
+            http::header::TRANSFER_ENCODING,
+            http::header::CONNECTION,
+        ]
+        .contains(&hn)
+        {
+            errs.push(k, "bext sets this header itself; it cannot be configured");
+            continue;
+        }
+        match HeaderValue::from_str(v) {
+            Ok(v) => p.request_set.push((hn, v)),
+            Err(_) => errs.push(k, "value contains characters not allowed in an HTTP header"),
+        }
+    }
+    p
 }
 
 /// A route either proxies (`proxy`) or serves files (`render = "static"` with

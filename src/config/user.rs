@@ -147,4 +147,18 @@ pub struct RouteRule {
     /// `false` sends this route's responses uncompressed (default: compressed
     /// when `[compression]` is on and the route proxies).
     pub compress: Option<bool>,
+    /// The security-header preset (HSTS on TLS, nosniff, Referrer-Policy,
+    /// X-Frame-Options), never overriding the response's own.
+    pub security_headers: Option<bool>,
+    /// `Permissions-Policy` added with the preset.
+    pub permissions_policy: Option<String>,
+    /// Response headers removed (e.g. `["server", "x-powered-by"]`).
+    #[serde(default)]
+    pub response_headers_remove: Vec<String>,
+    /// Request headers set on the way to Phoenix.
+    #[serde(default)]
+    pub request_headers: BTreeMap<String, String>,
+    /// Request headers removed on the way to Phoenix.
+    #[serde(default)]
+    pub request_headers_remove: Vec<String>,
 }

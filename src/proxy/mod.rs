@@ -412,6 +412,11 @@ impl ProxyHttp for BextProxy {
             crate::telemetry::inject(upstream_request, trace)?;
         }
         EdgeCache::scrub_upstream(upstream_request, &ctx.cache);
+        if let Some(route) = &ctx.route {
+            if !route.header_policy.is_empty() {
+                route.header_policy.apply_request(upstream_request)?;
+            }
+        }
         Ok(())
     }
 
@@ -430,6 +435,11 @@ impl ProxyHttp for BextProxy {
         if let Some(route) = &ctx.route {
             for (name, value) in &route.response_headers {
                 resp.insert_header(name.clone(), value.clone())?;
+            }
+            if !route.header_policy.is_empty() {
+                route
+                    .header_policy
+                    .apply_response(resp, ctx.exchange.client.secure)?;
             }
         }
         resp.insert_header(request_id::HEADER, ctx.exchange.id.clone())?;

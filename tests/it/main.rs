@@ -10,6 +10,7 @@ mod upstream_support;
 mod access_log;
 mod compression;
 mod dashboard;
+mod header_policy;
 mod liveview;
 mod metrics;
 mod otlp_receiver;
