@@ -1,4 +1,4 @@
-//! Failure handling: dead upstream (502), custom error page, slow upstream
+//! Failure handling: unreachable upstream (503 maintenance page), custom error page, slow upstream
 //! (504) and the per-route timeout override, malformed requests (400), the
 //! process surviving all of these, and SIGTERM draining in-flight requests.
 
@@ -67,13 +67,15 @@ fn is_request_id(v: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_upstream_gives_502_html_page_with_request_id() {
+async fn unreachable_upstream_gives_503_maintenance_page_with_request_id() {
     let origin = StubOrigin::start("a").await;
     let closed = ClosedPort::new();
     let bext = Bext::start(&config(free_port(), &origin, &closed, "")).await;
 
     let r = client().get(bext.url("/dead/page")).send().await.unwrap();
-    assert_eq!(r.status(), 502, "stderr:\n{}", bext.stderr());
+    // No node could be reached: the maintenance answer, retryable.
+    assert_eq!(r.status(), 503, "stderr:\n{}", bext.stderr());
+    assert!(r.headers().get("retry-after").is_some());
     assert!(
         content_type(&r).starts_with("text/html"),
         "content-type {:?}",
@@ -82,7 +84,7 @@ async fn dead_upstream_gives_502_html_page_with_request_id() {
     let rid = r
         .headers()
         .get("x-request-id")
-        .expect("502 carries X-Request-Id")
+        .expect("503 carries X-Request-Id")
         .to_str()
         .unwrap()
         .to_string();
@@ -90,7 +92,7 @@ async fn dead_upstream_gives_502_html_page_with_request_id() {
     let body = r.text().await.unwrap();
     assert!(
         body.to_ascii_lowercase().contains("<html") || body.contains("<!"),
-        "502 body is not an HTML page: {body:?}"
+        "503 body is not an HTML page: {body:?}"
     );
 }
 
@@ -146,13 +148,13 @@ async fn error_page_file_is_served_for_gateway_errors() {
     let c = client();
 
     let r = c.get(bext.url("/dead/page")).send().await.unwrap();
-    assert_eq!(r.status(), 502);
+    assert_eq!(r.status(), 503);
     assert!(content_type(&r).starts_with("text/html"));
     assert!(r.headers().get("x-request-id").is_some());
     let body = r.text().await.unwrap();
     assert!(
         body.contains("marker-7f3a9c-maintenance"),
-        "502 body is not the error_page file: {body:?}"
+        "503 body is not the error_page file: {body:?}"
     );
 
     let r = c.get(bext.url("/slow?ms=4000")).send().await.unwrap();
@@ -184,7 +186,7 @@ async fn malformed_request_gets_400_and_never_reaches_origin() {
     );
 }
 
-/// A 502/504 answered with `Connection: keep-alive` must leave the client
+/// A 503/504 answered with `Connection: keep-alive` must leave the client
 /// connection usable (HTTP/1.1: a server that means to close says `close`),
 /// otherwise pooling clients fail their next request on that connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +195,7 @@ async fn gateway_errors_keep_connection_semantics() {
     let closed = ClosedPort::new();
     let bext = Bext::start(&config(free_port(), &origin, &closed, "")).await;
 
-    for (path, status) in [("/dead/ka", 502u16), ("/slow?ms=3000", 504)] {
+    for (path, status) in [("/dead/ka", 503u16), ("/slow?ms=3000", 504)] {
         let req = format!("GET {path} HTTP/1.1\r\nHost: app.example.com\r\n\r\n");
         let (r, mut conn) = raw_request_keep(bext.addr(), req.as_bytes()).await;
         assert_eq!(r.status, status, "{r:?}");
@@ -246,7 +248,7 @@ async fn process_survives_all_failures() {
     let c = client();
 
     let r = c.get(bext.url("/dead/x")).send().await.unwrap();
-    assert_eq!(r.status(), 502);
+    assert_eq!(r.status(), 503);
     let r = c.get(bext.url("/slow?ms=3000")).send().await.unwrap();
     assert_eq!(r.status(), 504);
     let r = raw_request(

@@ -135,7 +135,12 @@ pub fn status_for(e: &Error) -> u16 {
         HTTPStatus(code) => *code,
         _ => match e.esource() {
             ErrorSource::Upstream => match e.etype() {
-                ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => 504,
+                // No node could be reached (every attempt failed to connect):
+                // the request never got to Phoenix, so it is the maintenance
+                // case, 503 with Retry-After, safe for the client to retry.
+                ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError
+                | ConnectProxyFailure | BindError => 503,
+                ReadTimedout | WriteTimedout | TLSHandshakeTimedout => 504,
                 _ => 502,
             },
             ErrorSource::Downstream => match e.etype() {
@@ -155,7 +160,11 @@ mod tests {
     #[test]
     fn upstream_failures_map_to_gateway_statuses() {
         let refused = Error::new_up(ErrorType::ConnectRefused);
-        assert_eq!(status_for(&refused), 502);
+        assert_eq!(status_for(&refused), 503);
+        let unreachable = Error::new_up(ErrorType::ConnectTimedout);
+        assert_eq!(status_for(&unreachable), 503);
+        let broken = Error::new_up(ErrorType::ConnectionClosed);
+        assert_eq!(status_for(&broken), 502);
         let slow = Error::new_up(ErrorType::ReadTimedout);
         assert_eq!(status_for(&slow), 504);
         let gone = Error::new_down(ErrorType::ConnectionClosed);
