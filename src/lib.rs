@@ -22,6 +22,7 @@ pub mod import;
 pub mod limits;
 mod memory;
 pub mod proxy;
+pub mod redirect;
 pub mod reload;
 pub mod respond;
 pub mod routing;

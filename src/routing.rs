@@ -18,6 +18,9 @@ pub enum RouteTarget {
     Proxy(UpstreamId),
     /// `render = "static"`: files under `static_root`, answered in `request_filter`.
     Static(Arc<StaticRoot>),
+    /// `redirect = "https://example.com{path}{query}"`: answered with a
+    /// redirect in `request_filter`.
+    Redirect(Arc<crate::redirect::RedirectRule>),
 }
 
 /// A path pattern from `route_rules[].pattern`.
@@ -162,6 +165,8 @@ pub struct Route {
     pub compress: bool,
     /// Security preset, response headers removed, request headers set/removed.
     pub header_policy: crate::header_policy::HeaderPolicy,
+    /// `trailing_slash = "add" | "remove"`: GET/HEAD redirected to the canonical path.
+    pub trailing_slash: crate::redirect::TrailingSlash,
 }
 
 impl Route {
@@ -169,7 +174,7 @@ impl Route {
     pub fn upstream(&self) -> Option<UpstreamId> {
         match self.target {
             RouteTarget::Proxy(id) => Some(id),
-            RouteTarget::Static(_) => None,
+            RouteTarget::Static(_) | RouteTarget::Redirect(_) => None,
         }
     }
 
@@ -236,6 +241,7 @@ mod tests {
             waf: true,
             compress: true,
             header_policy: Default::default(),
+            trailing_slash: Default::default(),
         }
     }
 

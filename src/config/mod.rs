@@ -234,6 +234,26 @@ mod tests {
     }
 
     #[test]
+    fn redirect_settings_are_checked() {
+        let rule = |body: &str| format!("{UP}{ROUTE}[[route_rules]]\npattern = \"/r/*\"\n{body}\n");
+        let e = errs(&rule(
+            "redirect = \"https://a.test{path}\"\nproxy = \"phoenix\"",
+        ));
+        assert!(e[0].contains("route_rules[1].redirect:"), "{e:?}");
+        let e = errs(&rule("redirect = \"https://{host}{path}\""));
+        assert!(
+            e[0].contains("route_rules[1].redirect:") && e[0].contains("host"),
+            "{e:?}"
+        );
+        let e = errs(&rule("redirect = \"https://a.test\"\nstatus = 200"));
+        assert!(e[0].contains("route_rules[1].status:"), "{e:?}");
+        let e = errs(&rule("proxy = \"phoenix\"\nstatus = 301"));
+        assert!(e[0].contains("route_rules[1].status:"), "{e:?}");
+        let e = errs(&rule("proxy = \"phoenix\"\ntrailing_slash = \"always\""));
+        assert!(e[0].contains("route_rules[1].trailing_slash:"), "{e:?}");
+    }
+
+    #[test]
     fn unknown_upstream_is_an_error() {
         let e = errs(&format!(
             "{UP}[[route_rules]]\npattern = \"/*\"\nproxy = \"phenix\"\n"

@@ -477,6 +477,18 @@ fn compile_route(
         }
     }
     let header_policy = compile_header_policy(errs, &key, &r);
+    let trailing_slash = match r
+        .trailing_slash
+        .as_deref()
+        .map(crate::redirect::TrailingSlash::parse)
+    {
+        None => Default::default(),
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            errs.push(format!("{key}.trailing_slash"), e);
+            Default::default()
+        }
+    };
     if !header_policy.is_empty() && matches!(target, Some(RouteTarget::Static(_))) {
         errs.push(
             format!("{key}.security_headers"),
@@ -508,6 +520,7 @@ fn compile_route(
         waf: r.waf.unwrap_or(true),
         compress,
         header_policy,
+        trailing_slash,
     })
 }
 
@@ -586,6 +599,34 @@ fn compile_target(
     upstreams: &[&str],
     r: &RouteRule,
 ) -> Option<RouteTarget> {
+    if r.status.is_some() && r.redirect.is_none() {
+        errs.push(format!("{key}.status"), "only used with `redirect = ...`");
+    }
+    if let Some(template) = &r.redirect {
+        if r.proxy.is_some() || r.render.is_some() {
+            errs.push(
+                format!("{key}.redirect"),
+                "a redirect route neither proxies nor renders: remove `proxy` / `render`",
+            );
+            return None;
+        }
+        return match crate::redirect::RedirectRule::parse(
+            template,
+            r.status.unwrap_or(308),
+            r.host.is_some(),
+        ) {
+            Ok(rule) => Some(RouteTarget::Redirect(Arc::new(rule))),
+            Err(e) => {
+                let k = if e.starts_with("status") {
+                    "status"
+                } else {
+                    "redirect"
+                };
+                errs.push(format!("{key}.{k}"), e);
+                None
+            }
+        };
+    }
     match (r.proxy.as_deref(), r.render.as_deref()) {
         (Some(_), Some(_)) => {
             errs.push(
@@ -597,8 +638,8 @@ fn compile_target(
         (None, None) => {
             errs.push(
                 format!("{key}.proxy"),
-                "missing: every route must name an upstream with `proxy = \"NAME\"` \
-                 or serve files with `render = \"static\"`",
+                "missing: every route must name an upstream with `proxy = \"NAME\"`, \
+                 serve files with `render = \"static\"` or redirect with `redirect = \"URL\"`",
             );
             None
         }

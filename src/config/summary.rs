@@ -65,10 +65,12 @@ impl fmt::Display for Plan {
                     .get(*id)
                     .map_or("?".to_string(), |u| u.name.clone()),
                 RouteTarget::Static(root) => format!("static {}", root.dir().display()),
+                RouteTarget::Redirect(r) => format!("redirect {}", r.status),
             };
             // Static routes are answered before the cache: its flag would mislead.
             let mut flags = match r.target {
                 RouteTarget::Static(_) => vec!["files"],
+                RouteTarget::Redirect(_) => vec!["redirect"],
                 RouteTarget::Proxy(_) => vec![if r.cache { "cache" } else { "no-cache" }],
             };
             if r.websocket {

@@ -161,4 +161,10 @@ pub struct RouteRule {
     /// Request headers removed on the way to Phoenix.
     #[serde(default)]
     pub request_headers_remove: Vec<String>,
+    /// Answer with a redirect to this template (`{path}`, `{query}`, `{host}`).
+    pub redirect: Option<String>,
+    /// The redirect's status (default 308).
+    pub status: Option<u16>,
+    /// `"add"`, `"remove"` or `"ignore"` (default).
+    pub trailing_slash: Option<String>,
 }

@@ -220,6 +220,27 @@ impl ProxyHttp for BextProxy {
         if waf::phase::on_request(&self.waf, route.waf, session, &mut ctx.waf, id).await? {
             return Ok(true);
         }
+        let req = session.req_header();
+        if let Some(to) = route.trailing_slash.target(&req.method, req.uri.path()) {
+            let location = match req.uri.query() {
+                Some(q) => format!("{to}?{q}"),
+                None => to,
+            };
+            respond::redirect(session, 308, &location, id).await?;
+            return Ok(true);
+        }
+        if let RouteTarget::Redirect(rule) = &route.target {
+            let req = session.req_header();
+            match rule.location(
+                req.uri.path(),
+                req.uri.query(),
+                request_host(req).unwrap_or(""),
+            ) {
+                Some(location) => respond::redirect(session, rule.status, &location, id).await?,
+                None => self.pages.respond(session, 400, id).await?,
+            }
+            return Ok(true);
+        }
         if let RouteTarget::Static(root) = &route.target {
             let extras = static_files::Extras {
                 route_headers: &route.response_headers,

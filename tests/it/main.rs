@@ -15,6 +15,7 @@ mod liveview;
 mod metrics;
 mod otlp_receiver;
 mod placement;
+mod redirects;
 mod reuse;
 mod scrape;
 mod support;
