@@ -254,6 +254,30 @@ mod tests {
     }
 
     #[test]
+    fn static_site_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("index.html"), "x").unwrap();
+        let base = dir.path().join("bext.toml");
+        let load = |extra: &str| {
+            load_str(
+                &base,
+                &format!("{UP}{ROUTE}[[route_rules]]\npattern = \"/site/*\"\nrender = \"static\"\nstatic_root = \".\"\n{extra}\n"),
+            )
+        };
+        assert!(load("index = \"index.html\"\nfallback = \"index.html\"").is_ok());
+        let first =
+            |r: Result<Plan, ConfigErrors>| r.err().map(|e| e.0[0].to_string()).unwrap_or_default();
+        let e = first(load("fallback = \"missing.html\""));
+        assert!(e.contains("route_rules[1].fallback:"), "{e}");
+        let e = first(load("index = \"a/index.html\""));
+        assert!(e.contains("route_rules[1].index:"), "{e}");
+        let e = errs(&format!(
+            "{UP}[[route_rules]]\npattern = \"/*\"\nproxy = \"phoenix\"\nindex = \"index.html\"\n"
+        ));
+        assert!(e[0].contains("route_rules[0].index:"), "{e:?}");
+    }
+
+    #[test]
     fn unknown_upstream_is_an_error() {
         let e = errs(&format!(
             "{UP}[[route_rules]]\npattern = \"/*\"\nproxy = \"phenix\"\n"

@@ -644,11 +644,17 @@ fn compile_target(
             None
         }
         (Some(name), None) => {
-            if r.static_root.is_some() {
-                errs.push(
-                    format!("{key}.static_root"),
-                    "only used with `render = \"static\"`; remove it from a proxy route",
-                );
+            for (k, set) in [
+                ("static_root", r.static_root.is_some()),
+                ("index", r.index.is_some()),
+                ("fallback", r.fallback.is_some()),
+            ] {
+                if set {
+                    errs.push(
+                        format!("{key}.{k}"),
+                        "only used with `render = \"static\"`; remove it from a proxy route",
+                    );
+                }
             }
             compile_upstream_ref(errs, key, upstreams, name).map(RouteTarget::Proxy)
         }
@@ -717,7 +723,13 @@ fn compile_static(
         return None;
     };
     match StaticRoot::open(&base.join(dir)) {
-        Ok(root) => Some(Arc::new(root)),
+        Ok(root) => match root.with_site(r.index.as_deref(), r.fallback.as_deref()) {
+            Ok(root) => Some(Arc::new(root)),
+            Err((k, e)) => {
+                errs.push(format!("{key}.{k}"), e);
+                None
+            }
+        },
         Err(e) => {
             errs.push(format!("{key}.static_root"), e);
             None

@@ -167,4 +167,8 @@ pub struct RouteRule {
     pub status: Option<u16>,
     /// `"add"`, `"remove"` or `"ignore"` (default).
     pub trailing_slash: Option<String>,
+    /// Static routes: the file served for a directory path (`index.html`).
+    pub index: Option<String>,
+    /// Static routes: the file served for a missing page (single-page apps).
+    pub fallback: Option<String>,
 }

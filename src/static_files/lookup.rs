@@ -14,6 +14,11 @@ pub struct StaticRoot {
     /// Canonical (absolute, symlink-free), so that a found file is inside the
     /// root exactly when its canonical path starts with this one.
     dir: PathBuf,
+    /// `index = "index.html"`: served for a directory path (ending in `/`).
+    index: Option<String>,
+    /// `fallback = "index.html"`: served, relative to the root, for a
+    /// missing page (a path whose last segment has no `.`): single-page apps.
+    fallback: Option<PathBuf>,
 }
 
 impl StaticRoot {
@@ -24,11 +29,81 @@ impl StaticRoot {
         if !dir.is_dir() {
             return Err(format!("{} is not a directory", path.display()));
         }
-        Ok(StaticRoot { dir })
+        Ok(StaticRoot {
+            dir,
+            index: None,
+            fallback: None,
+        })
+    }
+
+    /// Sets `index` (a plain file name) and `fallback` (a file inside the
+    /// root, which must exist). Blocking; config load only.
+    pub fn with_site(
+        mut self,
+        index: Option<&str>,
+        fallback: Option<&str>,
+    ) -> Result<StaticRoot, (&'static str, String)> {
+        if let Some(i) = index {
+            if i.is_empty() || i.contains(['/', '\\', '\0']) || i == "." || i == ".." {
+                return Err((
+                    "index",
+                    format!("\"{i}\" must be a file name, e.g. \"index.html\""),
+                ));
+            }
+            self.index = Some(i.to_owned());
+        }
+        if let Some(f) = fallback {
+            let rel = super::path::relative_path(&format!("/{}", f.trim_start_matches('/')))
+                .map_err(|e| ("fallback", format!("\"{f}\": {e}")))?;
+            match open_inside(&self, &self.dir.join(&rel)) {
+                Ok(Some(_)) => self.fallback = Some(rel),
+                _ => {
+                    return Err((
+                        "fallback",
+                        format!("\"{f}\" is not a file inside {}", self.dir.display()),
+                    ))
+                }
+            }
+        }
+        Ok(self)
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn index(&self) -> Option<&str> {
+        self.index.as_deref()
+    }
+}
+
+/// What a request finds on a static site: the file for `rel`; for a
+/// directory request (`dir`: the path ended in `/`) the index file inside
+/// it; for a missing page the fallback. Also the relative path served (its
+/// extension gives the content type).
+pub fn find_page(
+    root: &StaticRoot,
+    rel: &Path,
+    dir: bool,
+    accepted: Accepted,
+) -> io::Result<Option<(PathBuf, Found)>> {
+    let wanted = match (dir, &root.index) {
+        (true, Some(index)) => rel.join(index),
+        (true, None) => return Ok(None),
+        (false, _) => rel.to_path_buf(),
+    };
+    if let Some(found) = find(root, &wanted, accepted)? {
+        return Ok(Some((wanted, found)));
+    }
+    let page = wanted
+        .file_name()
+        .is_none_or(|n| !n.to_string_lossy().contains('.'))
+        || dir;
+    match &root.fallback {
+        Some(fallback) if page => {
+            Ok(find(root, fallback, accepted)?.map(|f| (fallback.clone(), f)))
+        }
+        _ => Ok(None),
     }
 }
 

@@ -57,8 +57,17 @@ pub async fn serve(
         let allow = [(ALLOW, HeaderValue::from_static("GET, HEAD"))];
         return pages.respond_with(session, 405, id, &allow).await;
     }
-    let rel = match path::relative_path(session.req_header().uri.path()) {
+    let raw = session.req_header().uri.path();
+    let mut dir = false;
+    let rel = match path::relative_path(raw) {
         Ok(rel) => rel,
+        Err(path::PathError::Directory) if root.index().is_some() => {
+            dir = true;
+            match path::directory_path(raw) {
+                Ok(rel) => rel,
+                Err(e) => return pages.respond(session, e.status(), id).await,
+            }
+        }
         Err(e) => {
             log::debug!("static: refused {:?}: {e}", session.req_header().uri.path());
             return pages.respond(session, e.status(), id).await;
@@ -67,9 +76,9 @@ pub async fn serve(
     let accepted = Accepted::from_headers(&session.req_header().headers);
     let task = {
         let (root, rel) = (Arc::clone(root), rel.clone());
-        tokio::task::spawn_blocking(move || lookup::find(&root, &rel, accepted)).await
+        tokio::task::spawn_blocking(move || lookup::find_page(&root, &rel, dir, accepted)).await
     };
-    let found = match task {
+    let (rel, found) = match task {
         Ok(Ok(Some(found))) => found,
         Ok(Ok(None)) => return pages.respond(session, 404, id).await,
         Ok(Err(e)) => {

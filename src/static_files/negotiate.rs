@@ -8,21 +8,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::header::{ACCEPT_ENCODING, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, RANGE};
 use http::{HeaderMap, Method};
 
-/// A precompressed variant: `FILE.br` or `FILE.gz` next to `FILE`.
+/// A precompressed variant: `FILE.br`, `FILE.zst` or `FILE.gz` next to `FILE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     Br,
+    Zstd,
     Gzip,
 }
 
 impl Encoding {
-    /// In order of preference: brotli is smaller when both exist.
-    pub const ALL: [Encoding; 2] = [Encoding::Br, Encoding::Gzip];
+    /// In order of preference: brotli is smallest, zstd next.
+    pub const ALL: [Encoding; 3] = [Encoding::Br, Encoding::Zstd, Encoding::Gzip];
 
     /// The file name suffix of the variant.
     pub fn suffix(self) -> &'static str {
         match self {
             Encoding::Br => ".br",
+            Encoding::Zstd => ".zst",
             Encoding::Gzip => ".gz",
         }
     }
@@ -31,6 +33,7 @@ impl Encoding {
     pub fn token(self) -> &'static str {
         match self {
             Encoding::Br => "br",
+            Encoding::Zstd => "zstd",
             Encoding::Gzip => "gzip",
         }
     }
@@ -40,12 +43,13 @@ impl Encoding {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Accepted {
     br: bool,
+    zstd: bool,
     gzip: bool,
 }
 
 impl Accepted {
     pub fn from_headers(headers: &HeaderMap) -> Accepted {
-        let (mut br, mut gzip, mut any) = (None, None, None);
+        let (mut br, mut zstd, mut gzip, mut any) = (None, None, None, None);
         for value in headers.get_all(ACCEPT_ENCODING) {
             let Ok(value) = value.to_str() else { continue };
             for item in value.split(',') {
@@ -57,6 +61,7 @@ impl Accepted {
                     .is_none_or(|q| q.trim().parse::<f32>().is_ok_and(|q| q > 0.0));
                 match name.as_str() {
                     "br" => br = Some(ok),
+                    "zstd" => zstd = Some(ok),
                     "gzip" | "x-gzip" => gzip = Some(ok),
                     "*" => any = Some(ok),
                     _ => {}
@@ -66,6 +71,7 @@ impl Accepted {
         // A named coding overrides `*`, whichever comes first.
         Accepted {
             br: br.or(any).unwrap_or(false),
+            zstd: zstd.or(any).unwrap_or(false),
             gzip: gzip.or(any).unwrap_or(false),
         }
     }
@@ -73,6 +79,7 @@ impl Accepted {
     pub fn accepts(self, e: Encoding) -> bool {
         match e {
             Encoding::Br => self.br,
+            Encoding::Zstd => self.zstd,
             Encoding::Gzip => self.gzip,
         }
     }

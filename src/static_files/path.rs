@@ -32,6 +32,22 @@ impl PathError {
     }
 }
 
+/// Like [`relative_path`] for a path that names a directory (`/` or ending
+/// in `/`): the directory, relative to the root (empty for the root itself).
+pub fn directory_path(raw: &str) -> Result<PathBuf, PathError> {
+    match relative_path(raw) {
+        Err(PathError::Directory) => {
+            let trimmed = raw.trim_end_matches('/');
+            if trimmed.is_empty() {
+                return Ok(PathBuf::new());
+            }
+            relative_path(trimmed)
+        }
+        Ok(p) => Ok(p),
+        Err(e) => Err(e),
+    }
+}
+
 /// Maps the raw (still percent-encoded, query-free) request path to a relative
 /// path. The route prefix is kept: `/assets/app.js` → `assets/app.js`, as
 /// Phoenix's `Plug.Static` maps it. Empty and `.` segments are dropped.
@@ -54,7 +70,8 @@ pub fn relative_path(raw: &str) -> Result<PathBuf, PathError> {
         }
     }
     // Checked after the segments so that `/../` is refused as traversal, not
-    // quietly answered as a missing directory.
+    // quietly answered as a missing directory (the caller may then look for
+    // an index file with [`directory_path`]).
     if out.as_os_str().is_empty() || raw.ends_with('/') {
         return Err(PathError::Directory);
     }

@@ -18,5 +18,6 @@ mod placement;
 mod redirects;
 mod reuse;
 mod scrape;
+mod static_site;
 mod support;
 mod trace;
