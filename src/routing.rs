@@ -193,18 +193,80 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// `server.default_site`: the host whose routes answer requests for a
+    /// host no route names.
+    default_site: Option<String>,
+}
+
+/// What the routes say about a request.
+pub enum Lookup<'a> {
+    Route(&'a Arc<Route>),
+    /// The host is one of the configured sites, but no route matches the path.
+    NoRoute,
+    /// No route is for this host (and there is no `default_site`): 421.
+    UnknownHost,
 }
 
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> RouteTable {
         RouteTable {
             routes: routes.into_iter().map(Arc::new).collect(),
+            default_site: None,
         }
+    }
+
+    pub fn with_default_site(mut self, site: Option<String>) -> RouteTable {
+        self.default_site = site;
+        self
     }
 
     /// The first route matching `host` (the request's Host, may carry a port) and `path`.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| r.matches(host, path))
+    }
+
+    /// [`find`](Self::find), telling a path no route serves from a host no
+    /// route is for; the latter goes to `default_site` when one is set.
+    pub fn lookup(&self, host: Option<&str>, path: &str) -> Lookup<'_> {
+        if let Some(r) = self.find(host, path) {
+            return Lookup::Route(r);
+        }
+        let known = self.routes.iter().any(|r| match (&r.host, host) {
+            (None, _) => true,
+            (Some(h), Some(host)) => h.matches(host),
+            (Some(_), None) => false,
+        });
+        if known {
+            return Lookup::NoRoute;
+        }
+        match &self.default_site {
+            Some(site) => self
+                .find(Some(site), path)
+                .map_or(Lookup::NoRoute, Lookup::Route),
+            None => Lookup::UnknownHost,
+        }
+    }
+
+    /// The configured hosts (sites) and how many routes each has; `*` for
+    /// routes that answer any host.
+    pub fn sites(&self) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = Vec::new();
+        for r in &self.routes {
+            let name = match &r.host {
+                None => "*".to_owned(),
+                Some(HostMatch::Exact(h)) => h.clone(),
+                Some(HostMatch::Wildcard(suffix)) => format!("*{suffix}"),
+            };
+            match out.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, n)) => *n += 1,
+                None => out.push((name, 1)),
+            }
+        }
+        out
+    }
+
+    pub fn default_site(&self) -> Option<&str> {
+        self.default_site.as_deref()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {

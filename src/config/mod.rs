@@ -278,6 +278,14 @@ mod tests {
     }
 
     #[test]
+    fn default_site_must_be_a_configured_host() {
+        let e = errs(&format!(
+            "[server]\ndefault_site = \"nowhere.test\"\n{UP}{ROUTE}"
+        ));
+        assert!(e[0].contains("server.default_site:"), "{e:?}");
+    }
+
+    #[test]
     fn unknown_upstream_is_an_error() {
         let e = errs(&format!(
             "{UP}[[route_rules]]\npattern = \"/*\"\nproxy = \"phenix\"\n"

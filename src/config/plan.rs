@@ -133,6 +133,7 @@ impl Errors<'_> {
 pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigErrors> {
     let mut errs = Errors { file, list: vec![] };
     let base = file.parent().unwrap_or(Path::new("."));
+    let default_site = user.server.default_site.clone();
     let server = compile_server(&mut errs, base, user.server);
     let upstreams: Vec<UpstreamPlan> = user
         .upstreams
@@ -163,6 +164,17 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .enumerate()
         .filter_map(|(i, r)| compile_route(&mut errs, base, &names, i, r))
         .collect::<Vec<Route>>();
+    if let Some(site) = &default_site {
+        let named = routes
+            .iter()
+            .any(|r| r.host.as_ref().is_some_and(|h| h.matches(site)));
+        if !named {
+            errs.push(
+                "server.default_site",
+                format!("no route has a `host` matching \"{site}\": name a configured site"),
+            );
+        }
+    }
     for r in routes.iter().filter(|r| r.sticky == Some(true)) {
         if upstreams
             .get(r.upstream().unwrap_or(usize::MAX))
@@ -179,7 +191,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             source: file.to_path_buf(),
             server,
             upstreams,
-            routes: RouteTable::new(routes),
+            routes: RouteTable::new(routes).with_default_site(default_site),
             admin,
             limits,
             waf: waf.ok_or_else(|| ConfigErrors(vec![]))?,

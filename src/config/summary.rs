@@ -52,6 +52,18 @@ impl fmt::Display for Plan {
         } else {
             writeln!(f, "cache: off")?;
         }
+        writeln!(f, "sites (host: routes):")?;
+        for (site, n) in self.routes.sites() {
+            let note = if site == "*" { "  (any host)" } else { "" };
+            writeln!(f, "  {site}: {n}{note}")?;
+        }
+        match self.routes.default_site() {
+            Some(d) => writeln!(f, "  other hosts: routed as {d}")?,
+            None if !self.routes.sites().iter().any(|(s, _)| s == "*") => {
+                writeln!(f, "  other hosts: 421 Misdirected Request")?
+            }
+            None => {}
+        }
         writeln!(f, "routes (first match wins):")?;
         for r in self.routes.iter() {
             let host = match &r.host {

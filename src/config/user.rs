@@ -97,6 +97,9 @@ pub struct ServerSection {
     pub user: Option<String>,
     pub group: Option<String>,
     pub keepalive_pool_size: Option<usize>,
+    /// The host whose routes answer requests for a host no route names
+    /// (default: those get `421 Misdirected Request`).
+    pub default_site: Option<String>,
     /// Cleartext HTTP/2 (prior knowledge) on the plain listeners.
     pub h2c: Option<bool>,
 }

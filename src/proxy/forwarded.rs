@@ -95,7 +95,7 @@ pub fn apply(req: &mut RequestHeader, client: &Client, trusted: &[IpNet]) -> pin
         req.headers
             .get(HOST)
             .and_then(|h| h.to_str().ok())
-            .map(|h| host_without_port(h).to_string())
+            .map(|h| crate::routing::strip_port(h.trim()).to_string())
     });
     if let Some(host) = host {
         req.insert_header(XFH, host)?;
@@ -130,24 +130,6 @@ fn first_value(req: &RequestHeader, name: &HeaderName) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(',').next().unwrap_or("").trim().to_string())
         .filter(|v| !v.is_empty())
-}
-
-/// `a.test:8443` → `a.test`, `[::1]:8080` → `[::1]`; a host without a port
-/// is returned as it is.
-fn host_without_port(host: &str) -> &str {
-    let host = host.trim();
-    if let Some(rest) = host.strip_prefix('[') {
-        return match rest.find(']') {
-            Some(end) => &host[..end + 2],
-            None => host,
-        };
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
-            name
-        }
-        _ => host,
-    }
 }
 
 #[cfg(test)]
@@ -227,7 +209,7 @@ mod tests {
             ("a.test:", "a.test"),
             ("[::1", "[::1"),
         ] {
-            assert_eq!(host_without_port(host), want, "{host}");
+            assert_eq!(crate::routing::strip_port(host), want, "{host}");
         }
     }
 

@@ -46,7 +46,7 @@ use crate::config::Plan;
 use crate::exchange::Client;
 use crate::limits::Limits;
 use crate::respond::{self, request_id, ErrorPages};
-use crate::routing::{request_host, RouteTable, RouteTarget};
+use crate::routing::{request_host, Lookup, RouteTable, RouteTarget};
 use crate::static_files;
 use crate::telemetry::registry::Sub;
 use crate::telemetry::Telemetry;
@@ -201,9 +201,16 @@ impl ProxyHttp for BextProxy {
             self.admin_request(session, ctx).await?;
             return Ok(true);
         }
-        let Some(route) = self.routes.find(request_host(req), req.uri.path()).cloned() else {
-            self.pages.respond(session, 404, id).await?;
-            return Ok(true);
+        let route = match self.routes.lookup(request_host(req), req.uri.path()) {
+            Lookup::Route(r) => r.clone(),
+            Lookup::NoRoute => {
+                self.pages.respond(session, 404, id).await?;
+                return Ok(true);
+            }
+            Lookup::UnknownHost => {
+                self.pages.respond(session, 421, id).await?;
+                return Ok(true);
+            }
         };
         ctx.exchange.route = Some(route.index);
         ctx.exchange.outcome.websocket = tunnel::admit(session, &route, self.client_timeout);

@@ -103,6 +103,7 @@ fn describe(status: u16) -> (&'static str, &'static str) {
         405 => ("Method Not Allowed", "This address only answers GET and HEAD."),
         408 => ("Request Timeout", "The request took too long to arrive."),
         416 => ("Range Not Satisfiable", "The requested range is outside the file."),
+        421 => ("Misdirected Request", "This server does not serve this host name."),
         502 => (
             "Temporarily Unavailable",
             "The application is not answering right now. Please try again in a moment.",

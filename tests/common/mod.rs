@@ -251,6 +251,11 @@ impl Bext {
         format!("http://{}{}", self.addr(), path)
     }
 
+    /// The config file the process was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -18,6 +18,7 @@ mod placement;
 mod redirects;
 mod reuse;
 mod scrape;
+mod sites;
 mod static_site;
 mod support;
 mod trace;
