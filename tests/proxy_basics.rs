@@ -212,7 +212,10 @@ proxy = "beta"
         assert_eq!(r.header("x-node").as_deref(), Some(node), "Host {host}");
     }
     let r = get("c.example.com").await;
-    assert_eq!(r.status, 404, "unknown host must not match: {r:?}");
+    assert_eq!(
+        r.status, 421,
+        "a host no route is for is misdirected, never another site's: {r:?}"
+    );
 
     assert_eq!(a.requests_to("/who").len(), 2);
     assert_eq!(b.requests_to("/who").len(), 2);
