@@ -134,6 +134,36 @@ fn host_only(host: &str) -> Option<&str> {
     ok.then_some(name)
 }
 
+/// `canonical_host`: the `Location` for a request that reached the route
+/// under another name, or None when it used the canonical one. The port the
+/// client used is kept; the target host comes from the config only.
+pub fn canonical(
+    canonical: &str,
+    scheme: &str,
+    host: Option<&str>,
+    path_and_query: &str,
+) -> Option<String> {
+    let host = host.unwrap_or("");
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p))
+            if !n.contains(':') && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            (n, Some(p))
+        }
+        _ => (host, None),
+    };
+    if name.eq_ignore_ascii_case(canonical) {
+        return None;
+    }
+    let mut out = format!("{scheme}://{canonical}");
+    if let Some(p) = port {
+        out.push(':');
+        out.push_str(p);
+    }
+    out.push_str(path_and_query);
+    out.bytes().all(|b| b.is_ascii_graphic()).then_some(out)
+}
+
 /// `trailing_slash` of a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TrailingSlash {
@@ -232,6 +262,26 @@ mod tests {
             assert!(RedirectRule::parse(t, 308, host).is_err(), "{t:?}");
         }
         assert!(RedirectRule::parse("https://example.com", 200, false).is_err());
+    }
+
+    #[test]
+    fn canonical_hosts() {
+        let c = |h: Option<&str>, pq: &str| canonical("example.com", "https", h, pq);
+        assert_eq!(c(Some("example.com"), "/a"), None);
+        assert_eq!(c(Some("EXAMPLE.com:8443"), "/a"), None);
+        assert_eq!(
+            c(Some("www.example.com"), "/a?b=1").as_deref(),
+            Some("https://example.com/a?b=1")
+        );
+        assert_eq!(
+            c(Some("www.example.com:8443"), "/").as_deref(),
+            Some("https://example.com:8443/")
+        );
+        assert_eq!(
+            c(Some("203.0.113.5"), "//evil.com").as_deref(),
+            Some("https://example.com//evil.com")
+        );
+        assert_eq!(c(None, "/").as_deref(), Some("https://example.com/"));
     }
 
     #[test]

@@ -167,6 +167,8 @@ pub struct Route {
     pub header_policy: crate::header_policy::HeaderPolicy,
     /// `trailing_slash = "add" | "remove"`: GET/HEAD redirected to the canonical path.
     pub trailing_slash: crate::redirect::TrailingSlash,
+    /// `canonical_host`: other host names of the route get a 308 to this one.
+    pub canonical_host: Option<String>,
 }
 
 impl Route {
@@ -304,6 +306,7 @@ mod tests {
             compress: true,
             header_policy: Default::default(),
             trailing_slash: Default::default(),
+            canonical_host: None,
         }
     }
 

@@ -249,6 +249,10 @@ mod tests {
         assert!(e[0].contains("route_rules[1].status:"), "{e:?}");
         let e = errs(&rule("proxy = \"phoenix\"\nstatus = 301"));
         assert!(e[0].contains("route_rules[1].status:"), "{e:?}");
+        let e = errs(&rule(
+            "proxy = \"phoenix\"\ncanonical_host = \"https://a.test\"",
+        ));
+        assert!(e[0].contains("route_rules[1].canonical_host:"), "{e:?}");
         let e = errs(&rule("proxy = \"phoenix\"\ntrailing_slash = \"always\""));
         assert!(e[0].contains("route_rules[1].trailing_slash:"), "{e:?}");
     }

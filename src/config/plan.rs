@@ -489,6 +489,21 @@ fn compile_route(
         }
     }
     let header_policy = compile_header_policy(errs, &key, &r);
+    let canonical_host = r.canonical_host.as_ref().and_then(|h| {
+        let ok = !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !ok {
+            errs.push(
+                format!("{key}.canonical_host"),
+                format!(
+                    "\"{h}\" is not a host name (e.g. \"example.com\", no scheme, port or path)"
+                ),
+            );
+        }
+        ok.then(|| h.to_ascii_lowercase())
+    });
     let trailing_slash = match r
         .trailing_slash
         .as_deref()
@@ -533,6 +548,7 @@ fn compile_route(
         compress,
         header_policy,
         trailing_slash,
+        canonical_host,
     })
 }
 

@@ -174,4 +174,7 @@ pub struct RouteRule {
     pub index: Option<String>,
     /// Static routes: the file served for a missing page (single-page apps).
     pub fallback: Option<String>,
+    /// Requests to this route under any other host name (www, an alias, the
+    /// bare IP) are redirected to this one, path and query kept.
+    pub canonical_host: Option<String>,
 }

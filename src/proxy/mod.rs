@@ -228,6 +228,16 @@ impl ProxyHttp for BextProxy {
             return Ok(true);
         }
         let req = session.req_header();
+        if let Some(canonical) = &route.canonical_host {
+            let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            let scheme = ctx.exchange.client.scheme();
+            if let Some(location) =
+                crate::redirect::canonical(canonical, scheme, request_host(req), pq)
+            {
+                respond::redirect(session, 308, &location, id).await?;
+                return Ok(true);
+            }
+        }
         if let Some(to) = route.trailing_slash.target(&req.method, req.uri.path()) {
             let location = match req.uri.query() {
                 Some(q) => format!("{to}?{q}"),

@@ -106,3 +106,42 @@ trailing_slash = "remove"
     assert_eq!(r.status(), 200, "a form POST is never redirected");
     assert_eq!(origin.requests_to("/posts/").len(), 1);
 }
+
+#[tokio::test]
+async fn other_host_names_are_sent_to_the_canonical_one() {
+    let origin = StubOrigin::start("n0").await;
+    let config = format!(
+        r#"[server]
+listen = ["127.0.0.1:{port}"]
+
+[upstreams.phoenix]
+nodes = ["{origin}"]
+
+[[route_rules]]
+pattern = "/*"
+proxy = "phoenix"
+canonical_host = "example.test"
+"#,
+        port = crate::common::free_port(),
+        origin = origin.addr()
+    );
+    let bext = Bext::start(&config).await;
+    let c = no_follow();
+    assert_eq!(
+        location(&c, &bext.url("/p?x=1"), "example.test").await.0,
+        200
+    );
+    assert_eq!(
+        location(&c, &bext.url("/p?x=1"), "www.example.test").await,
+        (308, "http://example.test/p?x=1".to_owned())
+    );
+    assert_eq!(
+        location(&c, &bext.url("/"), "127.0.0.1:8080").await,
+        (308, "http://example.test:8080/".to_owned())
+    );
+    assert_eq!(
+        origin.requests_to("/p").len(),
+        1,
+        "aliases never reach Phoenix"
+    );
+}
