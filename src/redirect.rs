@@ -1,11 +1,59 @@
-//! Leaf: redirect rules of routes. A `redirect = "https://example.com{path}{query}"`
+//! The redirects a route answers with, decided per request by [`decide`]:
+//! `canonical_host`, `trailing_slash`, and `redirect` rules. A
+//! `redirect = "https://example.com{path}{query}"`
 //! template is parsed once into pieces; per request it is filled with the
 //! request's path, query and (only on routes that match a configured `host`)
 //! host. What the request contributes can never move the redirect to another
 //! site: the path's leading slashes are collapsed to one (no `//evil.com`),
 //! `{host}` is only allowed where the route's host rule already vetted it,
 //! and the result must be a valid header value (no CR/LF).
-//! Also the `trailing_slash` policy: the path a request should be sent to.
+
+use pingora::http::RequestHeader;
+
+use crate::routing::{request_host, strip_port};
+
+/// What a route's redirect settings say about one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Serve it.
+    Pass,
+    /// Answer with this status and `Location`.
+    Redirect(u16, String),
+    /// A redirect rule would produce an invalid `Location`: 400.
+    Invalid,
+}
+
+/// The first of, in order: the canonical host (308), the trailing-slash
+/// policy (308), the route's redirect rule.
+pub fn decide(
+    canonical_host: Option<&str>,
+    slash: TrailingSlash,
+    rule: Option<&RedirectRule>,
+    scheme: &str,
+    req: &RequestHeader,
+) -> Decision {
+    let host = request_host(req);
+    if let Some(c) = canonical_host {
+        let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        if let Some(location) = canonical(c, scheme, host, pq) {
+            return Decision::Redirect(308, location);
+        }
+    }
+    if let Some(to) = slash.target(&req.method, req.uri.path()) {
+        let location = match req.uri.query() {
+            Some(q) => format!("{to}?{q}"),
+            None => to,
+        };
+        return Decision::Redirect(308, location);
+    }
+    match rule {
+        Some(r) => match r.location(req.uri.path(), req.uri.query(), host.unwrap_or("")) {
+            Some(location) => Decision::Redirect(r.status, location),
+            None => Decision::Invalid,
+        },
+        None => Decision::Pass,
+    }
+}
 
 /// One piece of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,10 +171,7 @@ fn single_leading_slash(path: &str) -> std::borrow::Cow<'_, str> {
 /// The host name of a Host header (port dropped); None unless it is a plain
 /// host name or IP literal.
 fn host_only(host: &str) -> Option<&str> {
-    let name = match host.rsplit_once(':') {
-        Some((n, p)) if !n.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => n,
-        _ => host,
-    };
+    let name = strip_port(host);
     let ok = !name.is_empty()
         && name
             .bytes()
@@ -137,21 +182,17 @@ fn host_only(host: &str) -> Option<&str> {
 /// `canonical_host`: the `Location` for a request that reached the route
 /// under another name, or None when it used the canonical one. The port the
 /// client used is kept; the target host comes from the config only.
-pub fn canonical(
+fn canonical(
     canonical: &str,
     scheme: &str,
     host: Option<&str>,
     path_and_query: &str,
 ) -> Option<String> {
     let host = host.unwrap_or("");
-    let (name, port) = match host.rsplit_once(':') {
-        Some((n, p))
-            if !n.contains(':') && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            (n, Some(p))
-        }
-        _ => (host, None),
-    };
+    let name = strip_port(host);
+    let port = host[name.len()..]
+        .strip_prefix(':')
+        .filter(|p| !p.is_empty());
     if name.eq_ignore_ascii_case(canonical) {
         return None;
     }
@@ -265,6 +306,27 @@ mod tests {
     }
 
     #[test]
+    fn decide_takes_the_canonical_host_first_then_slashes_then_the_rule() {
+        let mut req = RequestHeader::build("GET", b"/docs/?x=1", None).unwrap();
+        req.insert_header("host", "www.a.test").unwrap();
+        let rule = RedirectRule::parse("/moved{path}", 302, false).unwrap();
+        let d = |c, s, r| decide(c, s, r, "https", &req);
+        assert_eq!(
+            d(Some("a.test"), TrailingSlash::Remove, Some(&rule)),
+            Decision::Redirect(308, "https://a.test/docs/?x=1".into())
+        );
+        assert_eq!(
+            d(Some("www.a.test"), TrailingSlash::Remove, Some(&rule)),
+            Decision::Redirect(308, "/docs?x=1".into())
+        );
+        assert_eq!(
+            d(None, TrailingSlash::Ignore, Some(&rule)),
+            Decision::Redirect(302, "/moved/docs/".into())
+        );
+        assert_eq!(d(None, TrailingSlash::Ignore, None), Decision::Pass);
+    }
+
+    #[test]
     fn canonical_hosts() {
         let c = |h: Option<&str>, pq: &str| canonical("example.com", "https", h, pq);
         assert_eq!(c(Some("example.com"), "/a"), None);
@@ -282,6 +344,10 @@ mod tests {
             Some("https://example.com//evil.com")
         );
         assert_eq!(c(None, "/").as_deref(), Some("https://example.com/"));
+        assert_eq!(
+            c(Some("[::1]:8080"), "/").as_deref(),
+            Some("https://example.com:8080/")
+        );
     }
 
     #[test]

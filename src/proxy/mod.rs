@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! early_request_filter   exchange (id, client once) → limits.early → trace context
-//! request_filter         limits refusal | edge redirect | admin | route → limits, WAF, static, coding
+//! request_filter         limits refusal | edge redirect | admin | route → limits, WAF, redirects, static, coding
 //! request_body_filter    limits (size, rate) → WAF (held body) → LiveView join peek
 //! request_cache_filter … cache (enable, key, hit, admission, vary, stale)
 //! upstream_peer          upstream pool (health, affinity, retries)
@@ -45,6 +45,7 @@ use crate::compression::{Coding, EdgeCompression};
 use crate::config::Plan;
 use crate::exchange::Client;
 use crate::limits::Limits;
+use crate::redirect::{self, Decision};
 use crate::respond::{self, request_id, ErrorPages};
 use crate::routing::{request_host, Lookup, RouteTable, RouteTarget};
 use crate::static_files;
@@ -227,36 +228,27 @@ impl ProxyHttp for BextProxy {
         if waf::phase::on_request(&self.waf, route.waf, session, &mut ctx.waf, id).await? {
             return Ok(true);
         }
-        let req = session.req_header();
-        if let Some(canonical) = &route.canonical_host {
-            let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-            let scheme = ctx.exchange.client.scheme();
-            if let Some(location) =
-                crate::redirect::canonical(canonical, scheme, request_host(req), pq)
-            {
-                respond::redirect(session, 308, &location, id).await?;
+        let rule = match &route.target {
+            RouteTarget::Redirect(rule) => Some(&**rule),
+            _ => None,
+        };
+        let decision = redirect::decide(
+            route.canonical_host.as_deref(),
+            route.trailing_slash,
+            rule,
+            ctx.exchange.client.scheme(),
+            session.req_header(),
+        );
+        match decision {
+            Decision::Pass => {}
+            Decision::Redirect(status, location) => {
+                respond::redirect(session, status, &location, id).await?;
                 return Ok(true);
             }
-        }
-        if let Some(to) = route.trailing_slash.target(&req.method, req.uri.path()) {
-            let location = match req.uri.query() {
-                Some(q) => format!("{to}?{q}"),
-                None => to,
-            };
-            respond::redirect(session, 308, &location, id).await?;
-            return Ok(true);
-        }
-        if let RouteTarget::Redirect(rule) = &route.target {
-            let req = session.req_header();
-            match rule.location(
-                req.uri.path(),
-                req.uri.query(),
-                request_host(req).unwrap_or(""),
-            ) {
-                Some(location) => respond::redirect(session, rule.status, &location, id).await?,
-                None => self.pages.respond(session, 400, id).await?,
+            Decision::Invalid => {
+                self.pages.respond(session, 400, id).await?;
+                return Ok(true);
             }
-            return Ok(true);
         }
         if let RouteTarget::Static(root) = &route.target {
             let extras = static_files::Extras {
