@@ -7,7 +7,9 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use prometheus::IntCounter;
 
-use super::{apply_headers, content_coding, Coding, CompressionPlan, Encoder, HeaderMap};
+use super::{
+    apply_headers, content_coding, content_length, Coding, CompressionPlan, Encoder, HeaderMap,
+};
 use crate::telemetry::registry::Sub;
 
 /// Codings with a counter, in `Coding` order after identity.
@@ -48,11 +50,6 @@ impl CompressState {
     /// The response may not be stored under this request's variant.
     pub fn unstorable(&self) -> bool {
         self.foreign_coding
-    }
-
-    /// The coding of the body sent, for the exchange record.
-    pub fn applied(&self) -> Option<Coding> {
-        self.encoder.as_ref().map(Encoder::coding)
     }
 }
 
@@ -127,10 +124,7 @@ impl EdgeCompression {
             // copy is this client's variant only (nginx's `gzip_vary`).
             return super::add_vary(resp);
         }
-        let len = resp
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        let len = content_length(resp);
         apply_headers(resp, coding)?;
         st.encoder = Some(Encoder::new(coding, &self.plan.levels, len));
         Ok(())

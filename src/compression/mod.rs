@@ -311,10 +311,7 @@ impl CompressionPlan {
         if no_transform {
             return false;
         }
-        let len = h
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-        if len.is_some_and(|n| n < self.min_size) {
+        if content_length(resp).is_some_and(|n| n < self.min_size) {
             return false;
         }
         let Some(ct) = h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
@@ -361,6 +358,17 @@ pub fn add_vary(resp: &mut ResponseHeader) -> pingora::Result<()> {
         resp.append_header(VARY, HeaderValue::from_static("Accept-Encoding"))?;
     }
     Ok(())
+}
+
+/// The response's `Content-Length`, when it has a valid one.
+pub fn content_length(resp: &ResponseHeader) -> Option<u64> {
+    resp.headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Whether a response head says its body is content-coded (other than identity).
