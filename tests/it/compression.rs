@@ -9,17 +9,14 @@ use std::io::{Read, Write};
 
 use crate::common::{client, text_body, Bext, StubOrigin};
 use crate::scrape::{parse, scrape, value};
+use crate::support::one_node;
 
-fn config(origin: std::net::SocketAddr, extra: &str) -> String {
-    format!(
-        r#"[server]
-listen = ["127.0.0.1:{port}"]
-threads = 2
-
-[upstreams.phoenix]
-nodes = [{{ addr = "{origin}", id = "n0" }}]
-
-[[route_rules]]
+/// One node and three routes: cached, never compressed, and the catch-all
+/// (uncached, compressed).
+fn config(origin: std::net::SocketAddr) -> String {
+    one_node(
+        origin,
+        r#"[[route_rules]]
 pattern = "/cached/*"
 proxy = "phoenix"
 
@@ -27,16 +24,8 @@ proxy = "phoenix"
 pattern = "/plain/*"
 proxy = "phoenix"
 cache = false
-compress = false
-
-[[route_rules]]
-pattern = "/*"
-proxy = "phoenix"
-cache = false
-
-{extra}
-"#,
-        port = crate::common::free_port()
+compress = false"#,
+        "",
     )
 }
 
@@ -91,7 +80,7 @@ async fn get(c: &reqwest::Client, url: &str, accept: Option<&str>) -> Got {
 #[tokio::test]
 async fn codings_are_negotiated_and_decode_to_the_origin_bytes() {
     let origin = StubOrigin::start("n0").await;
-    let bext = Bext::start(&config(origin.addr(), "")).await;
+    let bext = Bext::start(&config(origin.addr())).await;
     let c = client();
     let page = text_body(30_000);
     let cases: &[(Option<&str>, &str)] = &[
@@ -170,7 +159,7 @@ async fn codings_are_negotiated_and_decode_to_the_origin_bytes() {
 #[tokio::test]
 async fn strong_etags_become_weak_and_vary_is_merged() {
     let origin = StubOrigin::start("n0").await;
-    let bext = Bext::start(&config(origin.addr(), "")).await;
+    let bext = Bext::start(&config(origin.addr())).await;
     let c = client();
     let url = bext.url("/page/text?n=5000&set=etag:%22v1%22&set=vary:Cookie");
     let g = get(&c, &url, Some("br")).await;
@@ -195,7 +184,7 @@ async fn strong_etags_become_weak_and_vary_is_merged() {
 #[tokio::test]
 async fn responses_that_must_not_be_compressed_pass_untouched() {
     let origin = StubOrigin::start("n0").await;
-    let bext = Bext::start(&config(origin.addr(), "")).await;
+    let bext = Bext::start(&config(origin.addr())).await;
     let c = client();
     let ae = Some("br, gzip, zstd");
     let cases = [
@@ -277,7 +266,7 @@ impl Write for Count {
 async fn a_50_mb_stream_is_compressed_without_being_held() {
     const N: usize = 50 << 20;
     let origin = StubOrigin::start("n0").await;
-    let bext = Bext::start(&config(origin.addr(), "")).await;
+    let bext = Bext::start(&config(origin.addr())).await;
     let c = client();
     let before = rss_kib(bext.pid());
     let mut r = c
@@ -317,7 +306,7 @@ async fn purge(c: &reqwest::Client, bext: &Bext, json: &str) -> serde_json::Valu
 #[tokio::test]
 async fn the_cache_stores_one_compressed_variant_per_coding_and_purges_them_all() {
     let origin = StubOrigin::start("n0").await;
-    let bext = Bext::start(&config(origin.addr(), "")).await;
+    let bext = Bext::start(&config(origin.addr())).await;
     let c = client();
     let url =
         bext.url("/cached/text?n=20000&set=cache-control:public,max-age=60&set=cache-tag:page");
@@ -392,7 +381,7 @@ async fn the_cache_stores_one_compressed_variant_per_coding_and_purges_them_all(
 #[tokio::test]
 async fn an_origin_encoded_body_is_never_served_to_a_client_that_did_not_ask_for_it() {
     let origin = StubOrigin::start("n0").await;
-    let bext = Bext::start(&config(origin.addr(), "")).await;
+    let bext = Bext::start(&config(origin.addr())).await;
     let c = client();
     // An origin that gzips whatever it is asked (Phoenix with compress: true
     // ignoring the README), on a cacheable route, without a Vary header.

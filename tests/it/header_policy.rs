@@ -3,32 +3,22 @@
 //! response headers are removed, request headers set and removed upstream.
 
 use crate::common::{client, Bext, StubOrigin};
+use crate::support::one_node;
 
 #[tokio::test]
 async fn security_preset_and_header_lists() {
     let origin = StubOrigin::start("n0").await;
-    let config = format!(
-        r#"[server]
-listen = ["127.0.0.1:{port}"]
-
-[upstreams.phoenix]
-nodes = ["{origin}"]
-
-[[route_rules]]
+    let config = one_node(
+        origin.addr(),
+        r#"[[route_rules]]
 pattern = "/app/*"
 proxy = "phoenix"
 security_headers = true
 permissions_policy = "camera=(), microphone=()"
 response_headers_remove = ["server", "x-powered-by"]
-request_headers = {{ "x-env" = "staging" }}
-request_headers_remove = ["x-debug"]
-
-[[route_rules]]
-pattern = "/*"
-proxy = "phoenix"
-"#,
-        port = crate::common::free_port(),
-        origin = origin.addr()
+request_headers = { "x-env" = "staging" }
+request_headers_remove = ["x-debug"]"#,
+        "",
     );
     let bext = Bext::start(&config).await;
     let c = client();

@@ -3,6 +3,7 @@
 //! open redirect, and a POST is never redirected by the slash policy.
 
 use crate::common::{Bext, StubOrigin};
+use crate::support::one_node;
 
 fn no_follow() -> reqwest::Client {
     reqwest::Client::builder()
@@ -25,28 +26,23 @@ async fn location(c: &reqwest::Client, url: &str, host: &str) -> (u16, String) {
 #[tokio::test]
 async fn redirect_rules_and_trailing_slashes() {
     let origin = StubOrigin::start("n0").await;
-    let config = format!(
-        r#"[server]
-listen = ["127.0.0.1:{port}"]
-
-[upstreams.phoenix]
-nodes = ["{origin}"]
-
-# www -> apex, path and query kept
+    let config = one_node(
+        origin.addr(),
+        r#"# www -> apex, path and query kept
 [[route_rules]]
 host = "www.example.test"
 pattern = "/*"
-redirect = "https://example.test{{path}}{{query}}"
+redirect = "https://example.test{path}{query}"
 status = 301
 
 [[route_rules]]
 host = "*.shop.test"
 pattern = "/old/*"
-redirect = "https://{{host}}/new{{path}}"
+redirect = "https://{host}/new{path}"
 
 [[route_rules]]
 pattern = "/moved/*"
-redirect = "{{path}}"
+redirect = "{path}"
 status = 302
 
 [[route_rules]]
@@ -57,10 +53,8 @@ trailing_slash = "add"
 [[route_rules]]
 pattern = "/*"
 proxy = "phoenix"
-trailing_slash = "remove"
-"#,
-        port = crate::common::free_port(),
-        origin = origin.addr()
+trailing_slash = "remove""#,
+        "",
     );
     let bext = Bext::start(&config).await;
     let c = no_follow();
@@ -110,20 +104,13 @@ trailing_slash = "remove"
 #[tokio::test]
 async fn other_host_names_are_sent_to_the_canonical_one() {
     let origin = StubOrigin::start("n0").await;
-    let config = format!(
-        r#"[server]
-listen = ["127.0.0.1:{port}"]
-
-[upstreams.phoenix]
-nodes = ["{origin}"]
-
-[[route_rules]]
+    let config = one_node(
+        origin.addr(),
+        r#"[[route_rules]]
 pattern = "/*"
 proxy = "phoenix"
-canonical_host = "example.test"
-"#,
-        port = crate::common::free_port(),
-        origin = origin.addr()
+canonical_host = "example.test""#,
+        "",
     );
     let bext = Bext::start(&config).await;
     let c = no_follow();
