@@ -53,13 +53,14 @@ impl fmt::Display for Plan {
             writeln!(f, "cache: off")?;
         }
         writeln!(f, "sites (host: routes):")?;
-        for (site, n) in self.routes.sites() {
+        let sites = self.routes.sites();
+        for (site, n) in &sites {
             let note = if site == "*" { "  (any host)" } else { "" };
             writeln!(f, "  {site}: {n}{note}")?;
         }
         match self.routes.default_site() {
             Some(d) => writeln!(f, "  other hosts: routed as {d}")?,
-            None if !self.routes.sites().iter().any(|(s, _)| s == "*") => {
+            None if !sites.iter().any(|(s, _)| s == "*") => {
                 writeln!(f, "  other hosts: 421 Misdirected Request")?
             }
             None => {}
