@@ -14,6 +14,8 @@ use http::header::AUTHORIZATION;
 use ipnet::IpNet;
 use pingora::proxy::Session;
 
+use crate::auth::constant_time_eq;
+
 pub const PREFIX: &str = "/__bext/";
 
 /// Largest admin request body read (purge requests are tiny JSON documents).
@@ -47,10 +49,6 @@ impl AdminAccess {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Whether `path` belongs to the admin API.
 pub fn is_admin_path(path: &str) -> bool {
     path.starts_with(PREFIX) || path == "/__bext"
@@ -70,6 +68,8 @@ pub enum Endpoint {
     /// `GET /__bext/metrics`: the Prometheus exposition.
     Metrics,
     CachePurge,
+    /// `GET|POST /__bext/maintenance`: the sites' maintenance switches.
+    Maintenance,
     NotFound,
 }
 
@@ -82,6 +82,7 @@ pub fn endpoint(method: &http::Method, path: &str) -> Endpoint {
         ("GET" | "HEAD", "/__bext/waf") => Endpoint::Waf,
         ("GET" | "HEAD", "/__bext/metrics") => Endpoint::Metrics,
         ("POST", "/__bext/cache/purge") => Endpoint::CachePurge,
+        ("GET" | "HEAD" | "POST", "/__bext/maintenance") => Endpoint::Maintenance,
         _ => Endpoint::NotFound,
     }
 }

@@ -7,9 +7,12 @@
 //! bridges HTTP/3 into the same pipeline. `exchange` (the per-request record)
 //! and `respond` (every response bext makes itself, the request id) are
 //! leaves every module may use; `telemetry` turns finished records into
-//! metrics, access log lines and spans.
+//! metrics, access log lines and spans. `auth` (staging protection) and
+//! `maintenance` (the per-site maintenance switch) decide about a request
+//! before it is proxied.
 
 pub mod admin;
+pub mod auth;
 pub mod cache;
 pub mod compression;
 pub mod config;
@@ -20,6 +23,7 @@ pub mod h3;
 pub mod header_policy;
 pub mod import;
 pub mod limits;
+pub mod maintenance;
 mod memory;
 pub mod proxy;
 pub mod redirect;

@@ -86,6 +86,10 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Hash a password for `auth = { basic = ["user:HASH"] }` (argon2id).
+    /// Reads the password from the terminal (twice, not echoed) or, when
+    /// stdin is not a terminal, from its first line.
+    HashPassword,
     /// Print the version.
     Version,
 }
@@ -204,6 +208,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("bext {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
+        Command::HashPassword => {
+            let password = read_new_password()?;
+            let hash = bext::auth::hash_password(&password)
+                .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+            println!("{hash}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { config } => match config::load(&config) {
             Ok(plan) => {
                 print!("{plan}");
@@ -303,4 +314,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The password for `bext hash-password`: asked twice on a terminal, else
+/// the first line of stdin (without its line ending).
+fn read_new_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Again: ")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    anyhow::ensure!(!password.is_empty(), "empty password");
+    Ok(password)
 }

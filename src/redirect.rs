@@ -160,7 +160,7 @@ impl RedirectRule {
 
 /// `//evil.com/x` → `/evil.com/x` (and `/\\evil.com` → `/evil.com`, which
 /// browsers also read as a network location): a path never becomes one.
-fn single_leading_slash(path: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn single_leading_slash(path: &str) -> std::borrow::Cow<'_, str> {
     let trimmed = path.trim_start_matches(['/', '\\']);
     if path.len() - trimmed.len() <= 1 && !path.starts_with('\\') {
         return std::borrow::Cow::Borrowed(path);

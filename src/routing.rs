@@ -138,6 +138,16 @@ pub fn strip_port(host: &str) -> &str {
     }
 }
 
+/// The site a route belongs to, as `bext check` and `[sites."NAME"]` name
+/// it: its host (`example.com`, `*.example.com`), or `*` without one.
+pub fn site_name(host: Option<&HostMatch>) -> String {
+    match host {
+        None => "*".to_owned(),
+        Some(HostMatch::Exact(h)) => h.clone(),
+        Some(HostMatch::Wildcard(suffix)) => format!("*{suffix}"),
+    }
+}
+
 /// One compiled route rule.
 #[derive(Debug)]
 pub struct Route {
@@ -169,6 +179,10 @@ pub struct Route {
     pub trailing_slash: crate::redirect::TrailingSlash,
     /// `canonical_host`: other host names of the route get a 308 to this one.
     pub canonical_host: Option<String>,
+    /// Index of the route's site (`Plan::sites`, [`site_name`]).
+    pub site: usize,
+    /// Staging protection: the route's `auth`, else its site's.
+    pub auth: Option<Arc<crate::auth::AuthPlan>>,
 }
 
 impl Route {
@@ -254,11 +268,7 @@ impl RouteTable {
     pub fn sites(&self) -> Vec<(String, usize)> {
         let mut out: Vec<(String, usize)> = Vec::new();
         for r in &self.routes {
-            let name = match &r.host {
-                None => "*".to_owned(),
-                Some(HostMatch::Exact(h)) => h.clone(),
-                Some(HostMatch::Wildcard(suffix)) => format!("*{suffix}"),
-            };
+            let name = site_name(r.host.as_ref());
             match out.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, n)) => *n += 1,
                 None => out.push((name, 1)),
@@ -307,6 +317,8 @@ mod tests {
             header_policy: Default::default(),
             trailing_slash: Default::default(),
             canonical_host: None,
+            site: 0,
+            auth: None,
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod compression;
 mod limits;
 mod plan;
+pub mod sites;
 mod summary;
 pub mod telemetry;
 mod tls;

@@ -40,6 +40,8 @@ pub struct Plan {
     pub tls: Option<TlsPlan>,
     pub telemetry: super::TelemetryPlan,
     pub compression: crate::compression::CompressionPlan,
+    /// The sites, in the order of their first route (`Route::site` indexes this).
+    pub sites: Vec<crate::maintenance::SitePlan>,
 }
 
 /// `[cache]`, validated. See `crate::cache` for what each knob does.
@@ -94,6 +96,8 @@ pub struct ServerPlan {
     pub keepalive_pool_size: usize,
     /// Accept cleartext HTTP/2 (prior knowledge) on `listen`.
     pub h2c: bool,
+    /// Run-time switches kept for the next process (`maintenance`).
+    pub state_file: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +168,8 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
         .enumerate()
         .filter_map(|(i, r)| compile_route(&mut errs, base, &names, i, r))
         .collect::<Vec<Route>>();
+    let mut routes = routes;
+    let sites = super::sites::compile(&mut errs, base, user.sites, &mut routes);
     if let Some(site) = &default_site {
         let named = routes
             .iter()
@@ -199,6 +205,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             tls,
             telemetry,
             compression,
+            sites,
         })
     } else {
         Err(ConfigErrors(errs.list))
@@ -227,32 +234,14 @@ fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPla
         })
         .collect();
     let trusted_proxies = compile_cidrs(errs, "server.trusted_proxies", s.trusted_proxies);
-    let error_page = s.error_page.and_then(|p| {
-        let path = base.join(&p);
-        match std::fs::metadata(&path) {
-            Ok(m) if m.len() > MAX_ERROR_PAGE => {
-                errs.push(
-                    "server.error_page",
-                    format!("{} is larger than 1 MiB", path.display()),
-                );
-                None
-            }
-            _ => match std::fs::read(&path) {
-                Ok(b) => Some(Bytes::from(b)),
-                Err(e) => {
-                    errs.push(
-                        "server.error_page",
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                    None
-                }
-            },
-        }
-    });
+    let error_page = s
+        .error_page
+        .and_then(|p| read_page(errs, "server.error_page", base, &p));
     let threads = match s.threads.unwrap_or(0) {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let pid_file = s.pid_file.unwrap_or_else(|| "/tmp/bext.pid".into());
     ServerPlan {
         listen,
         threads,
@@ -261,7 +250,6 @@ fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPla
         client_timeout: s.client_timeout.map_or(Duration::from_secs(60), |d| d.0),
         trusted_proxies,
         error_page,
-        pid_file: s.pid_file.unwrap_or_else(|| "/tmp/bext.pid".into()),
         upgrade_sock: s
             .upgrade_sock
             .unwrap_or_else(|| "/tmp/bext_upgrade.sock".into()),
@@ -270,6 +258,30 @@ fn compile_server(errs: &mut Errors, base: &Path, s: ServerSection) -> ServerPla
         group: s.group,
         keepalive_pool_size: s.keepalive_pool_size.unwrap_or(128),
         h2c: s.h2c.unwrap_or(false),
+        state_file: s
+            .state_file
+            .map(|f| base.join(f))
+            .unwrap_or_else(|| Path::new(&pid_file).with_extension("state.json")),
+        pid_file,
+    }
+}
+
+/// A page file (`server.error_page`, `maintenance_page`), relative to the
+/// config file, at most 1 MiB.
+pub(super) fn read_page(errs: &mut Errors, key: &str, base: &Path, p: &str) -> Option<Bytes> {
+    let path = base.join(p);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.len() > MAX_ERROR_PAGE => {
+            errs.push(key, format!("{} is larger than 1 MiB", path.display()));
+            None
+        }
+        _ => match std::fs::read(&path) {
+            Ok(b) => Some(Bytes::from(b)),
+            Err(e) => {
+                errs.push(key, format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        },
     }
 }
 
@@ -522,6 +534,9 @@ fn compile_route(
             "security_headers and the request/response header lists apply to proxied routes only; use `headers` on a static route",
         );
     }
+    let auth = r
+        .auth
+        .and_then(|a| super::sites::compile_auth(errs, &format!("{key}.auth"), a));
     if errs.list.len() != before {
         return None;
     }
@@ -549,6 +564,8 @@ fn compile_route(
         header_policy,
         trailing_slash,
         canonical_host,
+        site: 0,
+        auth,
     })
 }
 

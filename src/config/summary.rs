@@ -3,7 +3,7 @@
 use std::fmt;
 
 use super::Plan;
-use crate::routing::{HostMatch, RouteTarget};
+use crate::routing::RouteTarget;
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -55,7 +55,13 @@ impl fmt::Display for Plan {
         writeln!(f, "sites (host: routes):")?;
         let sites = self.routes.sites();
         for (site, n) in &sites {
-            let note = if site == "*" { "  (any host)" } else { "" };
+            let mut note = String::new();
+            if site == "*" {
+                note.push_str("  (any host)");
+            }
+            if self.sites.iter().any(|s| s.name == *site && s.maintenance) {
+                note.push_str("  [maintenance]");
+            }
             writeln!(f, "  {site}: {n}{note}")?;
         }
         match self.routes.default_site() {
@@ -69,8 +75,7 @@ impl fmt::Display for Plan {
         for r in self.routes.iter() {
             let host = match &r.host {
                 None => "(any host)".to_string(),
-                Some(HostMatch::Exact(h)) => h.clone(),
-                Some(HostMatch::Wildcard(suffix)) => format!("*{suffix}"),
+                h => crate::routing::site_name(h.as_ref()),
             };
             let upstream = match &r.target {
                 RouteTarget::Proxy(id) => self
@@ -88,6 +93,9 @@ impl fmt::Display for Plan {
             };
             if r.websocket {
                 flags.push("websocket");
+            }
+            if let Some(a) = &r.auth {
+                flags.push(a.kind());
             }
             writeln!(
                 f,

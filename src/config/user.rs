@@ -32,6 +32,10 @@ pub struct UserConfig {
     pub telemetry: super::telemetry::TelemetrySection,
     #[serde(default)]
     pub compression: super::compression::CompressionSection,
+    /// `[sites."HOST"]`: settings for every route of one site (`*` for the
+    /// routes without `host`).
+    #[serde(default)]
+    pub sites: BTreeMap<String, super::sites::SiteSection>,
 }
 
 /// `[cache]`: the edge cache shared by every route with `cache = true`.
@@ -102,6 +106,9 @@ pub struct ServerSection {
     pub default_site: Option<String>,
     /// Cleartext HTTP/2 (prior knowledge) on the plain listeners.
     pub h2c: Option<bool>,
+    /// Where run-time switches (maintenance) are kept for the next process
+    /// (default: next to `pid_file`, `NAME.state.json`).
+    pub state_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,4 +184,6 @@ pub struct RouteRule {
     /// Requests to this route under any other host name (www, an alias, the
     /// bare IP) are redirected to this one, path and query kept.
     pub canonical_host: Option<String>,
+    /// Staging protection (overrides the site's `auth`).
+    pub auth: Option<super::sites::AuthSection>,
 }

@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! early_request_filter   exchange (id, client once) → limits.early → trace context
-//! request_filter         limits refusal | edge redirect | admin | route → limits, WAF, redirects, static, coding
+//! request_filter         limits refusal | edge redirect | admin | route → limits, WAF, redirects,
+//!                        maintenance, auth, static, coding
 //! request_body_filter    limits (size, rate) → WAF (held body) → LiveView join peek
 //! request_cache_filter … cache (enable, key, hit, admission, vary, stale)
 //! upstream_peer          upstream pool (health, affinity, retries)
@@ -40,14 +41,16 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 pub use ctx::Ctx;
 
 use crate::admin::{self, AdminAccess, Endpoint};
+use crate::auth::{AuthMetrics, Verdict};
 use crate::cache::EdgeCache;
 use crate::compression::{Coding, EdgeCompression};
 use crate::config::Plan;
 use crate::exchange::Client;
 use crate::limits::Limits;
+use crate::maintenance::{self, Maintenance};
 use crate::redirect::{self, Decision};
 use crate::respond::{self, request_id, ErrorPages};
-use crate::routing::{request_host, Lookup, RouteTable, RouteTarget};
+use crate::routing::{request_host, Lookup, Route, RouteTable, RouteTarget};
 use crate::static_files;
 use crate::telemetry::registry::Sub;
 use crate::telemetry::Telemetry;
@@ -72,6 +75,8 @@ pub struct BextProxy {
     edge: EdgePolicy,
     telemetry: Arc<Telemetry>,
     compression: EdgeCompression,
+    maintenance: Arc<Maintenance>,
+    auth_metrics: AuthMetrics,
 }
 
 impl BextProxy {
@@ -91,6 +96,15 @@ impl BextProxy {
         let compression =
             EdgeCompression::new(plan.compression, &Sub::new(&registry, "compression"));
         let patterns: Vec<String> = plan.routes.iter().map(|r| r.pattern_text.clone()).collect();
+        let auth_metrics = AuthMetrics::new(&Sub::new(&registry, "auth"));
+        let maintenance = Maintenance::new(
+            plan.sites,
+            Some(plan.server.state_file.clone()),
+            &plan.source,
+        );
+        for note in maintenance.restore() {
+            log::warn!("maintenance: {note}");
+        }
         let mut telemetry = Telemetry::new(&plan.telemetry, &registry, &patterns);
         let (pools, store) = (upstreams.clone(), cache.store());
         telemetry.on_scrape(move || {
@@ -110,6 +124,8 @@ impl BextProxy {
             cache,
             telemetry: Arc::new(telemetry),
             compression,
+            maintenance: Arc::new(maintenance),
+            auth_metrics,
         }
     }
 
@@ -126,6 +142,41 @@ impl BextProxy {
     /// The telemetry sinks, whose background work runs as services.
     pub fn telemetry(&self) -> Arc<Telemetry> {
         self.telemetry.clone()
+    }
+
+    /// Maintenance, then staging protection: true when bext answered (the
+    /// maintenance page, 401, a token visit's redirect, 429).
+    async fn gate(&self, session: &mut Session, ctx: &Ctx, route: &Route) -> Result<bool> {
+        let id = Some(&ctx.exchange.id);
+        if let Some(page) = self.maintenance.active(route.site) {
+            // The team (admin.allow, loopback, the admin token) sees the site.
+            if !self
+                .admin
+                .permits(ctx.exchange.client.ip, admin::authorization(session))
+            {
+                self.pages.maintenance(session, page, id).await?;
+                return Ok(true);
+            }
+        }
+        let Some(auth) = &route.auth else {
+            return Ok(false);
+        };
+        let verdict = auth
+            .check(session.req_header(), ctx.exchange.client.secure)
+            .await;
+        self.auth_metrics.count(&verdict);
+        match verdict {
+            Verdict::Pass => return Ok(false),
+            Verdict::Challenge(v) | Verdict::Denied(v) => {
+                let extra = [(http::header::WWW_AUTHENTICATE, v)];
+                self.pages.respond_with(session, 401, id, &extra).await?;
+            }
+            Verdict::Visit { location, cookie } => {
+                respond::redirect_with(session, 303, &location, Some(cookie), id).await?;
+            }
+            Verdict::Busy => respond::refusal(session, 429, Some(1), id).await?,
+        }
+        Ok(true)
     }
 
     /// Answers a `/__bext/*` request (or 404s it when the caller is not allowed).
@@ -155,6 +206,7 @@ impl BextProxy {
             }
             Endpoint::Limits => respond::json(session, 200, &self.limits.to_json(), id).await,
             Endpoint::CachePurge => self.cache.purge_request(session, id).await,
+            Endpoint::Maintenance => maintenance::admin(session, &self.maintenance, id).await,
             Endpoint::NotFound => {
                 let body = admin::error_body("no such admin endpoint");
                 respond::json(session, 404, &body, id).await
@@ -249,6 +301,9 @@ impl ProxyHttp for BextProxy {
                 self.pages.respond(session, 400, id).await?;
                 return Ok(true);
             }
+        }
+        if self.gate(session, ctx, &route).await? {
+            return Ok(true);
         }
         if let RouteTarget::Static(root) = &route.target {
             let extras = static_files::Extras {

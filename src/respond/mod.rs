@@ -140,8 +140,22 @@ pub async fn redirect(
     location: &str,
     request_id: Option<&HeaderValue>,
 ) -> pingora::Result<()> {
+    redirect_with(session, status, location, None, request_id).await
+}
+
+/// [`redirect`] that also sets a cookie (a staging token visit).
+pub async fn redirect_with(
+    session: &mut Session,
+    status: u16,
+    location: &str,
+    set_cookie: Option<HeaderValue>,
+    request_id: Option<&HeaderValue>,
+) -> pingora::Result<()> {
     let body = Bytes::from(format!("Moved to {location}\n"));
     let mut resp = head(status, "text/plain; charset=utf-8", body.len(), request_id)?;
     resp.insert_header(http::header::LOCATION, location)?;
+    if let Some(cookie) = set_cookie {
+        resp.insert_header(http::header::SET_COOKIE, cookie)?;
+    }
     send(session, resp, body).await
 }

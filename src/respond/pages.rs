@@ -25,8 +25,9 @@ impl ErrorPages {
         ErrorPages { custom }
     }
 
-    fn body(&self, status: u16, request_id: &str) -> Bytes {
-        if let (Some(page), true) = (&self.custom, is_unavailable(status)) {
+    fn body(&self, status: u16, request_id: &str, page: Option<&Bytes>) -> Bytes {
+        let page = page.or(self.custom.as_ref().filter(|_| is_unavailable(status)));
+        if let Some(page) = page {
             let text = String::from_utf8_lossy(page);
             if !text.contains("{{") {
                 return page.clone();
@@ -58,6 +59,17 @@ small{{color:#777}}</style></head>\n<body><h1>{title}</h1><p>{message}</p>\
         self.respond_with(session, status, request_id, &[]).await
     }
 
+    /// The 503 of a site in maintenance: its own page when it has one
+    /// (same placeholders), else the server's.
+    pub async fn maintenance(
+        &self,
+        session: &mut Session,
+        page: Option<&Bytes>,
+        request_id: Option<&HeaderValue>,
+    ) -> pingora::Result<()> {
+        self.write(session, 503, request_id, &[], page).await
+    }
+
     /// [`respond`](Self::respond) plus headers the status needs (`Allow` on a
     /// 405, `Content-Range` on a 416).
     pub async fn respond_with(
@@ -67,6 +79,17 @@ small{{color:#777}}</style></head>\n<body><h1>{title}</h1><p>{message}</p>\
         request_id: Option<&HeaderValue>,
         extra: &[(HeaderName, HeaderValue)],
     ) -> pingora::Result<()> {
+        self.write(session, status, request_id, extra, None).await
+    }
+
+    async fn write(
+        &self,
+        session: &mut Session,
+        status: u16,
+        request_id: Option<&HeaderValue>,
+        extra: &[(HeaderName, HeaderValue)],
+        page: Option<&Bytes>,
+    ) -> pingora::Result<()> {
         let minted;
         let id = match request_id {
             Some(id) => id,
@@ -75,7 +98,7 @@ small{{color:#777}}</style></head>\n<body><h1>{title}</h1><p>{message}</p>\
                 &minted
             }
         };
-        let body = self.body(status, id.to_str().unwrap_or(""));
+        let body = self.body(status, id.to_str().unwrap_or(""), page);
         let mut resp = ResponseHeader::build(status, Some(5))?;
         resp.insert_header("content-type", "text/html; charset=utf-8")?;
         resp.insert_header("content-length", body.len().to_string())?;
@@ -98,6 +121,7 @@ fn is_unavailable(status: u16) -> bool {
 fn describe(status: u16) -> (&'static str, &'static str) {
     match status {
         400 => ("Bad Request", "The request could not be understood."),
+        401 => ("Unauthorized", "This site needs a login."),
         403 => ("Forbidden", "This file cannot be served."),
         404 => ("Not Found", "Nothing is served at this address."),
         405 => ("Method Not Allowed", "This address only answers GET and HEAD."),
@@ -177,7 +201,7 @@ mod tests {
     #[test]
     fn custom_page_is_used_for_unavailability_with_placeholders() {
         let pages = ErrorPages::new(Some(Bytes::from_static(b"down {{status}} {{request_id}}")));
-        assert_eq!(pages.body(502, "r<1>"), "down 502 r&lt;1&gt;");
-        assert!(String::from_utf8_lossy(&pages.body(404, "x")).contains("Not Found"));
+        assert_eq!(pages.body(502, "r<1>", None), "down 502 r&lt;1&gt;");
+        assert!(String::from_utf8_lossy(&pages.body(404, "x", None)).contains("Not Found"));
     }
 }
