@@ -8,10 +8,12 @@ mod common;
 mod upstream_support;
 
 mod access_log;
+mod auth;
 mod compression;
 mod dashboard;
 mod header_policy;
 mod liveview;
+mod maintenance;
 mod metrics;
 mod otlp_receiver;
 mod placement;
