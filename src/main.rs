@@ -158,7 +158,7 @@ fn main() -> ExitCode {
     unsafe {
         libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    bext::logging::init();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

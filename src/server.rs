@@ -78,6 +78,7 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     let tls = plan.tls.clone();
     let h2c = plan.server.h2c;
     let grace = plan.server.grace_period;
+    let shutdown_timeout = plan.server.shutdown_timeout;
     let metrics_listen = plan.telemetry.metrics_listen;
     let bext = BextProxy::new(plan);
     let limits = bext.limits();
@@ -123,6 +124,11 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     if let Some(h3) = h3 {
         server.add_service(h3);
     }
+    let phases = server.watch_execution_phase();
+    server.add_service(background_service(
+        "stop watchdog",
+        crate::stop::Watchdog::new(phases, shutdown_timeout),
+    ));
     log::info!(
         "bext {} listening on {}",
         env!("CARGO_PKG_VERSION"),

@@ -107,9 +107,17 @@ impl BextProxy {
         }
         let mut telemetry = Telemetry::new(&plan.telemetry, &registry, &patterns);
         let (pools, store) = (upstreams.clone(), cache.store());
+        let suppressed = Sub::new(&registry, "log").counter(
+            "lines_suppressed_total",
+            "Log lines not written because one place logged more than 10 a second",
+        );
         telemetry.on_scrape(move || {
             pools.refresh_metrics();
             store.refresh_metrics();
+            let (now, seen) = (crate::logging::suppressed_total(), suppressed.get());
+            if now > seen {
+                suppressed.inc_by(now - seen);
+            }
         });
         BextProxy {
             edge: EdgePolicy::new(plan.tls.as_ref()),

@@ -4,6 +4,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../tls_support/mod.rs"]
+mod tls_support;
 #[path = "../upstream_support/mod.rs"]
 mod upstream_support;
 
@@ -22,5 +24,6 @@ mod reuse;
 mod scrape;
 mod sites;
 mod static_site;
+mod stops;
 mod support;
 mod trace;

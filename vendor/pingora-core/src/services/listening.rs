@@ -205,6 +205,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         mut shutdown: ShutdownWatch,
     ) {
         // the accept loop, until the system is shutting down
+        let mut backoff = Duration::ZERO;
         loop {
             let new_io = tokio::select! { // TODO: consider biased for perf reason?
                 new_io = stack.accept() => new_io,
@@ -261,22 +262,37 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     });
                 }
                 Err(e) => {
+                    let io_error = e.root_cause().downcast_ref::<std::io::Error>();
+                    // The reactor this listener is registered with has shut
+                    // down (its runtime thread is stopping): accept() can only
+                    // fail from now on, instantly. Retrying would spin this
+                    // thread forever and keep it from stopping too.
+                    if io_error.is_some_and(|e| e.to_string().contains("being shutdown")) {
+                        info!("Stopped accepting on {}: the runtime is shutting down", stack.as_str());
+                        break;
+                    }
                     error!("Accept() failed {e}");
-                    if let Some(io_error) = e
-                        .root_cause()
-                        .downcast_ref::<std::io::Error>()
-                        .and_then(|e| e.raw_os_error())
-                    {
-                        // 24: too many open files. In this case accept() will continue return this
-                        // error without blocking, which could use up all the resources
-                        if io_error == 24 {
-                            // call sleep to calm the thread down and wait for others to release
-                            // some resources
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    // Back off on every error, not only EMFILE: an error that
+                    // repeats without blocking must not become a busy loop.
+                    // Doubling from 5 ms to 1 s; a successful accept resets it.
+                    let emfile = io_error.and_then(|e| e.raw_os_error()) == Some(24);
+                    backoff = if emfile {
+                        Duration::from_secs(1)
+                    } else {
+                        (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1))
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        changed = shutdown.changed() => {
+                            if changed.is_err() || *shutdown.borrow() {
+                                break;
+                            }
                         }
                     }
+                    continue;
                 }
             }
+            backoff = Duration::ZERO;
         }
 
         stack.cleanup();
