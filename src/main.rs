@@ -74,7 +74,7 @@ enum Command {
         #[arg(short = 'd', long)]
         daemon: bool,
         /// Append the new process's output to this file (default: server.error_log,
-        /// else this command's own stdout/stderr).
+        /// else where the running bext writes; never this command's own output).
         #[arg(long)]
         log: Option<PathBuf>,
         /// How long to wait for the new process to take over.

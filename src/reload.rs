@@ -30,9 +30,9 @@ pub struct ReloadOptions {
     pub config: PathBuf,
     /// Start the new process as a daemon (as under systemd's Type=forking).
     pub daemon: bool,
-    /// Where the new (foreground) process writes its output. `None` inherits
-    /// this command's stdout/stderr — then whoever reads them (`$(bext reload)`)
-    /// waits for the new server to exit, so scripts should pass a file.
+    /// Where the new process writes its output. `None`: `server.error_log`,
+    /// else where the running process writes (never this command's own
+    /// stdout/stderr, so a caller capturing them is not held).
     pub log: Option<PathBuf>,
     pub timeout: Duration,
 }
@@ -61,7 +61,11 @@ pub fn reload(opts: &ReloadOptions) -> Result<Reloaded, ReloadError> {
         .clone()
         .or_else(|| plan.server.error_log.clone().map(PathBuf::from));
     let reloads = reloads_of(old_pid) + 1;
-    let mut child = spawn_new(&opts.config, opts.daemon, log.as_deref(), reloads)?;
+    let output = match log {
+        Some(path) => Output::File(path),
+        None => Output::Inherit(old_pid),
+    };
+    let mut child = spawn_new(&opts.config, opts.daemon, output, reloads)?;
     // The running process connects to the upgrade socket the new one listens
     // on, retrying until it is there, so the signal may go out right away.
     signal(old_pid, libc::SIGQUIT)?;
@@ -87,10 +91,43 @@ fn reloads_of(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Where the new process writes its output. Never this command's own
+/// stdout/stderr: a caller that captures them (`out=$(bext reload …)`,
+/// Ansible, `subprocess.run(capture_output=True)`) would wait until that
+/// server exits.
+enum Output {
+    /// `--log` or `server.error_log`.
+    File(PathBuf),
+    /// Whatever the running process writes to (its terminal, file, pipe or
+    /// journal socket), which the new process replaces.
+    Inherit(i32),
+}
+
+/// A duplicate of the running process's `fd`: `pidfd_getfd` (Linux 5.6;
+/// works for any kind of file, sockets included, when we may trace the
+/// process), else reopening `/proc/PID/fd/FD` (terminals, pipes, files).
+fn output_of(pid: i32, fd: i32) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscalls; every descriptor they return is owned below.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        if pidfd >= 0 {
+            let dup = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+            libc::close(pidfd);
+            if dup >= 0 {
+                return Ok(std::fs::File::from_raw_fd(dup));
+            }
+        }
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(format!("/proc/{pid}/fd/{fd}"))
+}
+
 fn spawn_new(
     config: &Path,
     daemon: bool,
-    log: Option<&Path>,
+    output: Output,
     reloads: u64,
 ) -> Result<Child, ReloadError> {
     let exe = std::env::current_exe().map_err(ReloadError::Spawn)?;
@@ -102,14 +139,27 @@ fn spawn_new(
         cmd.arg("-d");
     }
     cmd.stdin(Stdio::null());
-    if let Some(path) = log {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(ReloadError::Spawn)?;
-        let err = file.try_clone().map_err(ReloadError::Spawn)?;
-        cmd.stdout(file).stderr(err);
+    match output {
+        Output::File(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(ReloadError::Spawn)?;
+            let err = file.try_clone().map_err(ReloadError::Spawn)?;
+            cmd.stdout(file).stderr(err);
+        }
+        Output::Inherit(pid) => match (output_of(pid, 1), output_of(pid, 2)) {
+            (Ok(out), Ok(err)) => {
+                cmd.stdout(out).stderr(err);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!(
+                    "warning: cannot reach the output of the running bext (pid {pid}: {e}); the new process writes to /dev/null: set server.error_log or pass --log FILE"
+                );
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        },
     }
     // Its own process group: the new server must outlive this command and
     // not receive the terminal's Ctrl-C meant for it.
