@@ -556,6 +556,8 @@ impl ProxyHttp for BextProxy {
             } else {
                 ctx.upstream.response_done();
             }
+        } else if ctx.exchange.outcome.websocket {
+            ctx.upstream.tunnel_from_node(body.as_deref());
         }
         Ok(None)
     }

@@ -178,9 +178,16 @@ impl RequestState {
     }
 
     /// `response_body_filter` at the end of a tunnel's stream to the client.
-    pub fn tunnel_end(&self, body: &mut Option<bytes::Bytes>) {
-        if let Some(t) = &self.tunnel {
+    pub fn tunnel_end(&mut self, body: &mut Option<bytes::Bytes>) {
+        if let Some(t) = &mut self.tunnel {
             t.farewell(body);
+        }
+    }
+
+    /// `response_body_filter` of a tunnel: the node's frames to the client.
+    pub fn tunnel_from_node(&mut self, chunk: Option<&[u8]>) {
+        if let (Some(t), Some(chunk)) = (&mut self.tunnel, chunk) {
+            t.from_node(chunk);
         }
     }
 

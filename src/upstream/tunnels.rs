@@ -32,6 +32,82 @@ pub const GOING_AWAY_FRAME: &[u8] = &[
     0x88, 0x0C, 0x03, 0xE9, b'g', b'o', b'i', b'n', b'g', b' ', b'a', b'w', b'a', b'y',
 ];
 
+/// The frame a client gets when its node's side of the tunnel ends without
+/// a Close frame (the node died, or dropped the connection): status 1011
+/// "node gone", so the browser sees a close it reconnects from, as after a
+/// drain, instead of a bare TCP close (1006).
+pub const NODE_GONE_FRAME: &[u8] = &[
+    0x88, 0x0B, 0x03, 0xF3, b'n', b'o', b'd', b'e', b' ', b'g', b'o', b'n', b'e',
+];
+
+/// Where the node → client byte stream of a tunnel is in its WebSocket
+/// framing (RFC 6455 §5.2): enough to know whether the node sent a Close
+/// frame and whether a frame of ours may be appended (only between frames).
+/// Constant state; only frame headers are read, payloads are skipped.
+#[derive(Debug, Default)]
+pub struct FrameTracker {
+    header: [u8; 14],
+    have: u8,
+    /// Payload bytes of the current frame still to come.
+    remaining: u64,
+    closed: bool,
+}
+
+impl FrameTracker {
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() && !self.closed {
+            if self.remaining > 0 {
+                let n = usize::try_from(self.remaining).map_or(data.len(), |r| r.min(data.len()));
+                self.remaining -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            self.header[usize::from(self.have)] = data[0];
+            self.have += 1;
+            data = &data[1..];
+            let Some(need) = self.header_len() else {
+                continue;
+            };
+            if usize::from(self.have) < need {
+                continue;
+            }
+            let h = &self.header;
+            let len7 = h[1] & 0x7f;
+            self.remaining = match len7 {
+                126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+                127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+                n => u64::from(n),
+            };
+            self.closed = h[0] & 0x0f == 0x8;
+            self.have = 0;
+        }
+    }
+
+    /// The header's length once its first two bytes are known.
+    fn header_len(&self) -> Option<usize> {
+        if self.have < 2 {
+            return None;
+        }
+        let ext = match self.header[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+        Some(2 + ext + mask)
+    }
+
+    /// The node sent a Close frame.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Between two frames: a frame of ours can be appended.
+    pub fn at_boundary(&self) -> bool {
+        self.remaining == 0 && self.have == 0
+    }
+}
+
 /// The identity of one upstream TCP connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnIdentity {
@@ -176,6 +252,7 @@ pub struct TunnelGuard {
     set: Arc<TunnelSet>,
     id: u64,
     closing: Arc<AtomicBool>,
+    frames: FrameTracker,
 }
 
 impl TunnelGuard {
@@ -189,15 +266,40 @@ impl TunnelGuard {
             set: set.clone(),
             id,
             closing,
+            frames: FrameTracker::default(),
         }
     }
 
-    /// At the end of the tunnel's stream to the client: when bext ended the
-    /// tunnel, the client's last bytes are a 1001 close frame.
-    pub fn farewell(&self, body: &mut Option<Bytes>) {
-        if self.closing.load(Ordering::Acquire) {
-            *body = Some(Bytes::from_static(GOING_AWAY_FRAME));
+    /// Bytes the node sent to the client.
+    pub fn from_node(&mut self, chunk: &[u8]) {
+        self.frames.feed(chunk);
+    }
+
+    /// At the end of the tunnel's stream to the client: unless the node sent
+    /// a Close frame itself, the client's last bytes are one — 1001 when bext
+    /// ended the tunnel (drain, stop), 1011 when the node's side just ended.
+    /// Never inside a half-sent frame (that would corrupt the stream).
+    pub fn farewell(&mut self, body: &mut Option<Bytes>) {
+        if let Some(last) = body.as_deref() {
+            self.frames.feed(last);
         }
+        if self.frames.closed() || !self.frames.at_boundary() {
+            return;
+        }
+        let frame = if self.closing.load(Ordering::Acquire) {
+            GOING_AWAY_FRAME
+        } else {
+            NODE_GONE_FRAME
+        };
+        *body = Some(match body.take() {
+            Some(data) if !data.is_empty() => {
+                let mut b = bytes::BytesMut::with_capacity(data.len() + frame.len());
+                b.extend_from_slice(&data);
+                b.extend_from_slice(frame);
+                b.freeze()
+            }
+            _ => Bytes::from_static(frame),
+        });
     }
 }
 
@@ -212,6 +314,31 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::os::unix::io::AsRawFd;
+
+    #[test]
+    fn the_tracker_follows_frames_across_chunks() {
+        let mut t = FrameTracker::default();
+        // A 3-byte text frame, a 300-byte binary frame (16-bit length), split anywhere.
+        let mut stream = vec![0x81, 3, b'a', b'b', b'c', 0x82, 126, 0x01, 0x2c];
+        stream.extend(std::iter::repeat_n(7u8, 300));
+        for piece in stream.chunks(7) {
+            t.feed(piece);
+            assert!(!t.closed());
+        }
+        assert!(t.at_boundary());
+        t.feed(&[0x82, 5, 1, 2]);
+        assert!(!t.at_boundary(), "inside a frame");
+        t.feed(&[3, 4, 5]);
+        assert!(t.at_boundary());
+        t.feed(&NODE_GONE_FRAME[..1]);
+        assert!(!t.closed() && !t.at_boundary());
+        t.feed(&NODE_GONE_FRAME[1..]);
+        assert!(t.closed());
+        // A masked header (client-style) is skipped by its 4 key bytes too.
+        let mut m = FrameTracker::default();
+        m.feed(&[0x81, 0x82, 9, 9, 9, 9, b'h', b'i']);
+        assert!(m.at_boundary() && !m.closed());
+    }
 
     #[tokio::test]
     async fn close_all_shuts_the_recorded_connection() {

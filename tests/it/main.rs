@@ -28,3 +28,4 @@ mod static_site;
 mod stops;
 mod support;
 mod trace;
+mod tunnel_close;
