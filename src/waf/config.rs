@@ -67,9 +67,14 @@ pub struct WafPlan {
     pub exclusions: Vec<Exclusion>,
 }
 
-/// Like OWASP CRS, DELETE is not in the default list: browsers tunnel it
-/// through POST `_method=delete` in Phoenix; JSON APIs that use it add it.
-pub const DEFAULT_METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "OPTIONS"];
+/// The methods a Phoenix app answers: `phx.gen.html`/`phx.gen.json`
+/// resources use GET, POST, PUT, PATCH and DELETE (API clients send them as
+/// is; browsers tunnel them through `Plug.MethodOverride`), HEAD and OPTIONS
+/// come from clients and CORS preflights. Unlike OWASP CRS's list, DELETE is
+/// in: refusing it broke every JSON API without stopping any attack (the
+/// verb itself carries no payload). CONNECT (tunnels through the proxy),
+/// TRACE/TRACK (cross-site tracing) and any unknown method stay refused.
+pub const DEFAULT_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 impl Default for WafPlan {
     fn default() -> Self {

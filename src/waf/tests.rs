@@ -261,3 +261,34 @@ fn bench_1mib_json() {
         times[49]
     );
 }
+
+/// Phoenix's generators route every REST verb (`phx.gen.json` resources take
+/// real DELETE / PUT / PATCH from API clients): the default list takes them.
+/// Tunnel and trace methods, and names no Phoenix route answers, stay out.
+#[test]
+fn rest_verbs_pass_and_tunnel_trace_and_unknown_methods_are_refused() {
+    let w = waf();
+    let with = |m: &str| {
+        http::Request::builder()
+            .method(m)
+            .uri("/api/v1/posts/42")
+            .header("host", "app.example.com")
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    };
+    for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        let v = w.inspect_head(&with(m));
+        assert!(!w.blocks(&v), "{m} refused: {}", v.log_line());
+    }
+    for m in ["CONNECT", "TRACE", "TRACK", "PROPFIND", "DEBUG", "FOO"] {
+        let v = w.inspect_head(&with(m));
+        assert!(
+            v.hits.iter().any(|h| h.rule.id == 911010),
+            "{m} allowed: {}",
+            v.log_line()
+        );
+    }
+}
