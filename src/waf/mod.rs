@@ -18,9 +18,11 @@ mod inspect;
 pub mod metrics;
 pub mod normalize;
 pub mod phase;
+mod phoenix;
 mod protocol;
 pub mod rules;
 mod upload;
+mod url;
 
 use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
 
@@ -236,3 +238,5 @@ mod tests;
 mod tests_classes;
 #[cfg(test)]
 mod tests_fp;
+#[cfg(test)]
+mod tests_phoenix;

@@ -242,8 +242,8 @@ pub static RULES: &[Rule] = &[
     rx(930040, Lfi, S_PATH, "backup, dump or log file in the path",
         r#"\.(?:sql|bak|backup|old|orig|save|swp|swo|tmp|dump)(?:\.(?:zip|gz|tgz|tar|bz2|xz|7z|rar))?$|/(?:debug|error|access|install|php_errors?)\.log$|/@id/|/__x00__|\.(?:sql|db|sqlite3?)\.(?:zip|gz|tgz|tar|bz2|xz|7z|rar)$"#),
     // ---- remote file inclusion ------------------------------------------------
-    rx(931010, Rfi, S_VALUE, "URL with a literal IP address as a parameter value",
-        r#"^(?:file|ftps?|https?)://(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[[0-9a-f:.]+\]|[0-9a-f]{1,4}(?::[0-9a-f]{0,4}){2,7})"#),
+    // Parsed, not matched: see `url.rs` for what counts as an include target.
+    code(931010, Rfi, CRITICAL, "URL with a literal IP address (any spelling) naming a file to include, or ending in `?`"),
     rx(931020, Rfi, S_VALUE | S_NAME, "URL passed to a known PHP include parameter",
         r#"\binclude(?:_once)?\s*\(\s*['"]?(?:file|ftps?|https?)://"#),
     rx(931030, Rfi, S_VALUE, "URL ending in a question mark (include suffix trick)",
@@ -283,12 +283,9 @@ pub static RULES: &[Rule] = &[
     // ---- generic: Node.js, SSRF, prototype pollution, Ruby ------------------
     rx(934010, Generic, S_ANY, "Node.js / JavaScript code injection (process / require internals, child_process, *Sync spawners)",
         r#"\brequire\s*(?:\(\s*['"`]?\s*(?:child_process|fs|net|os|vm|process|http|dns)\b|\[)|\bchild_process\b|\bprocess\s*(?:\.|\[\s*['"`]?)\s*(?:env|mainmodule|binding|exit|kill|dlopen|stdout|stdin)\b|\bmainmodule\s*(?:\.|\[)\s*['"`]?\s*(?:require|constructor|_load)\b|\brequire\s*(?:\.\s*(?:main|cache|extensions)\b|\.\s*resolve\s*\(|\[\s*['"`](?:main|cache|extensions|resolve)\b)|\bconstructor\s*\.\s*_load\s*\(|\b(?:exec|execfile|spawn)sync\s*\(|\bconstructor\s*(?:\.|\[\s*['"`])\s*constructor\b|\bnew\s+function\s*\(|\bconsole\s*(?:\.|\[\s*['"`])\s*(?:log|info|warn|error|debug|dir|trace)\b['"`]?\]?\s*\(|_\$\$nd_func\$\$_|xyqktkrfrlvoqyqk|\bfunction\s*\(\s*\)\s*\{[^}]*\b(?:return|require|process|eval)\b|\beval\s*\([^)]*\)|\bmodule\s*\.\s*(?:exports|children|constructor)\b"#),
-    // A scheme-less value counts only as a loopback name followed by a path
-    // (`localhost/admin`): a bare `localhost` is a host setting, and cloud
-    // metadata addresses are only fetched as URLs. An address written as one
-    // number must be a full 32-bit one (`0x7f000001`, `2130706433`).
-    rx(934020, Generic, S_VALUE, "server-side request forgery to an internal address (loopback, cloud metadata, Kubernetes service names) or a dangerous scheme (parameter values)",
-        r#"^(?:(?:https?|gopher|dict|ftp|ldaps?|tftp|file|jar|netdoc|sftp)?:/*)(?:[^@/]*@)?(?:localhost(?:\.localdomain)?|ipv?6-(?:localhost|loopback)|127\.\d+\.\d+\.\d+|0\.0\.0\.0|169\.254\.169\.254|metadata\.google\.internal|metadata\.azure\.com|100\.100\.100\.200|kubernetes\.default(?:\.svc)?(?:\.cluster\.local)?|[\w-]+(?:\.[\w-]+)?\.svc\.cluster\.local|\[(?:::1?|::ffff:[\d.]+|0:0:0:0:0:0:0:1)\])(?::\d+)?(?:[/?#]|$)|^(?:[^@/]*@)?(?:localhost(?:\.localdomain)?|ipv?6-(?:localhost|loopback)|kubernetes\.default(?:\.svc)?(?:\.cluster\.local)?|[\w-]+(?:\.[\w-]+)?\.svc\.cluster\.local|127\.\d+\.\d+\.\d+|0\.0\.0\.0|\[(?:::1?|::ffff:[\d.]+|0:0:0:0:0:0:0:1)\])(?::\d+)?[/?#]|^(?:https?|ftp|gopher|dict):/*(?:0x[0-9a-f]{8}\b|\d{8,10}\b|0177\.)|^(?:gopher|dict|jar|netdoc|tftp|ldaps?)://"#),
+    // Parsed, not matched (`url.rs`): every spelling of an address
+    // (`127.1`, `0x7f000001`, `[::ffff:a9fe:a9fe]`) resolves to where it points.
+    code(934020, Generic, CRITICAL, "server-side request forgery: a URL to loopback, cloud metadata, a cluster-internal name or a private address (not the site's own), an obfuscated numeric address, or a raw-protocol scheme (gopher, dict, ...)"),
     rx(934030, Generic, S_ANY, "prototype pollution",
         r#"__proto__|\bconstructor\s*(?:\.|\[\s*['`]?)\s*prototype\b|constructor\]\s*\[\s*['`]?prototype"#),
     rx(934040, Generic, S_DATA, "Ruby / Node.js process spawning",
