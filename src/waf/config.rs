@@ -65,6 +65,10 @@ pub struct WafPlan {
     pub max_json_depth: usize,
     pub allowed_methods: Vec<String>,
     pub exclusions: Vec<Exclusion>,
+    /// The libinjection SQLi/XSS tokenizers (rules 942110, 941070). Always
+    /// on from config (`waf.disable`-style switches are per rule id); off
+    /// only in measurements that compare the rule set with and without them.
+    pub tokenizers: bool,
 }
 
 /// The methods a Phoenix app answers: `phx.gen.html`/`phx.gen.json`
@@ -87,6 +91,7 @@ impl Default for WafPlan {
             max_json_depth: 128,
             allowed_methods: DEFAULT_METHODS.iter().map(|m| m.to_string()).collect(),
             exclusions: vec![],
+            tokenizers: true,
         }
     }
 }

@@ -12,7 +12,7 @@ use super::confirm;
 use super::exclusions::excluded;
 use super::normalize::{canonical, Evasion};
 use super::rules::{self, Category, Rule, Scope, S_FILENAME, S_HEADER, S_NAME, S_PATH, S_VALUE};
-use super::{excerpt, phoenix, protocol, upload, url, Hit, Verdict, Waf};
+use super::{excerpt, phoenix, protocol, tokenize, upload, url, Hit, Verdict, Waf};
 
 /// Headers never inspected for content: framing, negotiation, tokens and
 /// values the browser produces itself. Cookie is split into pairs instead.
@@ -193,6 +193,13 @@ impl Pass<'_> {
         if scope & S_VALUE != 0 {
             self.urls(kind, name, &text, redact);
         }
+        // Like CRS 942100 / 941100: arguments, their names, cookies, and
+        // the two headers apps reflect or store (User-Agent, Referer).
+        if scope & (S_VALUE | S_NAME) != 0
+            || (scope & S_HEADER != 0 && matches!(name, b"user-agent" | b"referer"))
+        {
+            self.tokens(kind, name, &text, redact);
+        }
         if !matches!(kind, Kind::Referer)
             && text
                 .iter()
@@ -225,6 +232,19 @@ impl Pass<'_> {
         }
         if url::forgery(&u, &self.own_host) {
             self.hit(934020, kind.label(), name, text, 0, redact);
+        }
+    }
+
+    /// SQLi and XSS by tokenization (`tokenize`).
+    fn tokens(&mut self, kind: Kind, name: &[u8], text: &[u8], redact: bool) {
+        if !self.waf.plan.tokenizers {
+            return;
+        }
+        if tokenize::sqli(text).is_some() {
+            self.hit(942110, kind.label(), name, text, 0, redact);
+        }
+        if tokenize::xss(text) {
+            self.hit(941070, kind.label(), name, text, 0, redact);
         }
     }
 

@@ -21,6 +21,7 @@ pub mod phase;
 mod phoenix;
 mod protocol;
 pub mod rules;
+mod tokenize;
 mod upload;
 mod url;
 

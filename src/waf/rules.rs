@@ -297,6 +297,8 @@ pub static RULES: &[Rule] = &[
     rx(934070, Generic, S_DATA, "server-side template injection probe",
         r#"\{\{\s*[\w.]*\s*[*+/-]\s*\d+\s*\}\}|\{\{[^}]*(?:__class__|__globals__|__builtins__|__subclasses__|\bconfig\b|\blipsum\b|\bcycler\b|\bjoiner\b|\brequest\.application)|\$\{\s*\d+\s*[*+]\s*\d+\s*\}|<%=?\s*\d+\s*[*+]\s*\d+\s*%>|#\{\s*\d+\s*[*+]\s*\d+\s*\}"#),
     // ---- XSS ------------------------------------------------------------------
+    // libinjection's HTML5 tokenizer (`tokenize.rs`) in five contexts.
+    code(941070, Xss, CRITICAL, "XSS: the value tokenizes as HTML with a dangerous tag, attribute or URL (libinjection)"),
     rx(941010, Xss, S_ANY, "script, style or applet tag, or another dangerous HTML tag with attributes",
         r#"<\s*/?\s*(?:\w+:)?(?:script|applet|vmlframe|style)\b|<\s*(?:v|xi|vml|t|html):\w+|<\s*(?:\w+:)?(?:iframe|frame|frameset|object|embed|meta|base|link|svg|math|form|isindex|marquee|bgsound|layer|ilayer|xss|import|handler|listener|portal|noscript|noembed|xmp|plaintext|keygen)[\s/+]|<!\[cdata\[|<!--.*?-->\s*<"#),
     rx(941020, Xss, S_ANY, "event handler attribute (on + 3 to 50 letters; also left open at the end of a tag)",
@@ -312,6 +314,9 @@ pub static RULES: &[Rule] = &[
     rx(941060, Xss, S_ANY, "UTF-7 encoded markup or obfuscated tag",
         r#"\+ad[wz]-|\+acia-|<\s*[a-z](?:\s+[a-z]){3,}\b|<[a-z]+[\s/]+[^>]*\b(?:src|href|data)\s*=[^>]*>|<\s*\w+\s*/\s*\w+\s*="#),
     // ---- SQL injection -------------------------------------------------------
+    // libinjection's tokenizer and fingerprint list (`tokenize.rs`): the
+    // class decision; the patterns below cover what it is weak on.
+    code(942110, Sqli, CRITICAL, "SQL injection: the value tokenizes as an injection (libinjection fingerprint)"),
     rx(942010, Sqli, S_ANY, "SQL tautology or boolean injection after a quote or number",
         r#"['"`]\s*\)?\s*(?:or|and|xor|\|\||&&|div|like|rlike|regexp)\s*\(?\s*['"`(\d@]|\b(?:or|and|xor)\s+\(?['"]?\s*\d+\s*['"]?\s*(?:=|<=?|>=?|<>|!=|\blike\b|\bis\b)\s*['"]?\d|\b(?:or|and)\s+(?:true|false|not|null|\d+\s*(?:--|#|;|$))|['"`]\s*(?:=|<>|!=|<=?|>=?)\s*['"`]"#),
     rx(942020, Sqli, S_ANY, "UNION SELECT",
