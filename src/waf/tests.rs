@@ -220,6 +220,74 @@ fn bad_input_is_bounded_and_never_panics() {
     }
 }
 
+/// The issue's hostile bodies, at the full 1 MiB inspection limit, through
+/// every detector (regex set, tokenizers, URL parser, Phoenix frames): each
+/// finishes, and in bounded time (a generous bound for a debug build on a
+/// shared machine; linear work takes a fraction of it).
+#[test]
+fn hostile_one_mib_bodies_are_inspected_in_bounded_time() {
+    let w = waf();
+    let mib = 1 << 20;
+    let quotes = "'\"`(".repeat(mib / 4);
+    let nested_json = {
+        let mut s = String::from("[\"");
+        while s.len() < mib - 8 {
+            s.push_str("\\\"'");
+        }
+        s.push_str("\"]");
+        s
+    };
+    let deep_json = "{\"a\":[".repeat(mib / 7);
+    let params = (0..10_000)
+        .map(|i| format!("p{i}=%27%22{i}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let frames = (0..10_000)
+        .map(|i| format!("[\"{i}\",\"{i}\",\"lv:phx-F\",\"event\",{{\"type\":\"form\",\"value\":\"a=http%3A%2F%2F127.0.0.1%2F&b='\"\"}}]"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let urls = "http://".repeat(mib / 7);
+    let cases: [(&str, &str, &[u8]); 7] = [
+        ("/submit", "text/plain", quotes.as_bytes()),
+        ("/submit", "application/json", nested_json.as_bytes()),
+        ("/submit", "application/json", deep_json.as_bytes()),
+        (
+            "/submit",
+            "application/x-www-form-urlencoded",
+            params.as_bytes(),
+        ),
+        ("/live/longpoll", "application/x-ndjson", frames.as_bytes()),
+        (
+            "/live/longpoll",
+            "application/x-ndjson",
+            deep_json.as_bytes(),
+        ),
+        (
+            "/submit",
+            "application/x-www-form-urlencoded",
+            urls.as_bytes(),
+        ),
+    ];
+    for (path, ct, body) in cases {
+        let h = http::Request::post(path)
+            .header("host", "app.example.com")
+            .header("content-type", ct)
+            .header("content-length", body.len().to_string())
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let t = std::time::Instant::now();
+        let _ = w.inspect_body(&h, &body[..body.len().min(mib)], false);
+        let took = t.elapsed();
+        println!("{path} {ct} {} bytes: {took:?}", body.len());
+        assert!(
+            took < std::time::Duration::from_secs(20),
+            "{ct} body took {took:?}"
+        );
+    }
+}
+
 #[test]
 fn exclusions_remove_hits() {
     let mut plan = WafPlan::default();
