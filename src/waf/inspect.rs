@@ -193,6 +193,14 @@ impl Pass<'_> {
         if scope & S_VALUE != 0 {
             self.urls(kind, name, &text, redact);
         }
+        // Command injection by tokenization: values, names and headers,
+        // never the Referer (see `Kind::Referer`) or the path (`;` is
+        // ordinary in paths; the regex rules cover path-shaped commands).
+        if scope & (S_VALUE | S_NAME | S_HEADER) != 0 && !matches!(kind, Kind::Referer) {
+            if let Some(at) = super::shell::find(&waf.commands, &text) {
+                self.hit(932100, kind.label(), name, &text, at, redact);
+            }
+        }
         // Like CRS 942100 / 941100: arguments, their names, cookies, and
         // the two headers apps reflect or store (User-Agent, Referer).
         if scope & (S_VALUE | S_NAME) != 0

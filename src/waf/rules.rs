@@ -249,6 +249,8 @@ pub static RULES: &[Rule] = &[
     rx(931030, Rfi, S_VALUE, "URL ending in a question mark (include suffix trick)",
         r#"^(?:file|ftps?|https?)(?::/*[^?#\s]*)?\?+$"#),
     // ---- remote command execution ---------------------------------------------
+    // The shell tokenizer (`shell.rs`, lists in `data/*.txt`).
+    code(932100, Rce, CRITICAL, "Unix or Windows command in a shell command position, read as the shell would (quotes, backslashes, empty expansions, `$'..'`, `$IFS` and glob-spelled paths undone)"),
     rx(932020, Rce, S_DATA | S_PATH, "Unix command after a shell separator, also inside a `(` / `{` group (word-like commands need command-like arguments)",
         concat!(r"(?:`|\$\()\s*(?:\w+=\S*\s+)*(?:[\w.-]*/)*", unix_cmds!(), r"(?:$|[\s;&|<>`)]|\$\{?ifs)|(?:[;&|\n]|\|\||&&)\s*[({]?\s*(?:\w+=\S*\s+)*(?:(?:[\w.-]*/)*", unix_cmds_strong!(), r"(?:$|[\s;&|<>`)]|\$\{?ifs)|(?:[\w.-]*/)+", unix_cmds_word!(), r"(?:$|[\s;&|<>`)]|\$\{?ifs)|", unix_cmds_word!(), cmd_args!(), ")")),
     rx(932030, Rce, S_DATA, "Unix command at the start of a value with command-like arguments (an option, a path, a number, a variable, a quoted string) and shell syntax, or a command name alone on its line",

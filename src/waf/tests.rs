@@ -360,3 +360,37 @@ fn rest_verbs_pass_and_tunnel_trace_and_unknown_methods_are_refused() {
         );
     }
 }
+
+/// Command injection read as the shell reads it (rule 932100): evasions and
+/// commands the regex lists never named, next to prose that must pass.
+#[test]
+fn shell_tokenizer_catches_evasions_and_unlisted_commands() {
+    let w = waf();
+    for q in [
+        "x%3B%2F%3F%3F%3F%2F%3Fname%20-a",
+        "x%3B%24%27%5Cx77%5Cx68%5Cx6f%5Cx61%5Cx6d%5Cx69%27",
+        "x%3Bun%249ame%20-a",
+        "x%3B%2Fu%3Fr%2Fb%3Fn%2Fid",
+        "x%7C%7Cgetent%20passwd",
+        "x%3Bcompgen%20-c",
+        "x%0Adeclare%20-p",
+        "x%3Bsource%20%2Ftmp%2Fx",
+        "x%3Blsattr%20-a",
+        "x%3Bdmesg",
+        "x%3Bjournalctl%20-n5",
+        "x%26dir%20C%3A%5C",
+    ] {
+        let v = w.inspect_head(&get(&format!("/s?q={q}")));
+        assert!(w.blocks(&v), "missed {q}");
+    }
+    for q in [
+        "Tom+%26+Jerry%3B+more+than+friends",
+        "see+%60README%60+for+details",
+        "a%3B+dir+of+the+film",
+        "type=image%2Fpng%3Bbase64%2CiVBORw0KGgo%3D",
+        "Henry+VI%3B+cat+lovers+unite",
+    ] {
+        let v = w.inspect_head(&get(&format!("/s?q={q}")));
+        assert!(!w.blocks(&v), "false positive on {q}: {}", v.log_line());
+    }
+}
