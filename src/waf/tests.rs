@@ -305,7 +305,18 @@ fn exclusions_remove_hits() {
 #[test]
 #[ignore = "measurement, not a check"]
 fn bench_1mib_json() {
-    let w = waf();
+    let off = Waf::new(WafPlan {
+        tokenizers: false,
+        ..WafPlan::default()
+    })
+    .unwrap();
+    for (what, w) in [("all detectors", waf()), ("without libinjection", off)] {
+        print!("{what}: ");
+        bench_json(&w);
+    }
+}
+
+fn bench_json(w: &Waf) {
     let mut body = String::from("{\"items\":[");
     let mut i = 0;
     while body.len() < (1 << 20) - 200 {

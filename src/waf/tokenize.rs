@@ -37,11 +37,47 @@ const MAX_SQLI: usize = 8 << 10;
 
 /// libinjection's SQL verdict on `v`, with the fingerprint for the log.
 pub(super) fn sqli(v: &[u8]) -> Option<[u8; 8]> {
+    if !might_be_sqli(v) {
+        return None;
+    }
     let fp = raw_sqli(v)?;
     if prose_fingerprint(&fp) && is_prose(v) {
         return None;
     }
     Some(fp)
+}
+
+/// Whether libinjection could flag `v` at all, decided in one cheap pass so
+/// the common value (a name, a number, a sentence) skips the tokenizer. A
+/// fingerprint it flags needs a string, comment, operator, parenthesis or
+/// `;` (all punctuation), or a logic / UNION keyword between words: a value
+/// of only letters, digits, spaces, `_` and `.` without those keywords
+/// cannot be one.
+fn might_be_sqli(v: &[u8]) -> bool {
+    if v.iter()
+        .any(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b' ' | b'_' | b'.') || b >= 0x80))
+    {
+        return true;
+    }
+    v.split(|&b| b == b' ').any(|w| {
+        matches!(
+            w,
+            b"or"
+                | b"and"
+                | b"xor"
+                | b"not"
+                | b"union"
+                | b"div"
+                | b"like"
+                | b"rlike"
+                | b"regexp"
+                | b"is"
+                | b"between"
+                | b"having"
+                | b"sounds"
+                | b"mod"
+        )
+    })
 }
 
 fn raw_sqli(v: &[u8]) -> Option<[u8; 8]> {
@@ -100,7 +136,9 @@ fn is_prose(v: &[u8]) -> bool {
 /// libinjection's XSS verdict on `v`, with its two known false-positive
 /// classes removed (see `inert_markup` and `attribute_can_run`).
 pub(super) fn xss(v: &[u8]) -> bool {
-    if !raw_xss(v) {
+    // Markup needs a `<`; attribute text an `=` (`x onerror=...`): without
+    // either, none of libinjection's five contexts can flag the value.
+    if !v.iter().any(|&b| b == b'<' || b == b'=') || !raw_xss(v) {
         return false;
     }
     if let Some(masked) = inert_markup(v) {
