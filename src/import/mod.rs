@@ -1,10 +1,9 @@
 //! `bext import [DIR]`: detect a Phoenix project and write the bext config for
-//! it. `detect` reads the project tree (`router` the routes); `generate` writes
-//! the config text and the Phoenix-side checklist.
+//! it. `detect` reads the project tree; `generate` writes the config text and
+//! the Phoenix-side checklist.
 
 mod detect;
 mod generate;
-mod router;
 
 use std::path::{Path, PathBuf};
 

@@ -5,6 +5,8 @@
 //!   counts as a passive health failure of the node;
 //! * after connecting, GET/HEAD/OPTIONS are retried on a reset, close or
 //!   timeout before any response header, and on a 502/503 answer;
+//! * only errors on the node's connection count against the node or are
+//!   retried: a request bext itself refused (WAF, limits) never reached it;
 //! * other methods are never replayed once connected (their body may have
 //!   reached Phoenix) unless `retry_non_idempotent = true` and Pingora still
 //!   holds the whole body;
@@ -57,7 +59,13 @@ impl RequestState {
         mut e: Box<Error>,
         reused: bool,
     ) -> Box<Error> {
-        let upstream_fault = *e.esource() != ErrorSource::Downstream;
+        // Only errors Pingora raised on the node's connection (marked
+        // `Upstream`) are the node's fault. Errors bext's own filters return
+        // (a WAF or limits refusal in `request_body_filter`, after the
+        // connection was opened: `Unset`) and internal ones never reached
+        // the node: counting them would let any client push a healthy node's
+        // failure count up, and they must not be retried elsewhere either.
+        let upstream_fault = *e.esource() == ErrorSource::Upstream;
         if upstream_fault {
             if let Some(node) = self.node() {
                 node.count_failure(e.to_string());

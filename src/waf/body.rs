@@ -22,6 +22,8 @@ pub struct JsonString<'a> {
     pub raw: &'a [u8],
     /// Whether this string is an object key.
     pub is_key: bool,
+    /// How many arrays/objects enclose it (a top-level array's elements: 1).
+    pub depth: usize,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -65,6 +67,7 @@ pub fn json_strings<'a>(
                 f(JsonString {
                     raw,
                     is_key: next == Some(&b':'),
+                    depth,
                 });
                 i = j + 1;
                 continue;

@@ -65,11 +65,20 @@ pub struct WafPlan {
     pub max_json_depth: usize,
     pub allowed_methods: Vec<String>,
     pub exclusions: Vec<Exclusion>,
+    /// The libinjection SQLi/XSS tokenizers (rules 942110, 941070). Always
+    /// on from config (`waf.disable`-style switches are per rule id); off
+    /// only in measurements that compare the rule set with and without them.
+    pub tokenizers: bool,
 }
 
-/// Like OWASP CRS, DELETE is not in the default list: browsers tunnel it
-/// through POST `_method=delete` in Phoenix; JSON APIs that use it add it.
-pub const DEFAULT_METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "OPTIONS"];
+/// The methods a Phoenix app answers: `phx.gen.html`/`phx.gen.json`
+/// resources use GET, POST, PUT, PATCH and DELETE (API clients send them as
+/// is; browsers tunnel them through `Plug.MethodOverride`), HEAD and OPTIONS
+/// come from clients and CORS preflights. Unlike OWASP CRS's list, DELETE is
+/// in: refusing it broke every JSON API without stopping any attack (the
+/// verb itself carries no payload). CONNECT (tunnels through the proxy),
+/// TRACE/TRACK (cross-site tracing) and any unknown method stay refused.
+pub const DEFAULT_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 impl Default for WafPlan {
     fn default() -> Self {
@@ -82,6 +91,7 @@ impl Default for WafPlan {
             max_json_depth: 128,
             allowed_methods: DEFAULT_METHODS.iter().map(|m| m.to_string()).collect(),
             exclusions: vec![],
+            tokenizers: true,
         }
     }
 }

@@ -12,7 +12,7 @@ use super::confirm;
 use super::exclusions::excluded;
 use super::normalize::{canonical, Evasion};
 use super::rules::{self, Category, Rule, Scope, S_FILENAME, S_HEADER, S_NAME, S_PATH, S_VALUE};
-use super::{excerpt, protocol, upload, Hit, Verdict, Waf};
+use super::{excerpt, phoenix, protocol, tokenize, upload, url, Hit, Verdict, Waf};
 
 /// Headers never inspected for content: framing, negotiation, tokens and
 /// values the browser produces itself. Cookie is split into pairs instead.
@@ -129,6 +129,12 @@ pub(super) struct Pass<'a> {
     /// The request declares a JSON body, where `\uXXXX` is ordinary
     /// escaping (CRS skips its Unicode-escape check for JSON requests too).
     pub json_body: bool,
+    /// The request's Host (lower-case, with its port): a URL to the site's
+    /// own address is not a forged request (see `url::forgery`).
+    pub own_host: Vec<u8>,
+    /// Set while a value is a page address the browser reported in
+    /// Phoenix's protocol (see `phoenix`): the URL decisions skip it.
+    pub page_address: bool,
 }
 
 impl Pass<'_> {
@@ -184,6 +190,24 @@ impl Pass<'_> {
         let scope = kind.scope();
         let waf = self.waf;
         self.run(&waf.all, scope, kind, name, &text, redact);
+        if scope & S_VALUE != 0 {
+            self.urls(kind, name, &text, redact);
+        }
+        // Command injection by tokenization: values, names and headers,
+        // never the Referer (see `Kind::Referer`) or the path (`;` is
+        // ordinary in paths; the regex rules cover path-shaped commands).
+        if scope & (S_VALUE | S_NAME | S_HEADER) != 0 && !matches!(kind, Kind::Referer) {
+            if let Some(at) = super::shell::find(&waf.commands, &text) {
+                self.hit(932100, kind.label(), name, &text, at, redact);
+            }
+        }
+        // Like CRS 942100 / 941100: arguments, their names, cookies, and
+        // the two headers apps reflect or store (User-Agent, Referer).
+        if scope & (S_VALUE | S_NAME) != 0
+            || (scope & S_HEADER != 0 && matches!(name, b"user-agent" | b"referer"))
+        {
+            self.tokens(kind, name, &text, redact);
+        }
         if !matches!(kind, Kind::Referer)
             && text
                 .iter()
@@ -199,6 +223,36 @@ impl Pass<'_> {
         if body::find(&text, b"/*").is_some() {
             let plain = strip_comments(&text);
             self.run(&waf.all, scope, kind, name, &plain, redact);
+        }
+    }
+
+    /// RFI and SSRF: decisions about where a URL value points, made on the
+    /// parsed URL (`url`). Values without `:` or `/` cannot be one.
+    fn urls(&mut self, kind: Kind, name: &[u8], text: &[u8], redact: bool) {
+        if self.page_address || !text.iter().any(|&b| b == b':' || b == b'/') {
+            return;
+        }
+        let Some(u) = url::parse(text, true) else {
+            return;
+        };
+        if url::remote_include(&u) {
+            self.hit(931010, kind.label(), name, text, 0, redact);
+        }
+        if url::forgery(&u, &self.own_host) {
+            self.hit(934020, kind.label(), name, text, 0, redact);
+        }
+    }
+
+    /// SQLi and XSS by tokenization (`tokenize`).
+    fn tokens(&mut self, kind: Kind, name: &[u8], text: &[u8], redact: bool) {
+        if !self.waf.plan.tokenizers {
+            return;
+        }
+        if tokenize::sqli(text).is_some() {
+            self.hit(942110, kind.label(), name, text, 0, redact);
+        }
+        if tokenize::xss(text) {
+            self.hit(941070, kind.label(), name, text, 0, redact);
         }
     }
 
@@ -345,6 +399,17 @@ fn with_pass(waf: &Waf, req: &Parts, v: &mut Verdict, f: impl FnOnce(&mut Pass))
         v,
         foreign_referer: protocol::foreign_referer(req),
         json_body: is_json_request(req),
+        own_host: req
+            .headers
+            .get(http::header::HOST)
+            .map(|h| h.as_bytes().trim_ascii().to_ascii_lowercase())
+            .or_else(|| {
+                req.uri
+                    .authority()
+                    .map(|a| a.as_str().to_ascii_lowercase().into_bytes())
+            })
+            .unwrap_or_default(),
+        page_address: false,
     };
     f(&mut pass);
 }
@@ -480,8 +545,26 @@ fn xml(pass: &mut Pass, data: &[u8]) {
 }
 
 /// JSON: every string (keys and values, any depth) is inspected; the body
-/// limit bounds the work, so there is no argument-count limit here.
+/// limit bounds the work, so there is no argument-count limit here. A
+/// Phoenix long-poll body is NDJSON, one channel frame a line: each line is
+/// walked with what its frame head says (see `phoenix`).
 fn json(pass: &mut Pass, data: &[u8], truncated: bool) {
+    if phoenix::is_longpoll(pass.path) {
+        let mut res = Ok(());
+        for line in data.split(|&b| b == b'\n') {
+            let r = json_doc(pass, line, phoenix::frame(line));
+            if res.is_ok() {
+                res = r;
+            }
+        }
+        json_error(pass, res, truncated);
+    } else {
+        let res = json_doc(pass, data, phoenix::Frame::default());
+        json_error(pass, res, truncated);
+    }
+}
+
+fn json_doc(pass: &mut Pass, data: &[u8], frame: phoenix::Frame) -> Result<(), JsonError> {
     let depth = pass.waf.plan.max_json_depth;
     let mut strings = vec![];
     let res = body::json_strings(data, depth, |s| strings.push(s));
@@ -492,9 +575,19 @@ fn json(pass: &mut Pass, data: &[u8], truncated: bool) {
             pass.value(Kind::BodyName, s.raw, s.raw);
             protocol::session_name(pass, &canonical(s.raw, false).0);
         } else {
+            pass.page_address = phoenix::is_page_address(frame, s.depth, key);
             pass.value(Kind::BodyValue, key, s.raw);
+            pass.page_address = false;
+            if phoenix::is_form_value(frame, s.depth, key, s.raw) {
+                let mut count = 0;
+                pass.args(s.raw, Kind::BodyName, Kind::BodyValue, &mut count);
+            }
         }
     }
+    res
+}
+
+fn json_error(pass: &mut Pass, res: Result<(), JsonError>, truncated: bool) {
     match res {
         Err(JsonError::TooDeep) => {
             pass.hit(920120, "body", b"", b"json nesting too deep", 0, false)

@@ -18,9 +18,13 @@ mod inspect;
 pub mod metrics;
 pub mod normalize;
 pub mod phase;
+mod phoenix;
 mod protocol;
 pub mod rules;
+mod shell;
+mod tokenize;
 mod upload;
+mod url;
 
 use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
 
@@ -103,6 +107,8 @@ pub enum WafError {
     Set(regex::Error),
     #[error("scanner list does not compile: {0}")]
     Scanners(aho_corasick::BuildError),
+    #[error("command lists do not compile: {0}")]
+    Commands(aho_corasick::BuildError),
 }
 
 /// A compiled subset of the content rules, matched in one pass.
@@ -147,6 +153,8 @@ pub struct Waf {
     rce: RuleSet,
     /// The scanner User-Agent substrings, matched in one pass.
     scanners: aho_corasick::AhoCorasick,
+    /// The command lists of the shell tokenizer (`shell`, `data/*.txt`).
+    commands: shell::Commands,
     pub metrics: metrics::WafMetrics,
 }
 
@@ -157,6 +165,7 @@ impl Waf {
             all: RuleSet::build(|_| true)?,
             rce: RuleSet::build(|r| r.category == Category::Rce)?,
             scanners: protocol::scanner_matcher().map_err(WafError::Scanners)?,
+            commands: shell::Commands::new().map_err(WafError::Commands)?,
             metrics: metrics::WafMetrics::new(),
         })
     }
@@ -236,3 +245,5 @@ mod tests;
 mod tests_classes;
 #[cfg(test)]
 mod tests_fp;
+#[cfg(test)]
+mod tests_phoenix;

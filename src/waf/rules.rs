@@ -242,13 +242,15 @@ pub static RULES: &[Rule] = &[
     rx(930040, Lfi, S_PATH, "backup, dump or log file in the path",
         r#"\.(?:sql|bak|backup|old|orig|save|swp|swo|tmp|dump)(?:\.(?:zip|gz|tgz|tar|bz2|xz|7z|rar))?$|/(?:debug|error|access|install|php_errors?)\.log$|/@id/|/__x00__|\.(?:sql|db|sqlite3?)\.(?:zip|gz|tgz|tar|bz2|xz|7z|rar)$"#),
     // ---- remote file inclusion ------------------------------------------------
-    rx(931010, Rfi, S_VALUE, "URL with a literal IP address as a parameter value",
-        r#"^(?:file|ftps?|https?)://(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[[0-9a-f:.]+\]|[0-9a-f]{1,4}(?::[0-9a-f]{0,4}){2,7})"#),
+    // Parsed, not matched: see `url.rs` for what counts as an include target.
+    code(931010, Rfi, CRITICAL, "URL with a literal IP address (any spelling) naming a file to include, or ending in `?`"),
     rx(931020, Rfi, S_VALUE | S_NAME, "URL passed to a known PHP include parameter",
         r#"\binclude(?:_once)?\s*\(\s*['"]?(?:file|ftps?|https?)://"#),
     rx(931030, Rfi, S_VALUE, "URL ending in a question mark (include suffix trick)",
         r#"^(?:file|ftps?|https?)(?::/*[^?#\s]*)?\?+$"#),
     // ---- remote command execution ---------------------------------------------
+    // The shell tokenizer (`shell.rs`, lists in `data/*.txt`).
+    code(932100, Rce, CRITICAL, "Unix or Windows command in a shell command position, read as the shell would (quotes, backslashes, empty expansions, `$'..'`, `$IFS` and glob-spelled paths undone)"),
     rx(932020, Rce, S_DATA | S_PATH, "Unix command after a shell separator, also inside a `(` / `{` group (word-like commands need command-like arguments)",
         concat!(r"(?:`|\$\()\s*(?:\w+=\S*\s+)*(?:[\w.-]*/)*", unix_cmds!(), r"(?:$|[\s;&|<>`)]|\$\{?ifs)|(?:[;&|\n]|\|\||&&)\s*[({]?\s*(?:\w+=\S*\s+)*(?:(?:[\w.-]*/)*", unix_cmds_strong!(), r"(?:$|[\s;&|<>`)]|\$\{?ifs)|(?:[\w.-]*/)+", unix_cmds_word!(), r"(?:$|[\s;&|<>`)]|\$\{?ifs)|", unix_cmds_word!(), cmd_args!(), ")")),
     rx(932030, Rce, S_DATA, "Unix command at the start of a value with command-like arguments (an option, a path, a number, a variable, a quoted string) and shell syntax, or a command name alone on its line",
@@ -283,12 +285,9 @@ pub static RULES: &[Rule] = &[
     // ---- generic: Node.js, SSRF, prototype pollution, Ruby ------------------
     rx(934010, Generic, S_ANY, "Node.js / JavaScript code injection (process / require internals, child_process, *Sync spawners)",
         r#"\brequire\s*(?:\(\s*['"`]?\s*(?:child_process|fs|net|os|vm|process|http|dns)\b|\[)|\bchild_process\b|\bprocess\s*(?:\.|\[\s*['"`]?)\s*(?:env|mainmodule|binding|exit|kill|dlopen|stdout|stdin)\b|\bmainmodule\s*(?:\.|\[)\s*['"`]?\s*(?:require|constructor|_load)\b|\brequire\s*(?:\.\s*(?:main|cache|extensions)\b|\.\s*resolve\s*\(|\[\s*['"`](?:main|cache|extensions|resolve)\b)|\bconstructor\s*\.\s*_load\s*\(|\b(?:exec|execfile|spawn)sync\s*\(|\bconstructor\s*(?:\.|\[\s*['"`])\s*constructor\b|\bnew\s+function\s*\(|\bconsole\s*(?:\.|\[\s*['"`])\s*(?:log|info|warn|error|debug|dir|trace)\b['"`]?\]?\s*\(|_\$\$nd_func\$\$_|xyqktkrfrlvoqyqk|\bfunction\s*\(\s*\)\s*\{[^}]*\b(?:return|require|process|eval)\b|\beval\s*\([^)]*\)|\bmodule\s*\.\s*(?:exports|children|constructor)\b"#),
-    // A scheme-less value counts only as a loopback name followed by a path
-    // (`localhost/admin`): a bare `localhost` is a host setting, and cloud
-    // metadata addresses are only fetched as URLs. An address written as one
-    // number must be a full 32-bit one (`0x7f000001`, `2130706433`).
-    rx(934020, Generic, S_VALUE, "server-side request forgery to an internal address (loopback, cloud metadata, Kubernetes service names) or a dangerous scheme (parameter values)",
-        r#"^(?:(?:https?|gopher|dict|ftp|ldaps?|tftp|file|jar|netdoc|sftp)?:/*)(?:[^@/]*@)?(?:localhost(?:\.localdomain)?|ipv?6-(?:localhost|loopback)|127\.\d+\.\d+\.\d+|0\.0\.0\.0|169\.254\.169\.254|metadata\.google\.internal|metadata\.azure\.com|100\.100\.100\.200|kubernetes\.default(?:\.svc)?(?:\.cluster\.local)?|[\w-]+(?:\.[\w-]+)?\.svc\.cluster\.local|\[(?:::1?|::ffff:[\d.]+|0:0:0:0:0:0:0:1)\])(?::\d+)?(?:[/?#]|$)|^(?:[^@/]*@)?(?:localhost(?:\.localdomain)?|ipv?6-(?:localhost|loopback)|kubernetes\.default(?:\.svc)?(?:\.cluster\.local)?|[\w-]+(?:\.[\w-]+)?\.svc\.cluster\.local|127\.\d+\.\d+\.\d+|0\.0\.0\.0|\[(?:::1?|::ffff:[\d.]+|0:0:0:0:0:0:0:1)\])(?::\d+)?[/?#]|^(?:https?|ftp|gopher|dict):/*(?:0x[0-9a-f]{8}\b|\d{8,10}\b|0177\.)|^(?:gopher|dict|jar|netdoc|tftp|ldaps?)://"#),
+    // Parsed, not matched (`url.rs`): every spelling of an address
+    // (`127.1`, `0x7f000001`, `[::ffff:a9fe:a9fe]`) resolves to where it points.
+    code(934020, Generic, CRITICAL, "server-side request forgery: a URL to loopback, cloud metadata, a cluster-internal name or a private address (not the site's own), an obfuscated numeric address, or a raw-protocol scheme (gopher, dict, ...)"),
     rx(934030, Generic, S_ANY, "prototype pollution",
         r#"__proto__|\bconstructor\s*(?:\.|\[\s*['`]?)\s*prototype\b|constructor\]\s*\[\s*['`]?prototype"#),
     rx(934040, Generic, S_DATA, "Ruby / Node.js process spawning",
@@ -300,6 +299,8 @@ pub static RULES: &[Rule] = &[
     rx(934070, Generic, S_DATA, "server-side template injection probe",
         r#"\{\{\s*[\w.]*\s*[*+/-]\s*\d+\s*\}\}|\{\{[^}]*(?:__class__|__globals__|__builtins__|__subclasses__|\bconfig\b|\blipsum\b|\bcycler\b|\bjoiner\b|\brequest\.application)|\$\{\s*\d+\s*[*+]\s*\d+\s*\}|<%=?\s*\d+\s*[*+]\s*\d+\s*%>|#\{\s*\d+\s*[*+]\s*\d+\s*\}"#),
     // ---- XSS ------------------------------------------------------------------
+    // libinjection's HTML5 tokenizer (`tokenize.rs`) in five contexts.
+    code(941070, Xss, CRITICAL, "XSS: the value tokenizes as HTML with a dangerous tag, attribute or URL (libinjection)"),
     rx(941010, Xss, S_ANY, "script, style or applet tag, or another dangerous HTML tag with attributes",
         r#"<\s*/?\s*(?:\w+:)?(?:script|applet|vmlframe|style)\b|<\s*(?:v|xi|vml|t|html):\w+|<\s*(?:\w+:)?(?:iframe|frame|frameset|object|embed|meta|base|link|svg|math|form|isindex|marquee|bgsound|layer|ilayer|xss|import|handler|listener|portal|noscript|noembed|xmp|plaintext|keygen)[\s/+]|<!\[cdata\[|<!--.*?-->\s*<"#),
     rx(941020, Xss, S_ANY, "event handler attribute (on + 3 to 50 letters; also left open at the end of a tag)",
@@ -315,6 +316,9 @@ pub static RULES: &[Rule] = &[
     rx(941060, Xss, S_ANY, "UTF-7 encoded markup or obfuscated tag",
         r#"\+ad[wz]-|\+acia-|<\s*[a-z](?:\s+[a-z]){3,}\b|<[a-z]+[\s/]+[^>]*\b(?:src|href|data)\s*=[^>]*>|<\s*\w+\s*/\s*\w+\s*="#),
     // ---- SQL injection -------------------------------------------------------
+    // libinjection's tokenizer and fingerprint list (`tokenize.rs`): the
+    // class decision; the patterns below cover what it is weak on.
+    code(942110, Sqli, CRITICAL, "SQL injection: the value tokenizes as an injection (libinjection fingerprint)"),
     rx(942010, Sqli, S_ANY, "SQL tautology or boolean injection after a quote or number",
         r#"['"`]\s*\)?\s*(?:or|and|xor|\|\||&&|div|like|rlike|regexp)\s*\(?\s*['"`(\d@]|\b(?:or|and|xor)\s+\(?['"]?\s*\d+\s*['"]?\s*(?:=|<=?|>=?|<>|!=|\blike\b|\bis\b)\s*['"]?\d|\b(?:or|and)\s+(?:true|false|not|null|\d+\s*(?:--|#|;|$))|['"`]\s*(?:=|<>|!=|<=?|>=?)\s*['"`]"#),
     rx(942020, Sqli, S_ANY, "UNION SELECT",
