@@ -45,6 +45,10 @@ pub struct Maintenance {
     config: PathBuf,
     /// Serializes state-file writes (two admin calls at once).
     write: tokio::sync::Mutex<()>,
+    /// The state file's modification time when this process last wrote or
+    /// read it: another time means another process (the other side of an
+    /// upgrade) switched a site.
+    seen: std::sync::Mutex<Option<std::time::SystemTime>>,
 }
 
 /// The state file: one entry per site switched at run time.
@@ -81,6 +85,33 @@ impl Maintenance {
             state_file,
             config: std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf()),
             write: tokio::sync::Mutex::new(()),
+            seen: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn state_mtime(&self) -> Option<std::time::SystemTime> {
+        let path = self.state_file.as_ref()?;
+        std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    }
+
+    fn mark_seen(&self) {
+        let now = self.state_mtime();
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = now;
+        }
+    }
+
+    /// Applies switches another process wrote since this one last looked
+    /// (during an upgrade both processes answer for a few seconds, so an
+    /// admin call may reach either). Called about once a second by
+    /// [`MaintenanceWatch`]; a `stat` when nothing changed.
+    pub fn refresh(&self) {
+        let now = self.state_mtime();
+        let changed = self.seen.lock().map(|s| *s != now).unwrap_or(false);
+        if changed && now.is_some() {
+            for note in self.restore() {
+                log::info!("maintenance: {note}");
+            }
         }
     }
 
@@ -91,6 +122,7 @@ impl Maintenance {
         let Some(path) = &self.state_file else {
             return vec![];
         };
+        self.mark_seen();
         let text = match std::fs::read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vec![],
@@ -184,7 +216,9 @@ impl Maintenance {
             .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
         tokio::fs::rename(&tmp, path)
             .await
-            .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))
+            .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
+        self.mark_seen();
+        Ok(())
     }
 
     /// `GET /__bext/maintenance`.
@@ -244,6 +278,25 @@ pub async fn admin(
         Err(SwitchError::UnknownSite(known)) => {
             let v = serde_json::json!({ "error": "no such site", "sites": known });
             json(session, 404, &v, id).await
+        }
+    }
+}
+
+/// Runs [`Maintenance::refresh`] once a second (a background service).
+pub struct MaintenanceWatch(pub std::sync::Arc<Maintenance>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for MaintenanceWatch {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            // A stat (and, rarely, a small read): off the event loop.
+            let m = self.0.clone();
+            let _ = tokio::task::spawn_blocking(move || m.refresh()).await;
         }
     }
 }

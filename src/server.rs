@@ -83,6 +83,10 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     let bext = BextProxy::new(plan);
     let limits = bext.limits();
     let telemetry = bext.telemetry();
+    let maintenance = background_service(
+        "maintenance state",
+        crate::maintenance::MaintenanceWatch(bext.maintenance()),
+    );
     // Health probes run in their own service (started after the fork for -d).
     let health = background_service("upstream health", HealthService::new(bext.upstreams()));
     let farewell = background_service(
@@ -107,6 +111,7 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     server.add_service(proxy);
     server.add_service(health);
     server.add_service(farewell);
+    server.add_service(maintenance);
     // The access log's writer thread and the span exporter start after the fork.
     server.add_service(background_service(
         "telemetry",

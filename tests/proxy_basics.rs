@@ -23,10 +23,7 @@ threads = 1
 [upstreams.app]
 nodes = [{nodes}]
 
-# A JSON API that uses DELETE must allow it (the WAF's default method list
-# follows OWASP CRS, which leaves DELETE out).
 [waf]
-allowed_methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 [[route_rules]]
 pattern = "/*"

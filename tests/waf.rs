@@ -337,3 +337,33 @@ async fn waf_refusals_are_not_node_failures() {
     }
     assert!(nodes >= 1, "no node in {text}");
 }
+
+#[tokio::test]
+async fn rules_switched_off_by_id_or_category_pass_and_the_others_still_block() {
+    let (bext, origin) = start("mode = \"block\"\ndisable = [\"sqli\", 930010]", "").await;
+    let sqli = get(
+        "/search?q=1%27%20UNION%20SELECT%20password%20FROM%20users--",
+        "",
+    );
+    assert_eq!(common::raw_request(bext.addr(), &sqli).await.status, 200);
+    let xss = get("/", "Cookie: theme=<script>alert(1)</script>\r\n");
+    assert_eq!(common::raw_request(bext.addr(), &xss).await.status, 403);
+    // 930010 (path traversal) is off too.
+    let lfi = get("/files/..%2f..%2fnotes", "");
+    assert_eq!(common::raw_request(bext.addr(), &lfi).await.status, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bext.toml");
+    std::fs::write(
+        &path,
+        config(
+            common::free_port(),
+            origin.addr(),
+            "disable = [\"nope\"]",
+            "",
+        ),
+    )
+    .unwrap();
+    let out = common::run_bext(&["check", "-c", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("waf.disable[0]"), "{text}");
+}

@@ -147,6 +147,11 @@ impl BextProxy {
         self.limits.clone()
     }
 
+    /// The maintenance switches, re-read from the state file by a service.
+    pub fn maintenance(&self) -> Arc<Maintenance> {
+        self.maintenance.clone()
+    }
+
     /// The telemetry sinks, whose background work runs as services.
     pub fn telemetry(&self) -> Arc<Telemetry> {
         self.telemetry.clone()

@@ -21,8 +21,19 @@ pub struct WafSection {
     pub max_args: Option<usize>,
     pub max_json_depth: Option<usize>,
     pub allowed_methods: Option<Vec<String>>,
+    /// Rules switched off everywhere, by id (`942100`) or category (`"sqli"`).
+    #[serde(default)]
+    pub disable: Vec<RuleRef>,
     #[serde(default)]
     pub exclusions: Vec<ExclusionSection>,
+}
+
+/// A rule id as a number (`942100`) or a string (`"942100"`, `"sqli"`).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RuleRef {
+    Id(u32),
+    Name(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +107,17 @@ impl Default for WafPlan {
     }
 }
 
+/// A rule id (`"942100"`) or a category name (`"sqli"`).
+fn selector(r: &str) -> Option<RuleSelector> {
+    if let Some(c) = Category::parse(r) {
+        return Some(RuleSelector::Category(c));
+    }
+    r.parse::<u32>()
+        .ok()
+        .and_then(rules::by_id)
+        .map(|rule| RuleSelector::Id(rule.id))
+}
+
 /// Validates the section; every problem is returned with its key.
 pub fn compile(s: WafSection) -> Result<WafPlan, Vec<(String, String)>> {
     let mut errs = vec![];
@@ -162,21 +184,42 @@ pub fn compile(s: WafSection) -> Result<WafPlan, Vec<(String, String)>> {
         }
         plan.allowed_methods = ms;
     }
+    // `disable` is an exclusion of those rules from the whole of every request.
+    if !s.disable.is_empty() {
+        let mut rules_sel = vec![];
+        for (j, r) in s.disable.iter().enumerate() {
+            let text = match r {
+                RuleRef::Id(n) => n.to_string(),
+                RuleRef::Name(t) => t.clone(),
+            };
+            match selector(&text) {
+                Some(sel) => rules_sel.push(sel),
+                None => errs.push((
+                    format!("waf.disable[{j}]"),
+                    format!(
+                        "\"{text}\" is neither a rule id from the README table nor a category name"
+                    ),
+                )),
+            }
+        }
+        plan.exclusions.push(Exclusion {
+            rules: rules_sel,
+            path: None,
+            args: vec![],
+        });
+    }
     for (i, e) in s.exclusions.into_iter().enumerate() {
         let key = format!("waf.exclusions[{i}]");
         let mut rules_sel = vec![];
         for (j, r) in e.rules.iter().enumerate() {
-            if let Some(c) = Category::parse(r) {
-                rules_sel.push(RuleSelector::Category(c));
-            } else if let Some(rule) = r.parse::<u32>().ok().and_then(rules::by_id) {
-                rules_sel.push(RuleSelector::Id(rule.id));
-            } else {
-                errs.push((
+            match selector(r) {
+                Some(sel) => rules_sel.push(sel),
+                None => errs.push((
                     format!("{key}.rules[{j}]"),
                     format!(
                         "\"{r}\" is neither a rule id from the README table nor a category name"
                     ),
-                ));
+                )),
             }
         }
         let path = match e.path.as_deref().map(Pattern::parse) {
