@@ -70,6 +70,8 @@ pub enum Endpoint {
     CachePurge,
     /// `GET|POST /__bext/maintenance`: the sites' maintenance switches.
     Maintenance,
+    /// `POST /__bext/reload`: re-read the config, apply it in place if it can be.
+    Reload,
     NotFound,
 }
 
@@ -83,6 +85,7 @@ pub fn endpoint(method: &http::Method, path: &str) -> Endpoint {
         ("GET" | "HEAD", "/__bext/metrics") => Endpoint::Metrics,
         ("POST", "/__bext/cache/purge") => Endpoint::CachePurge,
         ("GET" | "HEAD" | "POST", "/__bext/maintenance") => Endpoint::Maintenance,
+        ("POST", "/__bext/reload") => Endpoint::Reload,
         _ => Endpoint::NotFound,
     }
 }

@@ -80,6 +80,10 @@ enum Command {
         /// How long to wait for the new process to take over.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
+        /// Always start a new process (a new bext binary), even when the
+        /// config change could be applied in place.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Edge cache operations.
     Cache {
@@ -260,18 +264,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             daemon,
             log,
             timeout,
+            upgrade,
         } => {
             let opts = ReloadOptions {
+                upgrade,
                 config,
                 daemon,
                 log,
                 timeout,
             };
             match reload::reload(&opts) {
-                Ok(r) => {
+                Ok(reload::Reloaded::InPlace { pid, changed, took }) => {
+                    let what = if changed.is_empty() {
+                        "no setting changed, files re-read".to_string()
+                    } else {
+                        changed.join(", ")
+                    };
+                    println!("bext reloaded in place: pid {pid} in {took:?} ({what})");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(reload::Reloaded::Handoff {
+                    old_pid,
+                    new_pid,
+                    took,
+                    because,
+                }) => {
+                    let why = because
+                        .map(|b| format!(" (new process: {b})"))
+                        .unwrap_or_default();
                     println!(
-                        "bext reloaded: pid {} took over from pid {} in {:?}",
-                        r.new_pid, r.old_pid, r.took
+                        "bext reloaded: pid {new_pid} took over from pid {old_pid} in {took:?}{why}"
                     );
                     Ok(ExitCode::SUCCESS)
                 }

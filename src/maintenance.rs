@@ -165,6 +165,27 @@ impl Maintenance {
         notes
     }
 
+    /// A reload in place: keeps the run-time switches of `old` for the sites
+    /// that still exist with the same `maintenance` setting (as [`restore`]
+    /// does across processes).
+    pub fn adopt(&self, old: &Maintenance) {
+        for site in &self.sites {
+            let Some(prev) = old.sites.iter().find(|s| s.plan.name == site.plan.name) else {
+                continue;
+            };
+            if prev.switched.load(Ordering::Relaxed)
+                && prev.plan.maintenance == site.plan.maintenance
+            {
+                site.on
+                    .store(prev.on.load(Ordering::Relaxed), Ordering::Relaxed);
+                site.switched.store(true, Ordering::Relaxed);
+            }
+        }
+        if let (Ok(mut seen), Ok(prev)) = (self.seen.lock(), old.seen.lock()) {
+            *seen = *prev;
+        }
+    }
+
     /// `Some(page)` when site `index` is in maintenance (`page` may be `None`:
     /// use the server's). One atomic load per request.
     pub fn active(&self, index: usize) -> Option<Option<&Bytes>> {
@@ -282,8 +303,9 @@ pub async fn admin(
     }
 }
 
-/// Runs [`Maintenance::refresh`] once a second (a background service).
-pub struct MaintenanceWatch(pub std::sync::Arc<Maintenance>);
+/// Runs [`Maintenance::refresh`] once a second (a background service) on
+/// the current switches (a reload in place replaces them).
+pub struct MaintenanceWatch(pub Box<dyn Fn() -> std::sync::Arc<Maintenance> + Send + Sync>);
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for MaintenanceWatch {
@@ -295,7 +317,7 @@ impl pingora::services::background::BackgroundService for MaintenanceWatch {
                 _ = tick.tick() => {}
             }
             // A stat (and, rarely, a small read): off the event loop.
-            let m = self.0.clone();
+            let m = (self.0)();
             let _ = tokio::task::spawn_blocking(move || m.refresh()).await;
         }
     }

@@ -27,6 +27,8 @@ pub enum ReloadError {
 
 #[derive(Debug, Clone)]
 pub struct ReloadOptions {
+    /// Always start a new process (a new binary), never apply in place.
+    pub upgrade: bool,
     pub config: PathBuf,
     /// Start the new process as a daemon (as under systemd's Type=forking).
     pub daemon: bool,
@@ -37,11 +39,28 @@ pub struct ReloadOptions {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct Reloaded {
-    pub old_pid: i32,
-    pub new_pid: i32,
-    pub took: Duration,
+#[derive(Debug, Clone)]
+pub enum Reloaded {
+    /// The running process applied the new config itself.
+    InPlace {
+        pid: i32,
+        changed: Vec<String>,
+        took: Duration,
+    },
+    /// A new process took the listening sockets over.
+    Handoff {
+        old_pid: i32,
+        new_pid: i32,
+        took: Duration,
+        /// Why it was not applied in place (`None` with `--upgrade`).
+        because: Option<String>,
+    },
+}
+
+/// The running process's answer to `POST /__bext/reload`.
+enum InPlace {
+    Done(Vec<String>),
+    Handoff(String),
 }
 
 pub fn reload(opts: &ReloadOptions) -> Result<Reloaded, ReloadError> {
@@ -55,6 +74,24 @@ pub fn reload(opts: &ReloadOptions) -> Result<Reloaded, ReloadError> {
             "pid {old_pid} from {} is not running",
             pid_file.display()
         )));
+    }
+    let mut because = None;
+    if !opts.upgrade {
+        match ask_in_place(&plan, &opts.config) {
+            Ok(InPlace::Done(changed)) => {
+                return Ok(Reloaded::InPlace {
+                    pid: old_pid,
+                    changed,
+                    took: started.elapsed(),
+                })
+            }
+            Ok(InPlace::Handoff(why)) => because = Some(why),
+            Err(why) => {
+                because = Some(format!(
+                    "the running bext did not take an in-place reload ({why})"
+                ))
+            }
+        }
     }
     let log = opts
         .log
@@ -70,11 +107,77 @@ pub fn reload(opts: &ReloadOptions) -> Result<Reloaded, ReloadError> {
     // on, retrying until it is there, so the signal may go out right away.
     signal(old_pid, libc::SIGQUIT)?;
     let new_pid = wait_takeover(pid_file, old_pid, &mut child, opts)?;
-    Ok(Reloaded {
+    Ok(Reloaded::Handoff {
         old_pid,
         new_pid,
         took: started.elapsed(),
+        because,
     })
+}
+
+/// Asks the running process (its admin API on the first plain listener,
+/// over loopback when that listens on every address) to apply `config` in
+/// place. `Err` when it cannot be asked (an older bext, a refused address).
+fn ask_in_place(plan: &config::Plan, config: &Path) -> Result<InPlace, String> {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    let listen = plan.server.listen.first().ok_or("no listen address")?;
+    let ip = match listen.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let addr = SocketAddr::new(ip, listen.port());
+    let path = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    let body = serde_json::json!({ "config": path }).to_string();
+    let auth = plan
+        .admin
+        .token
+        .as_deref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "POST /__bext/reload HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let timeout = Duration::from_secs(30);
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&response);
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("no HTTP answer")?;
+    let json: serde_json::Value = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b.trim()).ok())
+        .unwrap_or_default();
+    match status {
+        200 => Ok(InPlace::Done(
+            json["changed"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )),
+        409 => Ok(InPlace::Handoff(
+            json["handoff"]
+                .as_str()
+                .unwrap_or("a new process is needed")
+                .to_owned(),
+        )),
+        422 => Err(format!("it found the config invalid: {}", json["errors"])),
+        s => Err(format!("HTTP {s} from {addr}/__bext/reload")),
+    }
 }
 
 /// How many reloads the running process's chain has seen: the variable it

@@ -85,7 +85,7 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     let telemetry = bext.telemetry();
     let maintenance = background_service(
         "maintenance state",
-        crate::maintenance::MaintenanceWatch(bext.maintenance()),
+        crate::maintenance::MaintenanceWatch(Box::new(bext.maintenance())),
     );
     // Health probes run in their own service (started after the fork for -d).
     let health = background_service("upstream health", HealthService::new(bext.upstreams()));

@@ -137,6 +137,9 @@ fn reload(conf: &Path, log: &Path) -> std::process::Output {
         log.to_str().unwrap(),
         "--timeout",
         "60s",
+        // These tests are about the socket handoff (a new binary), which
+        // `--upgrade` forces; config-only changes are applied in place.
+        "--upgrade",
     ])
 }
 

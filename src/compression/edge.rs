@@ -62,6 +62,14 @@ impl std::fmt::Debug for EdgeCompression {
 }
 
 impl EdgeCompression {
+    /// The same counters with another plan (a reload in place).
+    pub fn with_plan(&self, plan: CompressionPlan) -> EdgeCompression {
+        EdgeCompression {
+            plan: std::sync::Arc::new(plan),
+            counters: self.counters.clone(),
+        }
+    }
+
     pub fn new(plan: CompressionPlan, sub: &Sub) -> EdgeCompression {
         let responses = sub.counter_vec(
             "responses_total",

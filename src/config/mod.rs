@@ -3,6 +3,7 @@
 //! Nothing outside this module sees TOML or user-facing serde types.
 
 pub mod compression;
+pub mod diff;
 mod limits;
 mod plan;
 pub mod sites;
@@ -107,7 +108,11 @@ pub fn load(path: &Path) -> Result<Plan, ConfigErrors> {
 /// relative paths (such as `server.error_page`) to the config's directory.
 pub fn load_str(path: &Path, text: &str) -> Result<Plan, ConfigErrors> {
     let user = parse(path, text).map_err(|e| ConfigErrors(vec![e]))?;
-    plan::compile(path, user)
+    let mut plan = plan::compile(path, user)?;
+    // It deserialized above, so it parses as a table.
+    plan.doc = text.parse::<toml::Table>().unwrap_or_default();
+    plan.tls_digest = diff::tls_digest(&plan.doc, path);
+    Ok(plan)
 }
 
 fn parse(path: &Path, text: &str) -> Result<user::UserConfig, ConfigError> {

@@ -42,6 +42,11 @@ pub struct Plan {
     pub compression: crate::compression::CompressionPlan,
     /// The sites, in the order of their first route (`Route::site` indexes this).
     pub sites: Vec<crate::maintenance::SitePlan>,
+    /// The config document as written, and a digest of the TLS files it
+    /// names: what `config::diff` compares to decide whether a reload can
+    /// be applied in place.
+    pub doc: toml::Table,
+    pub tls_digest: u64,
 }
 
 /// `[cache]`, validated. See `crate::cache` for what each knob does.
@@ -206,6 +211,8 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             telemetry,
             compression,
             sites,
+            doc: toml::Table::new(),
+            tls_digest: 0,
         })
     } else {
         Err(ConfigErrors(errs.list))

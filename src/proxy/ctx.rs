@@ -26,4 +26,7 @@ pub struct Ctx {
     pub trace: Option<TraceContext>,
     /// Negotiated coding and the response's encoder.
     pub compress: crate::compression::CompressState,
+    /// The plan this request runs on, for its whole life (a reload in place
+    /// swaps the proxy's, never this one).
+    pub live: Option<Arc<super::live::Live>>,
 }

@@ -21,11 +21,13 @@
 mod ctx;
 pub mod forwarded;
 mod hop_by_hop;
+mod live;
 mod tunnel;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ipnet::IpNet;
@@ -39,18 +41,20 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 pub use ctx::Ctx;
+use live::Live;
 
-use crate::admin::{self, AdminAccess, Endpoint};
+use crate::admin::{self, Endpoint};
 use crate::auth::{AuthMetrics, Verdict};
 use crate::cache::EdgeCache;
 use crate::compression::{Coding, EdgeCompression};
+use crate::config::diff::Snapshot;
 use crate::config::Plan;
 use crate::exchange::Client;
 use crate::limits::Limits;
 use crate::maintenance::{self, Maintenance};
 use crate::redirect::{self, Decision};
 use crate::respond::{self, request_id, ErrorPages};
-use crate::routing::{request_host, Lookup, Route, RouteTable, RouteTarget};
+use crate::routing::{request_host, Lookup, Route, RouteTarget};
 use crate::static_files;
 use crate::telemetry::registry::Sub;
 use crate::telemetry::Telemetry;
@@ -63,24 +67,22 @@ use crate::waf;
 /// must see the same pools, counters and caches. Keep new fields that way.
 #[derive(Clone)]
 pub struct BextProxy {
-    routes: Arc<RouteTable>,
+    /// What a config reload replaces in place (see [`live`]).
+    live: Arc<ArcSwap<Live>>,
+    /// One reload at a time.
+    reloading: Arc<tokio::sync::Mutex<()>>,
     upstreams: Arc<Upstreams>,
     trusted_proxies: Arc<[IpNet]>,
-    client_timeout: Duration,
-    pages: ErrorPages,
-    admin: AdminAccess,
     limits: Arc<Limits>,
-    waf: Arc<crate::waf::Waf>,
     cache: EdgeCache,
     edge: EdgePolicy,
     telemetry: Arc<Telemetry>,
-    compression: EdgeCompression,
-    maintenance: Arc<Maintenance>,
     auth_metrics: AuthMetrics,
 }
 
 impl BextProxy {
     pub fn new(plan: Plan) -> BextProxy {
+        let snapshot = Snapshot::of(&plan);
         // One registry; each module registers its own metrics in it.
         let registry = prometheus::Registry::new();
         let limits = Arc::new(Limits::new(
@@ -105,7 +107,8 @@ impl BextProxy {
         for note in maintenance.restore() {
             log::warn!("maintenance: {note}");
         }
-        let mut telemetry = Telemetry::new(&plan.telemetry, &registry, &patterns);
+        let mut telemetry = Telemetry::new(&plan.telemetry, &registry);
+        let labels = telemetry.route_labels(&patterns);
         let (pools, store) = (upstreams.clone(), cache.store());
         let suppressed = Sub::new(&registry, "log").counter(
             "lines_suppressed_total",
@@ -119,22 +122,103 @@ impl BextProxy {
                 suppressed.inc_by(now - seen);
             }
         });
-        BextProxy {
-            edge: EdgePolicy::new(plan.tls.as_ref()),
-            upstreams,
-            routes: Arc::new(plan.routes),
-            trusted_proxies: plan.server.trusted_proxies.into(),
+        let live = Live {
+            snapshot,
+            routes: plan.routes,
             client_timeout: plan.server.client_timeout,
             pages: ErrorPages::new(plan.server.error_page),
             admin: plan.admin,
-            limits,
             waf: plan.waf,
-            cache,
-            telemetry: Arc::new(telemetry),
             compression,
             maintenance: Arc::new(maintenance),
+            labels,
+        };
+        BextProxy {
+            live: Arc::new(ArcSwap::from_pointee(live)),
+            reloading: Arc::new(tokio::sync::Mutex::new(())),
+            edge: EdgePolicy::new(plan.tls.as_ref()),
+            upstreams,
+            trusted_proxies: plan.server.trusted_proxies.into(),
+            limits,
+            cache,
+            telemetry: Arc::new(telemetry),
             auth_metrics,
         }
+    }
+
+    /// `POST /__bext/reload` (`{"config": PATH}`, the file the caller checked):
+    /// re-reads this process's config file and, when `config::diff` says it
+    /// can, swaps the new plan in. Answers 200 with what changed, 409 when a
+    /// new process is needed (the caller then does the socket handoff), 422
+    /// with the errors of a broken config (nothing changes).
+    async fn reload_in_place(&self, session: &mut Session) -> (u16, serde_json::Value) {
+        #[derive(serde::Deserialize)]
+        struct Request {
+            config: std::path::PathBuf,
+        }
+        let _one = self.reloading.lock().await;
+        let asked: Request = match admin::read_body(session)
+            .await
+            .map(|b| serde_json::from_slice(&b))
+        {
+            Ok(Ok(r)) => r,
+            _ => return (400, admin::error_body("expected {\"config\": \"PATH\"}")),
+        };
+        let current = self.live.load_full();
+        let source = current.snapshot.source.clone();
+        let asked = std::fs::canonicalize(&asked.config).unwrap_or(asked.config);
+        if asked != source {
+            let why = format!(
+                "this process runs {}, not {}",
+                source.display(),
+                asked.display()
+            );
+            return (
+                409,
+                serde_json::json!({ "reloaded": false, "handoff": why }),
+            );
+        }
+        // Reading and compiling the config does file I/O (certificates,
+        // static roots, pages): off the event loop.
+        let loaded = tokio::task::spawn_blocking(move || crate::config::load(&source)).await;
+        let plan = match loaded {
+            Ok(Ok(plan)) => plan,
+            Ok(Err(errors)) => {
+                let list: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+                return (
+                    422,
+                    serde_json::json!({ "reloaded": false, "errors": list }),
+                );
+            }
+            Err(e) => return (500, admin::error_body(&format!("config load failed: {e}"))),
+        };
+        match crate::config::diff::compare(&current.snapshot, &Snapshot::of(&plan)) {
+            crate::config::diff::Change::Handoff(why) => (
+                409,
+                serde_json::json!({ "reloaded": false, "handoff": why }),
+            ),
+            crate::config::diff::Change::InPlace(changed) => {
+                let next = current.next(plan, &self.telemetry);
+                self.live.store(Arc::new(next));
+                log::info!(
+                    "config reloaded in place ({})",
+                    if changed.is_empty() {
+                        "no setting changed; files re-read".to_string()
+                    } else {
+                        changed.join(", ")
+                    }
+                );
+                (
+                    200,
+                    serde_json::json!({ "reloaded": "in_place", "changed": changed }),
+                )
+            }
+        }
+    }
+
+    /// The plan this request runs on (taken once, in `early_request_filter`).
+    fn live(&self, ctx: &Ctx) -> Arc<Live> {
+        ctx.live.clone().unwrap_or_else(|| self.live.load_full())
     }
 
     /// The pools, shared with the health-check service.
@@ -147,9 +231,11 @@ impl BextProxy {
         self.limits.clone()
     }
 
-    /// The maintenance switches, re-read from the state file by a service.
-    pub fn maintenance(&self) -> Arc<Maintenance> {
-        self.maintenance.clone()
+    /// The current maintenance switches (they change with a reload in
+    /// place), re-read from the state file by a service.
+    pub fn maintenance(&self) -> impl Fn() -> Arc<Maintenance> + Send + Sync + 'static {
+        let live = self.live.clone();
+        move || live.load().maintenance.clone()
     }
 
     /// The telemetry sinks, whose background work runs as services.
@@ -160,14 +246,15 @@ impl BextProxy {
     /// Maintenance, then staging protection: true when bext answered (the
     /// maintenance page, 401, a token visit's redirect, 429).
     async fn gate(&self, session: &mut Session, ctx: &Ctx, route: &Route) -> Result<bool> {
+        let live = self.live(ctx);
         let id = Some(&ctx.exchange.id);
-        if let Some(page) = self.maintenance.active(route.site) {
+        if let Some(page) = live.maintenance.active(route.site) {
             // The team (admin.allow, loopback, the admin token) sees the site.
-            if !self
+            if !live
                 .admin
                 .permits(ctx.exchange.client.ip, admin::authorization(session))
             {
-                self.pages.maintenance(session, page, id).await?;
+                live.pages.maintenance(session, page, id).await?;
                 return Ok(true);
             }
         }
@@ -182,7 +269,7 @@ impl BextProxy {
             Verdict::Pass => return Ok(false),
             Verdict::Challenge(v) | Verdict::Denied(v) => {
                 let extra = [(http::header::WWW_AUTHENTICATE, v)];
-                self.pages.respond_with(session, 401, id, &extra).await?;
+                live.pages.respond_with(session, 401, id, &extra).await?;
             }
             Verdict::Visit { location, cookie } => {
                 respond::redirect_with(session, 303, &location, Some(cookie), id).await?;
@@ -194,16 +281,17 @@ impl BextProxy {
 
     /// Answers a `/__bext/*` request (or 404s it when the caller is not allowed).
     async fn admin_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let live = self.live(ctx);
         let id = Some(&ctx.exchange.id);
-        if !self
+        if !live
             .admin
             .permits(ctx.exchange.client.peer_ip(), admin::authorization(session))
         {
-            return self.pages.respond(session, 404, id).await;
+            return live.pages.respond(session, 404, id).await;
         }
         let req = session.req_header();
         match admin::endpoint(&req.method, req.uri.path()) {
-            Endpoint::Waf => respond::json(session, 200, &self.waf.to_json(), id).await,
+            Endpoint::Waf => respond::json(session, 200, &live.waf.to_json(), id).await,
             Endpoint::Health => {
                 let body =
                     serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") });
@@ -219,7 +307,11 @@ impl BextProxy {
             }
             Endpoint::Limits => respond::json(session, 200, &self.limits.to_json(), id).await,
             Endpoint::CachePurge => self.cache.purge_request(session, id).await,
-            Endpoint::Maintenance => maintenance::admin(session, &self.maintenance, id).await,
+            Endpoint::Maintenance => maintenance::admin(session, &live.maintenance, id).await,
+            Endpoint::Reload => {
+                let (status, body) = self.reload_in_place(session).await;
+                respond::json(session, status, &body, id).await
+            }
             Endpoint::NotFound => {
                 let body = admin::error_body("no such admin endpoint");
                 respond::json(session, 404, &body, id).await
@@ -248,6 +340,7 @@ impl ProxyHttp for BextProxy {
         let req = session.req_header();
         ctx.exchange.id = request_id::from_client(req.headers.get(request_id::HEADER));
         ctx.exchange.client = Client::of(session, &self.trusted_proxies);
+        ctx.live = Some(self.live.load_full());
         self.limits
             .early(session, ctx.exchange.client.ip, &mut ctx.limits);
         ctx.trace = self.telemetry.trace_context(session.req_header());
@@ -255,11 +348,12 @@ impl ProxyHttp for BextProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let live = self.live(ctx);
         let id = Some(&ctx.exchange.id);
         if self.limits.respond_early(session, &ctx.limits, id).await? {
             return Ok(true);
         }
-        if self.edge.redirect_plain(session, &self.admin, id).await? {
+        if self.edge.redirect_plain(session, &live.admin, id).await? {
             return Ok(true);
         }
         let req = session.req_header();
@@ -267,19 +361,19 @@ impl ProxyHttp for BextProxy {
             self.admin_request(session, ctx).await?;
             return Ok(true);
         }
-        let route = match self.routes.lookup(request_host(req), req.uri.path()) {
+        let route = match live.routes.lookup(request_host(req), req.uri.path()) {
             Lookup::Route(r) => r.clone(),
             Lookup::NoRoute => {
-                self.pages.respond(session, 404, id).await?;
+                live.pages.respond(session, 404, id).await?;
                 return Ok(true);
             }
             Lookup::UnknownHost => {
-                self.pages.respond(session, 421, id).await?;
+                live.pages.respond(session, 421, id).await?;
                 return Ok(true);
             }
         };
         ctx.exchange.route = Some(route.index);
-        ctx.exchange.outcome.websocket = tunnel::admit(session, &route, self.client_timeout);
+        ctx.exchange.outcome.websocket = tunnel::admit(session, &route, live.client_timeout);
         let websocket = ctx.exchange.outcome.websocket;
         ctx.route = Some(route.clone());
         let id = Some(&ctx.exchange.id);
@@ -290,7 +384,7 @@ impl ProxyHttp for BextProxy {
         {
             return Ok(true);
         }
-        if waf::phase::on_request(&self.waf, route.waf, session, &mut ctx.waf, id).await? {
+        if waf::phase::on_request(&live.waf, route.waf, session, &mut ctx.waf, id).await? {
             return Ok(true);
         }
         let rule = match &route.target {
@@ -311,7 +405,7 @@ impl ProxyHttp for BextProxy {
                 return Ok(true);
             }
             Decision::Invalid => {
-                self.pages.respond(session, 400, id).await?;
+                live.pages.respond(session, 400, id).await?;
                 return Ok(true);
             }
         }
@@ -323,10 +417,10 @@ impl ProxyHttp for BextProxy {
                 route_headers: &route.response_headers,
                 request_id: id,
             };
-            static_files::serve(session, root, extras, &self.pages).await?;
+            static_files::serve(session, root, extras, &live.pages).await?;
             return Ok(true);
         }
-        self.compression.on_request(
+        live.compression.on_request(
             route.compress,
             &session.req_header().headers,
             &mut ctx.compress,
@@ -341,6 +435,7 @@ impl ProxyHttp for BextProxy {
         end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        let live = self.live(ctx);
         if ctx.exchange.outcome.websocket {
             // Client → node frames of an open tunnel: peeked at, never held.
             ctx.upstream
@@ -349,7 +444,7 @@ impl ProxyHttp for BextProxy {
         // Size limits see every chunk as it arrives; the WAF may then hold it back.
         self.limits
             .body_chunk(body.as_ref(), end_of_stream, &mut ctx.limits)?;
-        waf::phase::on_body(&self.waf, session, body, end_of_stream, &mut ctx.waf)
+        waf::phase::on_body(&live.waf, session, body, end_of_stream, &mut ctx.waf)
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
@@ -476,9 +571,10 @@ impl ProxyHttp for BextProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        let live = self.live(ctx);
         ctx.upstream.response_head(session, resp)?;
         let method = &session.req_header().method;
-        self.compression
+        live.compression
             .on_response_head(method, resp, &mut ctx.compress)
     }
 
@@ -489,7 +585,8 @@ impl ProxyHttp for BextProxy {
         end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
-        self.compression
+        let live = self.live(ctx);
+        live.compression
             .on_body(body, end_of_stream, &mut ctx.compress)?;
         Ok(None)
     }
@@ -573,6 +670,7 @@ impl ProxyHttp for BextProxy {
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
+        let live = self.live(ctx);
         let code = respond::status_for(e);
         // Pingora 0.9 closes the client connection after a failed proxy attempt
         // whatever this hook returns, so the page must say `Connection: close`
@@ -584,7 +682,7 @@ impl ProxyHttp for BextProxy {
                 log::debug!("could not send the waf 403 page: {write_err}");
             }
         } else if code > 0 && session.response_written().is_none() {
-            if let Err(write_err) = self.pages.respond(session, code, id).await {
+            if let Err(write_err) = live.pages.respond(session, code, id).await {
                 log::debug!("could not send the {code} page: {write_err}");
             }
         }
@@ -630,8 +728,13 @@ impl ProxyHttp for BextProxy {
             }
             outcome.error = Some(e.etype().as_str().into());
         }
-        self.telemetry
-            .finish(&ctx.exchange, session.req_header(), ctx.trace.as_ref());
+        let live = self.live(ctx);
+        self.telemetry.finish(
+            &ctx.exchange,
+            session.req_header(),
+            ctx.trace.as_ref(),
+            &live.labels,
+        );
     }
 }
 

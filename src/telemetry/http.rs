@@ -66,9 +66,24 @@ struct RouteSeries {
 
 pub struct HttpMetrics {
     duration: HistogramVec,
-    /// Indexed by route index; the last one is for requests no route matched
-    /// (admin API, 404, refusals before routing).
-    routes: Vec<RouteSeries>,
+    bytes_in: IntCounterVec,
+    bytes_out: IntCounterVec,
+}
+
+/// The series of one route table (one plan): indexed by route index; the
+/// last one is for requests no route matched (admin API, 404, refusals
+/// before routing). A request records into the table of the plan it ran on,
+/// so a reload in place never labels it with another plan's route.
+pub struct RouteLabels {
+    series: Vec<RouteSeries>,
+    /// Route patterns by index, for spans and log lines.
+    pub(super) names: Vec<std::sync::Arc<str>>,
+}
+
+impl std::fmt::Debug for RouteLabels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.names).finish()
+    }
 }
 
 impl std::fmt::Debug for HttpMetrics {
@@ -78,8 +93,7 @@ impl std::fmt::Debug for HttpMetrics {
 }
 
 impl HttpMetrics {
-    /// `patterns`: the route patterns in `route_rules` order.
-    pub fn new(sub: &Sub, patterns: &[String]) -> HttpMetrics {
+    pub fn new(sub: &Sub) -> HttpMetrics {
         let duration = sub.histogram_vec(
             "request_duration_seconds",
             "Duration of HTTP server requests (for websockets: until the 101).",
@@ -102,26 +116,39 @@ impl HttpMetrics {
             "Response body bytes sent to clients.",
             &["http_route"],
         );
-        let routes = patterns
+        HttpMetrics {
+            duration,
+            bytes_in,
+            bytes_out,
+        }
+    }
+
+    /// The series of a route table; `patterns` in `route_rules` order.
+    pub fn route_labels(&self, patterns: &[String]) -> RouteLabels {
+        let series = patterns
             .iter()
             .map(String::as_str)
             .chain(std::iter::once(""))
             .map(|p| RouteSeries {
                 route: p.to_string(),
                 durations: RwLock::new(SeriesMap::default()),
-                bytes_in: bytes_in.with_label_values(&[p]),
-                bytes_out: bytes_out.with_label_values(&[p]),
+                bytes_in: self.bytes_in.with_label_values(&[p]),
+                bytes_out: self.bytes_out.with_label_values(&[p]),
             })
             .collect();
-        HttpMetrics { duration, routes }
+        let names = patterns
+            .iter()
+            .map(|p| std::sync::Arc::from(p.as_str()))
+            .collect();
+        RouteLabels { series, names }
     }
 
     /// Records one finished request.
-    pub fn record(&self, x: &Exchange, method: &http::Method) {
+    pub fn record(&self, x: &Exchange, method: &http::Method, labels: &RouteLabels) {
         let Some(series) = x
             .route
-            .and_then(|i| self.routes.get(i))
-            .or_else(|| self.routes.last())
+            .and_then(|i| labels.series.get(i))
+            .or_else(|| labels.series.last())
         else {
             return;
         };

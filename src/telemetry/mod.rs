@@ -8,6 +8,7 @@
 
 pub mod access_log;
 mod http;
+pub use http::RouteLabels;
 pub mod registry;
 mod service;
 pub mod trace;
@@ -43,8 +44,6 @@ struct SinkCounters {
 pub struct Telemetry {
     registry: Registry,
     http: http::HttpMetrics,
-    /// Route patterns by index, for spans and log lines.
-    routes: Vec<Arc<str>>,
     access_log: Option<Arc<AccessLog>>,
     tracer: Option<Arc<Tracer>>,
     trace_query: bool,
@@ -61,8 +60,7 @@ impl std::fmt::Debug for Telemetry {
 }
 
 impl Telemetry {
-    /// `routes`: the route patterns in `route_rules` order.
-    pub fn new(plan: &TelemetryPlan, registry: &Registry, routes: &[String]) -> Telemetry {
+    pub fn new(plan: &TelemetryPlan, registry: &Registry) -> Telemetry {
         let sub = Sub::new(registry, "http_server");
         let process = Sub::new(registry, "");
         let info = process.gauge_vec("build_info", "bext's version; always 1.", &["version"]);
@@ -90,8 +88,7 @@ impl Telemetry {
         let log = Sub::new(registry, "access_log");
         Telemetry {
             registry: registry.clone(),
-            http: http::HttpMetrics::new(&sub, routes),
-            routes: routes.iter().map(|r| Arc::from(r.as_str())).collect(),
+            http: http::HttpMetrics::new(&sub),
             access_log: plan.access_log.clone().map(|c| Arc::new(AccessLog::new(c))),
             tracer: plan.trace.clone().map(|c| Arc::new(Tracer::new(c))),
             trace_query: plan.trace_query,
@@ -162,9 +159,21 @@ impl Telemetry {
     }
 
     /// `logging`: hands the finished record to every sink.
-    pub fn finish(&self, x: &Exchange, req: &RequestHeader, trace: Option<&TraceContext>) {
-        self.http.record(x, &req.method);
-        let shared_route = x.route.and_then(|i| self.routes.get(i));
+    /// The labels of a route table (`patterns` in `route_rules` order).
+    pub fn route_labels(&self, patterns: &[String]) -> RouteLabels {
+        self.http.route_labels(patterns)
+    }
+
+    /// Records a finished request; `labels` of the plan it ran on.
+    pub fn finish(
+        &self,
+        x: &Exchange,
+        req: &RequestHeader,
+        trace: Option<&TraceContext>,
+        labels: &RouteLabels,
+    ) {
+        self.http.record(x, &req.method, labels);
+        let shared_route = x.route.and_then(|i| labels.names.get(i));
         let route = shared_route.map(|r| &**r);
         if let Some(log) = &self.access_log {
             log.record(&entry(x, req, route, trace.map(|t| t.trace_id)));

@@ -9,6 +9,8 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use super::rules::Category;
 use crate::exchange::WafAction;
 
+/// `Clone` shares the counters (a reload in place keeps counting in them).
+#[derive(Clone)]
 pub struct WafMetrics {
     inspected: IntCounter,
     body_over_limit: IntCounter,

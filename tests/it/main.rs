@@ -20,6 +20,7 @@ mod metrics;
 mod otlp_receiver;
 mod placement;
 mod redirects;
+mod reload_in_place;
 mod reload_output;
 mod reuse;
 mod scrape;

@@ -167,6 +167,7 @@ async fn a_runtime_switch_shows_the_page_lets_the_team_through_and_survives_an_u
         log.to_str().unwrap(),
         "--timeout",
         "30s",
+        "--upgrade",
     ]);
     assert!(out.status.success(), "{out:?}");
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -1,0 +1,245 @@
+//! `bext reload` applies a config change in place when it can: under load,
+//! with websocket tunnels open, a route change is served at once by the same
+//! process, no request fails, no tunnel closes, a cached entry is still a
+//! hit and a rate-limited client is still limited. A change that needs
+//! sockets or new pools takes the handoff, and the command says which.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{run_bext, Bext, StubOrigin};
+
+fn config(
+    origin: std::net::SocketAddr,
+    port: u16,
+    run: &Path,
+    generation: u32,
+    limits: &str,
+) -> String {
+    let new_route = if generation >= 2 {
+        "[[route_rules]]\npattern = \"/brand-new/*\"\nproxy = \"phoenix\"\ncache = false\nheaders = { \"X-New-Route\" = \"yes\" }\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:{port}"]
+threads = 2
+grace_period = "2s"
+shutdown_timeout = "1s"
+pid_file = "{run}/bext.pid"
+upgrade_sock = "{run}/upgrade.sock"
+
+[upstreams.phoenix]
+nodes = ["{origin}"]
+
+[limits]
+{limits}
+
+[[route_rules]]
+pattern = "/live/*"
+proxy = "phoenix"
+websocket = true
+
+[[route_rules]]
+pattern = "/cached/*"
+proxy = "phoenix"
+cache = true
+
+{new_route}
+[[route_rules]]
+pattern = "/*"
+proxy = "phoenix"
+cache = false
+headers = {{ "X-Generation" = "{generation}" }}
+"#,
+        run = run.display(),
+    )
+}
+
+/// Kills the process a handoff started (not a child of the test).
+struct KillPid(std::path::PathBuf);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        let pid = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            // SAFETY: plain kill(2) of a test-owned process.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+const RATE: &str = r#"rate = { requests = 5, per = "1m", burst = 5 }
+allow = ["127.0.0.1/32"]"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_change_is_applied_in_place_keeping_cache_tunnels_and_limits() {
+    let origin = StubOrigin::start("n0").await;
+    let run = tempfile::tempdir().unwrap();
+    let port = crate::common::free_port();
+    let bext = Bext::start(&config(origin.addr(), port, run.path(), 1, RATE)).await;
+    let _guard = KillPid(run.path().join("bext.pid"));
+    let base = format!("http://127.0.0.1:{port}");
+    let c = crate::common::client();
+
+    // 20 open tunnels, a cached entry, a client over its rate.
+    let mut tunnels = vec![];
+    for _ in 0..20 {
+        let (ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/live/websocket"))
+                .await
+                .unwrap();
+        tunnels.push(ws);
+    }
+    let cached = format!("{base}/cached/page?set=Cache-Control:public,max-age%3D600");
+    let status = |r: &reqwest::Response| {
+        r.headers()
+            .get("cache-status")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let first = c.get(&cached).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let second = c.get(&cached).send().await.unwrap();
+    assert!(
+        status(&second).is_some_and(|s| s.contains("hit")),
+        "{:?}",
+        status(&second)
+    );
+    let limited = reqwest::Client::builder()
+        .local_address(IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let mut last = 0;
+    for _ in 0..8 {
+        last = limited
+            .get(format!("{base}/x"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+    }
+    assert_eq!(last, 429);
+
+    // Keep-alive load across the reload; every failure counts.
+    let (stop, failed, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut load = vec![];
+    for _ in 0..16 {
+        let (stop, failed, done, base) = (stop.clone(), failed.clone(), done.clone(), base.clone());
+        load.push(tokio::spawn(async move {
+            let c = reqwest::Client::new();
+            while !stop.load(Ordering::Relaxed) {
+                match c.get(format!("{base}/x")).send().await {
+                    Ok(r) if r.status() == 200 => done.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    while done.load(Ordering::Relaxed) < 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    std::fs::write(
+        bext.config_path(),
+        config(origin.addr(), port, run.path(), 2, RATE),
+    )
+    .unwrap();
+    let out = run_bext(&["reload", "-c", bext.config_path().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("reloaded in place") && stdout.contains("route_rules (3 → 4 rules)"),
+        "{stdout}"
+    );
+    // The swap happened before the command returned: the next request has it.
+    let r = c.get(format!("{base}/x")).send().await.unwrap();
+    assert_eq!(r.headers()["x-generation"], "2");
+    let r = c.get(format!("{base}/brand-new/y")).send().await.unwrap();
+    assert_eq!(r.headers()["x-new-route"], "yes");
+    let at_reload = done.load(Ordering::Relaxed);
+    while done.load(Ordering::Relaxed) < at_reload + 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed across the reload"
+    );
+    // Same process; tunnels, cache entry and limiter state kept.
+    let pid: u32 = std::fs::read_to_string(run.path().join("bext.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pid, bext.pid());
+    for (i, ws) in tunnels.iter_mut().enumerate() {
+        ws.send(Message::text(format!("still {i}"))).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo.to_text().unwrap(), format!("still {i}"));
+    }
+    assert_eq!(origin.ws_open(), 20);
+    let again = c.get(&cached).send().await.unwrap();
+    assert!(
+        status(&again).is_some_and(|s| s.contains("hit")),
+        "{:?}",
+        status(&again)
+    );
+    assert_eq!(
+        origin.requests_to("/cached/page").len(),
+        1,
+        "the cache was kept"
+    );
+    let r = limited.get(format!("{base}/x")).send().await.unwrap();
+    assert_eq!(r.status(), 429, "the limiter's state was kept");
+
+    // A [limits] change needs a new process: the handoff, said so.
+    std::fs::write(
+        bext.config_path(),
+        config(
+            origin.addr(),
+            port,
+            run.path(),
+            3,
+            "rate = { requests = 500, per = \"1m\", burst = 500 }",
+        ),
+    )
+    .unwrap();
+    let log = run.path().join("reload.log");
+    let out = run_bext(&[
+        "reload",
+        "-c",
+        bext.config_path().to_str().unwrap(),
+        "--log",
+        log.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("took over") && stdout.contains("[limits] changed"),
+        "{stdout}"
+    );
+}
