@@ -899,6 +899,50 @@ fn connection(pass: &mut Pass, seen: &Seen) {
     }
 }
 
+/// 921100 (CRS 921130, 921160): a query argument holding a CR or LF
+/// followed by a header field (`Name:` value, any token as the name) or an
+/// HTTP version (a status or request line). Apps reflect query parameters
+/// into redirects and headers (`Location: /?lang=...`), so this is response
+/// splitting and header injection whatever the header is called; text
+/// areas, where a line may start with "Note:", post their forms in a body.
+/// One forward scan: each CR/LF looks only at the token right after it.
+/// A name must start with a letter (see below).
+pub(super) fn split_line(text: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(off) = text[i..].iter().position(|&b| b == b'\r' || b == b'\n') {
+        let mut j = i + off + 1;
+        while text.get(j).is_some_and(|&b| b == b' ' || b == b'\t') {
+            j += 1;
+        }
+        let rest = &text[j..];
+        if rest.len() > 5 && rest[..5].eq_ignore_ascii_case(b"http/") && rest[5].is_ascii_digit() {
+            return true;
+        }
+        // A field name is a token; every registered one starts with a
+        // letter, which keeps a time ("at\n12:00") from reading as one.
+        let name = if rest.first().is_some_and(u8::is_ascii_alphabetic) {
+            rest.iter().take_while(|&&b| tchar(b)).count()
+        } else {
+            0
+        };
+        let mut k = j + name;
+        while text.get(k).is_some_and(|&b| b == b' ' || b == b'\t') {
+            k += 1;
+        }
+        if name > 0 && text.get(k) == Some(&b':') {
+            k += 1;
+            while text.get(k).is_some_and(|&b| b == b' ' || b == b'\t') {
+                k += 1;
+            }
+            if text.get(k).is_some_and(|b| !b.is_ascii_whitespace()) {
+                return true;
+            }
+        }
+        i = j.max(i + off + 1);
+    }
+    false
+}
+
 /// `tchar` (RFC 9110 §5.6.2).
 pub(super) fn tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()

@@ -187,6 +187,9 @@ impl Pass<'_> {
         }
         let (text, ev) = canonical(raw, kind.plus_is_space());
         self.evasion(kind, name, &ev, &text);
+        if matches!(kind, Kind::QueryName | Kind::QueryValue) && super::head::split_line(&text) {
+            self.hit(921100, kind.label(), name, &text, 0, false);
+        }
         let redact = matches!(kind, Kind::CookieValue);
         let scope = kind.scope();
         let waf = self.waf;

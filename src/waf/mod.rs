@@ -257,3 +257,5 @@ mod tests_classes;
 mod tests_fp;
 #[cfg(test)]
 mod tests_phoenix;
+#[cfg(test)]
+mod tests_protocol;

@@ -264,6 +264,17 @@ pub(super) fn head(pass: &mut Pass, req: &Parts, line: Option<super::head::Reque
     {
         pass.hit(920210, "header", b"content-type", b"", 0, false)
     }
+    // CRS 920500: an editor's backup or working copy (`index.php~`,
+    // `config.yml~/`) is served as plain text by servers that do not map
+    // the extension, source and secrets included. On the decoded path.
+    let backup = pass.path.split('/').any(|seg| {
+        seg.strip_suffix('~')
+            .and_then(|s| s.rsplit_once('.'))
+            .is_some_and(|(_, ext)| !ext.is_empty() && !ext.contains('~'))
+    });
+    if backup {
+        pass.hit(920100, "path", b"", pass.path.as_bytes(), 0, false);
+    }
     let path = req.uri.path();
     let last = path.rsplit('/').next().unwrap_or("");
     if let Some((_, ext)) = last.rsplit_once('.') {
