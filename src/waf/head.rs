@@ -132,6 +132,9 @@ fn end_to_end(option: &[u8]) -> bool {
         || (option.len() > 12 && option[..12].eq_ignore_ascii_case(b"x-forwarded-"))
 }
 
+/// Longest Accept, Accept-Language or Accept-Charset value (see 920220).
+const MAX_ACCEPT: usize = 1024;
+
 /// What the field loop saw, for the checks that need several fields.
 #[derive(Default)]
 struct Seen<'a> {
@@ -359,6 +362,13 @@ fn fields<'a>(pass: &mut Pass, req: &'a Parts) -> Seen<'a> {
             // header is a probe of the server's parser.
             "accept-encoding" if v.len() > 100 || !accept_encoding_ok(v) => {
                 pass.hit(920220, "header", b"accept-encoding", v, 0, false)
+            }
+            // 920220: the other negotiation headers are parsed by the app
+            // itself (Phoenix's `accepts/2`, gettext's locale pick); a
+            // browser's are a few hundred bytes, and past 1 KiB they are a
+            // parser DoS (Rails CVE-2019-5419 is one of that kind).
+            "accept" | "accept-language" | "accept-charset" if v.len() > MAX_ACCEPT => {
+                pass.hit(920220, "header", n.as_bytes(), v, 0, false)
             }
             // 920190 (CRS 920600): an Accept charset the response filters
             // would not understand.

@@ -225,7 +225,7 @@ pub static RULES: &[Rule] = &[
     code(920180, Protocol, CRITICAL, "multipart field name or file name with a quote, semicolon or backslash (parser confusion)"),
     code(921050, ProtocolAttack, CRITICAL, "Content-Type with a second media type in its parameters"),
     code(921060, ProtocolAttack, CRITICAL, "RFC 2109 `$Version` cookie (old cookie syntax that splits cookies differently in each parser)"),
-    code(920220, Protocol, CRITICAL, "Accept-Encoding longer than 100 bytes or not a list of coding[;q=qvalue]"),
+    code(920220, Protocol, CRITICAL, "Accept-Encoding longer than 100 bytes or not a list of coding[;q=qvalue]; Accept, Accept-Language or Accept-Charset longer than 1 KiB"),
     code(922010, Multipart, CRITICAL, "multipart part with a charset that is not UTF-8 / ISO-8859-1 / Windows-1252"),
     code(922020, Multipart, CRITICAL, "multipart part with Content-Transfer-Encoding"),
     code(922030, Multipart, CRITICAL, "multipart part header name with illegal characters"),

@@ -374,6 +374,10 @@ fn accept_encoding() {
     fires(&w, &ae("gzip;level=9"), None, 920220, true);
     fires(&w, &ae("gzip;q=2"), None, 920220, true);
     fires(&w, &ae("gzip, <x>"), None, 920220, true);
+    let long = format!("text/html;q=0.9, {}", "image/x-a;q=0.1, ".repeat(70));
+    fires(&w, &get(&[("accept", &long)]), None, 920220, true);
+    let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7";
+    quiet(&w, &get(&[("accept", browser)]), None, 920220);
     for good in [
         "gzip, deflate, br, zstd",
         "gzip;q=1.0, identity; q=0.5, *;q=0",
