@@ -404,10 +404,11 @@ fn host(pass: &mut Pass, req: &Parts, line: Option<RequestLine>, seen: &Seen) {
         None => {}
         Some(h) if h.is_empty() || !authority_ok(h) => bad(pass, h),
         Some(h) => {
+            // The authority the target names: a well-formed absolute-form
+            // line (a malformed one is 920240's), else HTTP/2's `:authority`.
             let target_authority = line
-                .and_then(|l| absolute_form(l.target))
-                .and_then(Result::ok)
-                .and_then(|_| line.map(|l| authority_of(l.target)))
+                .filter(|l| matches!(absolute_form(l.target), Some(Ok(_))))
+                .map(|l| authority_of(l.target))
                 .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
             if target_authority.is_some_and(|a| !same_authority(a, h)) {
                 bad(pass, h);
@@ -447,21 +448,20 @@ fn same_authority(a: &[u8], b: &[u8]) -> bool {
 /// IPv4 address is one); the port is digits up to 65535. A `/`, `@`, space,
 /// second `:` or quote is a second URL part smuggled into the field.
 pub(super) fn authority_ok(h: &[u8]) -> bool {
-    let (host, port) = if let Some(rest) = h.strip_prefix(b"[") {
+    // The port, once the host part before it is known to be valid.
+    let port: Option<&[u8]> = if let Some(rest) = h.strip_prefix(b"[") {
         let Some(close) = rest.iter().position(|&b| b == b']') else {
             return false;
         };
         let lit = &rest[..close];
-        if lit.is_empty()
-            || !lit
+        let ip_literal = !lit.is_empty()
+            && lit
                 .iter()
-                .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'))
-        {
-            return false;
-        }
+                .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'));
         match &rest[close + 1..] {
-            [] => (lit, None),
-            [b':', port @ ..] => (lit, Some(port)),
+            _ if !ip_literal => return false,
+            [] => None,
+            [b':', port @ ..] => Some(port),
             _ => return false,
         }
     } else {
@@ -469,34 +469,16 @@ pub(super) fn authority_ok(h: &[u8]) -> bool {
             Some(i) => (&h[..i], Some(&h[i + 1..])),
             None => (h, None),
         };
-        let reg_name = bad_percent(host).is_none()
-            && host.iter().all(|&b| {
-                b.is_ascii_alphanumeric()
-                    || matches!(
-                        b,
-                        b'-' | b'.'
-                            | b'_'
-                            | b'~'
-                            | b'%'
-                            | b'!'
-                            | b'$'
-                            | b'&'
-                            | b'\''
-                            | b'('
-                            | b')'
-                            | b'*'
-                            | b'+'
-                            | b','
-                            | b';'
-                            | b'='
-                    )
-            });
-        if host.is_empty() || !reg_name {
+        let reg_name = !host.is_empty()
+            && bad_percent(host).is_none()
+            && host
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || reg_name_char(b));
+        if !reg_name {
             return false;
         }
-        (host, port)
+        port
     };
-    debug_assert!(!host.is_empty());
     match port {
         None | Some([]) => true,
         Some(p) => {
@@ -508,6 +490,28 @@ pub(super) fn authority_ok(h: &[u8]) -> bool {
                     .is_some_and(|n| n <= 65535)
         }
     }
+}
+
+/// unreserved (but letters and digits), `%` and sub-delims (RFC 3986 §2).
+fn reg_name_char(b: u8) -> bool {
+    matches!(
+        b,
+        b'-' | b'.'
+            | b'_'
+            | b'~'
+            | b'%'
+            | b'!'
+            | b'$'
+            | b'&'
+            | b'\''
+            | b'('
+            | b')'
+            | b'*'
+            | b'+'
+            | b','
+            | b';'
+            | b'='
+    )
 }
 
 // ---- framing -------------------------------------------------------------------
