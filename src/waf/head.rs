@@ -85,11 +85,13 @@ fn singleton(name: &str) -> bool {
     )
 }
 
-/// Fields whose grammar needs at least one element (RFC 9110: `1#`, a
-/// product, a media type, a range): an empty value is a malformed field,
-/// sent by tools that template heads, never by a browser. Accept, whose
-/// grammar (`#`) allows an empty list, and Referer (a partial-URI may be
-/// empty) are not here; an empty Host is its own check.
+/// Fields whose grammar needs a value (a product, a media type, a range,
+/// credentials, an origin, digits): an empty one is a malformed field, sent
+/// by tools that template heads, never by a browser. List fields whose
+/// grammar (`#`) allows an empty list (Accept, Connection, Expect, Upgrade)
+/// and Referer (a partial-URI may be empty) are not here; Transfer-Encoding
+/// is, although a list: an empty one leaves the framing to each parser's
+/// guess. An empty Host is its own check (920250).
 fn needs_value(name: &str) -> bool {
     matches!(
         name,
@@ -100,11 +102,8 @@ fn needs_value(name: &str) -> bool {
             | "range"
             | "if-range"
             | "content-range"
-            | "expect"
-            | "upgrade"
             | "origin"
             | "authorization"
-            | "connection"
     )
 }
 
@@ -859,7 +858,7 @@ fn qvalue_ok(q: &[u8]) -> bool {
 fn expect(pass: &mut Pass, req: &Parts, seen: &Seen) {
     let Some(e) = seen.expect else { return };
     if e.is_empty() {
-        return; // 920285 already
+        return; // an empty list expects nothing
     }
     if !e.eq_ignore_ascii_case(b"100-continue") || !super::inspect::has_body(req) {
         pass.hit(921070, "header", b"expect", e, 0, false);

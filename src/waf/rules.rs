@@ -200,7 +200,7 @@ pub static RULES: &[Rule] = &[
     code(920270, Protocol, CRITICAL, "Content-Type that is not a media type (type/subtype and token=value parameters, RFC 9110 8.3.1)"),
     code(920275, Protocol, CRITICAL, "Content-Range in a request that is not a valid range (RFC 9110 14.4)"),
     code(920280, Protocol, CRITICAL, "singleton header field sent more than once (Host, Content-Type, Authorization, Range, User-Agent, ...)"),
-    code(920285, Protocol, CRITICAL, "empty value in a header whose grammar needs one (User-Agent, Content-Type, Transfer-Encoding, Range, Expect, Upgrade, Origin, Authorization, Connection, ...)"),
+    code(920285, Protocol, CRITICAL, "empty value in a header whose grammar needs one (User-Agent, Content-Type, Content-Length, Transfer-Encoding, Range, If-Range, Content-Range, Origin, Authorization)"),
     code(920020, Protocol, CRITICAL, "both Content-Length and Transfer-Encoding, or a Content-Length that is not one run of digits"),
     code(920030, Protocol, CRITICAL, "CR, LF or NUL in a header value or argument name"),
     code(920040, Protocol, CRITICAL, "NUL byte in the path, an argument or a header"),

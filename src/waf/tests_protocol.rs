@@ -210,12 +210,20 @@ fn singleton_fields_twice() {
 #[test]
 fn empty_values_where_the_grammar_needs_one() {
     let w = waf();
-    for n in ["user-agent", "range", "upgrade", "origin", "expect"] {
+    for n in [
+        "user-agent",
+        "range",
+        "origin",
+        "authorization",
+        "content-range",
+    ] {
         fires(&w, &get(&[(n, "")]), None, 920285, true);
     }
-    // Accept is a list that may be empty (CFNetwork clients send that);
-    // Referer may be an empty partial URI.
-    quiet(&w, &get(&[("accept", "")]), None, 920285);
+    // Accept is a list that may be empty (CFNetwork clients send that), as
+    // are Connection, Expect and Upgrade; Referer may be an empty partial URI.
+    for n in ["accept", "connection", "expect", "upgrade"] {
+        quiet(&w, &get(&[(n, "")]), None, 920285);
+    }
     quiet(&w, &get(&[("referer", "")]), None, 920285);
     quiet(&w, &get(&[("user-agent", "curl/8.5.0")]), None, 920285);
 }
