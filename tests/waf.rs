@@ -367,3 +367,64 @@ async fn rules_switched_off_by_id_or_category_pass_and_the_others_still_block() 
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("waf.disable[0]"), "{text}");
 }
+
+/// The protocol pass through Pingora: what only the raw request line shows
+/// (absolute-form, the fragment Pingora strips), Host, Transfer-Encoding,
+/// Upgrade and Connection abuse; the browser's own heads still pass.
+#[tokio::test]
+async fn malformed_heads_that_reach_the_waf_get_403() {
+    let (bext, origin) = start(r#"mode = "block""#, "").await;
+    let cases: Vec<(&str, &[u8])> = vec![
+        (
+            "absolute-form without a path",
+            b"GET http://app.test HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "fragment and bad percent-encoding",
+            b"GET /p?d=50%zz#x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "HTTP/1.1 without Host",
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "empty User-Agent",
+            b"GET / HTTP/1.1\r\nHost: app.test\r\nUser-Agent: \r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "h2c upgrade",
+            b"GET / HTTP/1.1\r\nHost: app.test\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
+        ),
+        (
+            "Connection naming X-Forwarded-For",
+            b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close, X-Forwarded-For\r\n\r\n",
+        ),
+        (
+            "stacked transfer codings",
+            b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Type: text/plain\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "OGNL in Content-Type",
+            b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Type: %{(#_='multipart/form-data').(#cmd='id')}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ),
+    ];
+    for (what, req) in &cases {
+        let status = raw_request(bext.addr(), req).await.status;
+        // 400 would be Pingora's parser: then the head never reached the
+        // WAF, which is not what this test is about.
+        assert_eq!(status, 403, "{what}: {status}");
+    }
+    assert!(
+        origin.requests().is_empty(),
+        "a malformed head reached the origin"
+    );
+    let fine: Vec<&[u8]> = vec![
+        b"GET http://app.test/posts HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        b"GET /videos/a.mp4 HTTP/1.1\r\nHost: app.test\r\nRange: bytes=0-\r\nIf-Range: \"33a64df5\"\r\nConnection: keep-alive\r\n\r\n",
+        b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    ];
+    for req in fine {
+        let resp = raw_request(bext.addr(), req).await;
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(req));
+    }
+}

@@ -34,51 +34,56 @@ fn b64(s: &str) -> Vec<u8> {
     out
 }
 
-/// (head, body) for a record, completed like score.py does; None when the
-/// request would not even parse (Pingora answers 400).
-fn build(rec: &serde_json::Value) -> Option<(http::request::Parts, Vec<u8>)> {
-    let (method, uri, headers, body): (String, String, Vec<(String, String)>, Vec<u8>) =
-        if let Some(raw) = rec["raw"].as_str() {
-            let raw = b64(raw);
-            let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-            let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-            let body = raw[split + 4..].to_vec();
-            let mut lines = head.split("\r\n");
-            let mut rl = lines.next()?.split(' ');
-            let (m, u) = (rl.next()?.to_string(), rl.next()?.to_string());
-            let hs = lines
-                .filter_map(|l| {
-                    l.split_once(':')
-                        .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
-                })
-                .collect();
-            (m, u, hs, body)
-        } else {
-            let m = rec["method"].as_str().unwrap_or("GET").to_string();
-            let u = rec["uri"].as_str().unwrap_or("/").to_string();
-            let mut hs: Vec<(String, String)> = rec["headers"]
-                .as_object()
-                .map(|o| {
-                    o.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let body = rec["body"].as_str().unwrap_or("").as_bytes().to_vec();
-            let has = |hs: &Vec<(String, String)>, n: &str| {
-                hs.iter().any(|(k, _)| k.eq_ignore_ascii_case(n))
-            };
-            if !has(&hs, "host") {
-                hs.push(("Host".into(), "127.0.0.1:8080".into()));
-            }
-            if !has(&hs, "content-length")
-                && !has(&hs, "transfer-encoding")
-                && (!body.is_empty() || ["POST", "PUT", "PATCH", "DELETE"].contains(&m.as_str()))
-            {
-                hs.push(("Content-Length".into(), body.len().to_string()));
-            }
-            (m, u, hs, body)
-        };
+/// Method, target, headers, body and raw request line of a record.
+type Fields = (String, String, Vec<(String, String)>, Vec<u8>, Vec<u8>);
+
+/// (head, raw request line, body) for a record, completed like score.py
+/// does; None when the request would not even parse (Pingora answers 400).
+/// The raw line is what Pingora hands the WAF as the HTTP/1 head.
+fn build(rec: &serde_json::Value) -> Option<(http::request::Parts, Vec<u8>, Vec<u8>)> {
+    let (method, uri, headers, body, line): Fields = if let Some(raw) = rec["raw"].as_str() {
+        let raw = b64(raw);
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let line_end = raw.windows(2).position(|w| w == b"\r\n").unwrap_or(split);
+        let line = raw[..line_end].to_vec();
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let body = raw[split + 4..].to_vec();
+        let mut lines = head.split("\r\n");
+        let mut rl = lines.next()?.split(' ');
+        let (m, u) = (rl.next()?.to_string(), rl.next()?.to_string());
+        let hs = lines
+            .filter_map(|l| {
+                l.split_once(':')
+                    .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+            })
+            .collect();
+        (m, u, hs, body, line)
+    } else {
+        let m = rec["method"].as_str().unwrap_or("GET").to_string();
+        let u = rec["uri"].as_str().unwrap_or("/").to_string();
+        let mut hs: Vec<(String, String)> = rec["headers"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let body = rec["body"].as_str().unwrap_or("").as_bytes().to_vec();
+        let has =
+            |hs: &Vec<(String, String)>, n: &str| hs.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
+        if !has(&hs, "host") {
+            hs.push(("Host".into(), "127.0.0.1:8080".into()));
+        }
+        if !has(&hs, "content-length")
+            && !has(&hs, "transfer-encoding")
+            && (!body.is_empty() || ["POST", "PUT", "PATCH", "DELETE"].contains(&m.as_str()))
+        {
+            hs.push(("Content-Length".into(), body.len().to_string()));
+        }
+        let line = format!("{m} {u} HTTP/1.1").into_bytes();
+        (m, u, hs, body, line)
+    };
     let mut b = http::Request::builder()
         .method(method.as_str())
         .uri(uri.as_str());
@@ -86,7 +91,7 @@ fn build(rec: &serde_json::Value) -> Option<(http::request::Parts, Vec<u8>)> {
         b = b.header(k.as_str(), v.as_str());
     }
     let req = b.body(()).ok()?;
-    Some((req.into_parts().0, body))
+    Some((req.into_parts().0, line, body))
 }
 
 /// Per-file tallies: records, blocked, per-category (blocked, total), and
@@ -109,13 +114,13 @@ fn run(file: &str, waf: &Waf, show: bool, all: bool) -> Tally {
         let cat = rec["category"].as_str().unwrap_or("?").to_string();
         let e = cats.entry(cat.clone()).or_default();
         e.1 += 1;
-        let Some((head, body)) = build(&rec) else {
+        let Some((head, line, body)) = build(&rec) else {
             if show && file == "attacks.jsonl" {
                 println!("UNPARSABLE {}", rec["id"]);
             }
             continue;
         };
-        let mut v = waf.inspect_head(&head);
+        let mut v = waf.inspect_head_raw(&head, Some(&line));
         if !body.is_empty() {
             v.merge(waf.inspect_body(&head, &body, false));
         }
@@ -198,8 +203,8 @@ fn attack_outcomes(waf: &Waf) -> Vec<Outcome> {
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
             let rec: serde_json::Value = serde_json::from_str(line).expect("json");
-            let blocked = build(&rec).is_some_and(|(head, body)| {
-                let mut v = waf.inspect_head(&head);
+            let blocked = build(&rec).is_some_and(|(head, line, body)| {
+                let mut v = waf.inspect_head_raw(&head, Some(&line));
                 if !body.is_empty() {
                     v.merge(waf.inspect_body(&head, &body, false));
                 }

@@ -10,6 +10,7 @@ use http::request::Parts;
 use super::body::{self, JsonError};
 use super::confirm;
 use super::exclusions::excluded;
+use super::head::RequestLine;
 use super::normalize::{canonical, Evasion};
 use super::rules::{self, Category, Rule, Scope, S_FILENAME, S_HEADER, S_NAME, S_PATH, S_VALUE};
 use super::{excerpt, phoenix, protocol, tokenize, upload, url, Hit, Verdict, Waf};
@@ -186,6 +187,9 @@ impl Pass<'_> {
         }
         let (text, ev) = canonical(raw, kind.plus_is_space());
         self.evasion(kind, name, &ev, &text);
+        if matches!(kind, Kind::QueryName | Kind::QueryValue) && super::head::split_line(&text) {
+            self.hit(921100, kind.label(), name, &text, 0, false);
+        }
         let redact = matches!(kind, Kind::CookieValue);
         let scope = kind.scope();
         let waf = self.waf;
@@ -414,12 +418,12 @@ fn with_pass(waf: &Waf, req: &Parts, v: &mut Verdict, f: impl FnOnce(&mut Pass))
     f(&mut pass);
 }
 
-pub(super) fn head(waf: &Waf, req: &Parts, v: &mut Verdict) {
-    with_pass(waf, req, v, |pass| head_values(pass, req));
+pub(super) fn head(waf: &Waf, req: &Parts, line: Option<RequestLine>, v: &mut Verdict) {
+    with_pass(waf, req, v, |pass| head_values(pass, req, line));
 }
 
-fn head_values(pass: &mut Pass, req: &Parts) {
-    protocol::head(pass, req);
+fn head_values(pass: &mut Pass, req: &Parts, line: Option<RequestLine>) {
+    protocol::head(pass, req, line);
     pass.value(Kind::Path, b"", req.uri.path().as_bytes());
     if let Some(q) = req.uri.query() {
         let mut count = 0;

@@ -14,6 +14,7 @@ pub mod body;
 pub mod config;
 mod confirm;
 pub mod exclusions;
+mod head;
 mod inspect;
 pub mod metrics;
 pub mod normalize;
@@ -178,11 +179,20 @@ impl Waf {
         v.score >= self.plan.threshold
     }
 
-    /// Inspects method, path, query string and headers.
+    /// Inspects method, path, query string and headers (an HTTP/2 head, or
+    /// one whose raw bytes are not at hand).
     pub fn inspect_head(&self, req: &http::request::Parts) -> Verdict {
+        self.inspect_head_raw(req, None)
+    }
+
+    /// Like [`Waf::inspect_head`], with the head of an HTTP/1 request as
+    /// received: its request line is checked as sent (the fragment, the
+    /// version and an absolute-form target never reach the parsed `Uri`).
+    pub fn inspect_head_raw(&self, req: &http::request::Parts, raw_head: Option<&[u8]>) -> Verdict {
         self.metrics.inspected();
         let mut v = Verdict::default();
-        inspect::head(self, req, &mut v);
+        let line = raw_head.and_then(head::RequestLine::parse);
+        inspect::head(self, req, line, &mut v);
         v
     }
 
@@ -247,3 +257,5 @@ mod tests_classes;
 mod tests_fp;
 #[cfg(test)]
 mod tests_phoenix;
+#[cfg(test)]
+mod tests_protocol;

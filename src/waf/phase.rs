@@ -120,7 +120,11 @@ pub async fn on_request(
         return Ok(false);
     }
     state.inspected = true;
-    state.verdict = waf.inspect_head(session.req_header());
+    // The raw head of an HTTP/1 request (a cheap `Bytes` handle): the
+    // request line as sent, before Pingora drops the fragment and turns an
+    // absolute-form target into a path.
+    let raw = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
+    state.verdict = waf.inspect_head_raw(session.req_header(), raw.as_deref());
     if decide(waf, state, session, request_id) {
         respond::forbidden(session, request_id).await?;
         return Ok(true);

@@ -1,8 +1,8 @@
-//! Checks on the shape of the request rather than its content: method,
-//! framing headers, Content-Type and charset, restricted headers, Range,
-//! scanner User-Agents, multipart part headers and
-//! session-id parameters. (Malformed request lines and raw CR/LF in headers
-//! never get here: Pingora answers 400 first.)
+//! Checks on the shape of the request rather than its content: the method
+//! allow list, the lists the protocol pass (`head`) consults (restricted
+//! headers, scanner User-Agents, allowed Content-Types and charsets),
+//! restricted file extensions, multipart part headers, session-id
+//! parameters and include-style parameters.
 
 use aho_corasick::AhoCorasick;
 use http::request::Parts;
@@ -241,85 +241,39 @@ pub(super) fn foreign_referer(req: &Parts) -> bool {
     }
 }
 
-pub(super) fn head(pass: &mut Pass, req: &Parts) {
+/// The checks on the request head: the method allow list, the protocol pass
+/// (`head`: request line, header fields, framing, ranges, ...), a body
+/// without a type where one is required, and restricted file extensions.
+pub(super) fn head(pass: &mut Pass, req: &Parts, line: Option<super::head::RequestLine>) {
     let method = req.method.as_str();
     if !pass.waf.plan.allowed_methods.iter().any(|m| m == method) {
         pass.hit(911010, "method", b"", method.as_bytes(), 0, false);
     }
-    if let Some(ua) = header(req, http::header::USER_AGENT) {
-        if let Some(m) = pass.waf.scanners.find(ua) {
-            let s = SCANNERS[m.pattern().as_usize()];
-            pass.hit(913010, "header", b"user-agent", s.as_bytes(), 0, false);
-        }
+    super::head::check(pass, req, line);
+    // A PUT or PATCH with a sized body and no type at all: the body is a
+    // representation (or a patch document, RFC 5789) whose media type
+    // the server must know, and no parser on the way (Plug.Parsers
+    // included) can read it, so its content escapes every parsed check.
+    // POST is left alone: webhooks and simple clients post raw bytes
+    // without a type, and bext still inspects such a body as text. So is
+    // a chunked body, which is how tools stream bytes (`curl -T -`).
+    if !req.headers.contains_key(http::header::CONTENT_TYPE)
+        && super::inspect::has_body(req)
+        && matches!(req.method, http::Method::PUT | http::Method::PATCH)
+        && !req.headers.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        pass.hit(920210, "header", b"content-type", b"", 0, false)
     }
-    framing(pass, req);
-    let body = super::inspect::has_body(req);
-    match header(req, http::header::CONTENT_TYPE) {
-        Some(ct) => content_type(pass, ct, "header", b"content-type", body),
-        // A PUT or PATCH with a sized body and no type at all: the body is a
-        // representation (or a patch document, RFC 5789) whose media type
-        // the server must know, and no parser on the way (Plug.Parsers
-        // included) can read it, so its content escapes every parsed check.
-        // POST is left alone: webhooks and simple clients post raw bytes
-        // without a type, and bext still inspects such a body as text. So is
-        // a chunked body, which is how tools stream bytes (`curl -T -`).
-        None if body
-            && matches!(req.method, http::Method::PUT | http::Method::PATCH)
-            && !req.headers.contains_key(http::header::TRANSFER_ENCODING) =>
-        {
-            pass.hit(920210, "header", b"content-type", b"", 0, false)
-        }
-        None => {}
-    }
-    for name in &RESTRICTED_HEADERS {
-        if req.headers.contains_key(name) {
-            pass.hit(
-                920090,
-                "header",
-                name.as_str().as_bytes(),
-                name.as_str().as_bytes(),
-                0,
-                false,
-            );
-        }
-    }
-    if let Some(c) = header(req, http::header::CONNECTION) {
-        let l = c.to_ascii_lowercase();
-        let has = |w: &[u8]| super::body::find(&l, w).is_some();
-        let tokens: Vec<&[u8]> = l.split(|&b| b == b',').map(<[u8]>::trim_ascii).collect();
-        let repeated = tokens
-            .iter()
-            .enumerate()
-            .any(|(i, t)| tokens[..i].contains(t));
-        if (has(b"keep-alive") && has(b"close"))
-            || repeated
-            || req.headers.get_all(http::header::CONNECTION).iter().count() > 1
-        {
-            pass.hit(920110, "header", b"connection", c, 0, false);
-        }
-    }
-    // Browsers send a handful of codings (`gzip, deflate, br, zstd`); CRS
-    // caps the header at 100 bytes, past which it is a parser probe.
-    if let Some(ae) = header(req, http::header::ACCEPT_ENCODING) {
-        if ae.len() > 100 {
-            pass.hit(920220, "header", b"accept-encoding", ae, 0, false);
-        }
-    }
-    // `$Version=1` opens an RFC 2109 cookie header, which no browser sends;
-    // parsers that honour it read quoted values across `;` (cookie smuggling).
-    for c in req.headers.get_all(http::header::COOKIE) {
-        let c = c.as_bytes().trim_ascii_start();
-        if c.len() >= 8 && c[..8].eq_ignore_ascii_case(b"$version") {
-            pass.hit(921060, "header", b"cookie", b"$version", 0, false);
-        }
-    }
-    if header(req, http::header::ACCEPT).is_some_and(bad_accept_charset) {
-        pass.hit(920190, "header", b"accept", b"", 0, false);
-    }
-    if let Some(r) = header(req, http::header::RANGE) {
-        if bad_range(r) {
-            pass.hit(920160, "header", b"range", r, 0, false);
-        }
+    // CRS 920500: an editor's backup or working copy (`index.php~`,
+    // `config.yml~/`) is served as plain text by servers that do not map
+    // the extension, source and secrets included. On the decoded path.
+    let backup = pass.path.split('/').any(|seg| {
+        seg.strip_suffix('~')
+            .and_then(|s| s.rsplit_once('.'))
+            .is_some_and(|(_, ext)| !ext.is_empty() && !ext.contains('~'))
+    });
+    if backup {
+        pass.hit(920100, "path", b"", pass.path.as_bytes(), 0, false);
     }
     let path = req.uri.path();
     let last = path.rsplit('/').next().unwrap_or("");
@@ -330,39 +284,14 @@ pub(super) fn head(pass: &mut Pass, req: &Parts) {
     }
 }
 
-fn framing(pass: &mut Pass, req: &Parts) {
-    let te = req.headers.contains_key(http::header::TRANSFER_ENCODING);
-    let cls: Vec<&[u8]> = req
-        .headers
-        .get_all(http::header::CONTENT_LENGTH)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    let cl_bad = cls.len() > 1
-        || cls
-            .iter()
-            .any(|v| v.is_empty() || !v.iter().all(u8::is_ascii_digit));
-    if (te && !cls.is_empty()) || cl_bad {
-        pass.hit(
-            920020,
-            "header",
-            b"content-length",
-            cls.first().copied().unwrap_or(b""),
-            0,
-            false,
-        );
-    }
-    let cl_positive = cls.iter().any(|v| v.iter().any(|&b| b != b'0'));
-    if matches!(req.method.as_str(), "GET" | "HEAD") && (te || cl_positive) {
-        pass.hit(
-            920010,
-            "method",
-            b"",
-            req.method.as_str().as_bytes(),
-            0,
-            false,
-        );
-    }
+/// Whether `name` is one of [`RESTRICTED_HEADERS`] (920090).
+pub(super) fn restricted_header(name: &HeaderName) -> bool {
+    RESTRICTED_HEADERS.contains(name)
+}
+
+/// The scanner name of the automaton's pattern `i`.
+pub(super) fn scanner_name(i: usize) -> &'static str {
+    SCANNERS.get(i).copied().unwrap_or("")
 }
 
 /// Content-Type allow list and charset check (request or multipart part).
@@ -371,7 +300,7 @@ fn framing(pass: &mut Pass, req: &Parts) {
 /// is no type at all. A second media type hidden in the parameters is
 /// checked regardless: it is aimed at the parsers of whatever reads the
 /// header.
-fn content_type(pass: &mut Pass, ct: &[u8], kind: &str, name: &[u8], body: bool) {
+pub(super) fn content_type(pass: &mut Pass, ct: &[u8], kind: &str, name: &[u8], body: bool) {
     let end = ct.iter().position(|&b| b == b';').unwrap_or(ct.len());
     let mime = ct[..end].trim_ascii().to_ascii_lowercase();
     let vendor_json = mime.starts_with(b"application/vnd.") && mime.ends_with(b"+json");
@@ -409,27 +338,6 @@ fn content_type(pass: &mut Pass, ct: &[u8], kind: &str, name: &[u8], body: bool)
     }
 }
 
-fn bad_range(r: &[u8]) -> bool {
-    let Ok(s) = std::str::from_utf8(r) else {
-        return true;
-    };
-    let Some(spec) = s.trim().strip_prefix("bytes=") else {
-        return true;
-    };
-    spec.split(',').any(|item| {
-        let item = item.trim();
-        match item.split_once('-') {
-            Some(("", b)) => b.parse::<u64>().is_err(),
-            Some((a, "")) => a.parse::<u64>().is_err(),
-            Some((a, b)) => match (a.parse::<u64>(), b.parse::<u64>()) {
-                (Ok(a), Ok(b)) => b < a,
-                _ => true,
-            },
-            None => true,
-        }
-    })
-}
-
 pub(super) fn part_headers(pass: &mut Pass, part: &Part) {
     for (n, v) in &part.headers {
         if n.eq_ignore_ascii_case(b"content-disposition") && confusing_disposition(v) {
@@ -460,7 +368,7 @@ pub(super) fn part_headers(pass: &mut Pass, part: &Part) {
 }
 
 /// An Accept header naming a charset outside the allowed list.
-fn bad_accept_charset(a: &[u8]) -> bool {
+pub(super) fn bad_accept_charset(a: &[u8]) -> bool {
     let lower = a.to_ascii_lowercase();
     lower.split(|&b| b == b';' || b == b',').any(|item| {
         let item = item.trim_ascii();

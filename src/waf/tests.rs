@@ -139,8 +139,10 @@ fn scanner_method_and_protocol_rules() {
         .into_parts()
         .0;
     assert!(w.blocks(&w.inspect_head(&ua)));
+    // An HTTP/1.1 head needs its Host (rule 920250).
     let with_ua = |ua: &str| {
         http::Request::get("/")
+            .header("host", "app.example.com")
             .header("user-agent", ua)
             .body(())
             .unwrap()
