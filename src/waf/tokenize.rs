@@ -30,6 +30,75 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+/// The verdicts of recently seen values, per thread. Most values that reach
+/// the tokenizers repeat request after request: a client's User-Agent (on
+/// every request, 10–50k instructions of tokenizing each time), its cookies,
+/// the same form fields. A direct-mapped table remembers the verdict for a
+/// value's 64-bit hash, keyed with a per-process random key (std's SipHash
+/// `RandomState`), so a client cannot aim a value at another one's slot;
+/// an accidental collision of two values is 2^-64 per lookup.
+mod memo {
+    use std::cell::RefCell;
+    use std::hash::BuildHasher;
+    use std::sync::OnceLock;
+
+    const SLOTS: usize = 1024;
+    /// Longer values are rare (bodies, big JSON strings) and not remembered.
+    const MAX_LEN: usize = 1024;
+
+    struct Table {
+        sqli: Vec<(u64, Option<[u8; 8]>)>,
+        xss: Vec<(u64, bool)>,
+    }
+
+    thread_local! {
+        static TABLE: RefCell<Table> = RefCell::new(Table {
+            sqli: vec![(0, None); SLOTS],
+            xss: vec![(0, false); SLOTS],
+        });
+    }
+
+    fn key(v: &[u8], tag: u8) -> u64 {
+        static STATE: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+        // Never 0, the empty slot's key.
+        STATE.get_or_init(Default::default).hash_one((tag, v)) | 1
+    }
+
+    pub(super) fn sqli(v: &[u8], f: impl FnOnce() -> Option<[u8; 8]>) -> Option<[u8; 8]> {
+        if v.len() > MAX_LEN {
+            return f();
+        }
+        let k = key(v, 1);
+        let slot = (k as usize) % SLOTS;
+        if let Some(hit) = TABLE.with(|t| {
+            let t = t.borrow();
+            (t.sqli[slot].0 == k).then_some(t.sqli[slot].1)
+        }) {
+            return hit;
+        }
+        let verdict = f();
+        TABLE.with(|t| t.borrow_mut().sqli[slot] = (k, verdict));
+        verdict
+    }
+
+    pub(super) fn xss(v: &[u8], f: impl FnOnce() -> bool) -> bool {
+        if v.len() > MAX_LEN {
+            return f();
+        }
+        let k = key(v, 2);
+        let slot = (k as usize) % SLOTS;
+        if let Some(hit) = TABLE.with(|t| {
+            let t = t.borrow();
+            (t.xss[slot].0 == k).then_some(t.xss[slot].1)
+        }) {
+            return hit;
+        }
+        let verdict = f();
+        TABLE.with(|t| t.borrow_mut().xss[slot] = (k, verdict));
+        verdict
+    }
+}
+
 /// Values longer than this are checked on their first `MAX_SQLI` bytes for
 /// SQL (an injection starts where the value does: libinjection only reads
 /// the first tokens anyway).
@@ -40,11 +109,13 @@ pub(super) fn sqli(v: &[u8]) -> Option<[u8; 8]> {
     if !might_be_sqli(v) {
         return None;
     }
-    let fp = raw_sqli(v)?;
-    if prose_fingerprint(&fp) && is_prose(v) {
-        return None;
-    }
-    Some(fp)
+    memo::sqli(v, || {
+        let fp = raw_sqli(v)?;
+        if prose_fingerprint(&fp) && is_prose(v) {
+            return None;
+        }
+        Some(fp)
+    })
 }
 
 /// Whether libinjection could flag `v` at all, decided in one cheap pass so
@@ -138,7 +209,14 @@ fn is_prose(v: &[u8]) -> bool {
 pub(super) fn xss(v: &[u8]) -> bool {
     // Markup needs a `<`; attribute text an `=` (`x onerror=...`): without
     // either, none of libinjection's five contexts can flag the value.
-    if !v.iter().any(|&b| b == b'<' || b == b'=') || !raw_xss(v) {
+    if !v.iter().any(|&b| b == b'<' || b == b'=') {
+        return false;
+    }
+    memo::xss(v, || xss_uncached(v))
+}
+
+fn xss_uncached(v: &[u8]) -> bool {
+    if !raw_xss(v) {
         return false;
     }
     if let Some(masked) = inert_markup(v) {
@@ -241,6 +319,20 @@ fn attribute_can_run(v: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn remembered_verdicts_are_the_computed_ones() {
+        let ua = b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)";
+        let attack = b"1' or '1'='1";
+        let xss = b"<img src=x onerror=alert(1)>";
+        for _ in 0..3 {
+            assert_eq!(super::sqli(ua), None);
+            assert!(super::sqli(attack).is_some());
+            assert!(super::xss(xss));
+            assert!(!super::xss(b"a=b"));
+        }
+    }
+
     use super::*;
 
     #[test]
