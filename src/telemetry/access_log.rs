@@ -59,6 +59,8 @@ pub struct AccessEntry<'a> {
     pub status: u16,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// The WAF's anomaly score when it matched (block or detect), else 0.
+    pub waf_score: u32,
     pub duration: Duration,
     pub route: Option<&'a str>,
     pub upstream_node: Option<&'a str>,
@@ -675,6 +677,10 @@ fn json_line(s: &mut Vec<u8>, e: &AccessEntry<'_>, redact: &[String]) {
     field_raw(s, ",\"cache\":", e.cache);
     field_raw(s, ",\"waf\":", e.waf);
     field_raw(s, ",\"waf_rules\":", e.waf_rules);
+    if e.waf_score > 0 {
+        s.extend_from_slice(b",\"waf_score\":");
+        int(s, e.waf_score);
+    }
     field_raw(s, ",\"limit\":", e.limit);
     if let Some(id) = &e.trace_id {
         s.extend_from_slice(b",\"trace_id\":\"");
@@ -760,6 +766,7 @@ mod tests {
             status: 200,
             bytes_sent: 12,
             bytes_received: 0,
+            waf_score: 0,
             duration: Duration::from_micros(1500),
             route: Some("/*"),
             upstream_node: Some("n0"),

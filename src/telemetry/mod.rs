@@ -257,6 +257,7 @@ fn entry<'a>(
         status: o.status,
         bytes_sent: o.bytes_out,
         bytes_received: o.bytes_in,
+        waf_score: o.waf.score,
         duration: o.duration,
         route,
         upstream_node: o.upstream.node_id.as_deref(),

@@ -88,6 +88,8 @@ async fn json_lines_carry_the_request_and_redact_secrets() {
     assert_eq!(b["status"], 403);
     assert_eq!(b["waf"], "block");
     assert!(b["waf_rules"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(b["waf_score"].as_u64().is_some_and(|s| s >= 5), "{b}");
+    assert!(v.get("waf_score").is_none(), "no score on a clean request");
     // A blocked attack is the client's doing: no ERROR line for it.
     assert!(
         !bext.stderr().contains("ERROR"),

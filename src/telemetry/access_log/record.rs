@@ -42,7 +42,7 @@ pub(super) fn encode(e: &AccessEntry<'_>, out: &mut Vec<u8>) {
         e.referer,
     ];
     let text: usize = strs.iter().map(|s| s.map_or(0, str::len)).sum();
-    // Fixed part (at most 1 + 12 + 2 + 24 + 16 + 18 + 8 + 16) plus prefixes.
+    // Fixed part (at most 1 + 12 + 2 + 28 + 16 + 18 + 8 + 16) plus prefixes.
     out.reserve(120 + 4 * STRS + text);
     let mut flags = 0u8;
     match e.client_ip {
@@ -68,6 +68,7 @@ pub(super) fn encode(e: &AccessEntry<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(&e.status.to_le_bytes());
     out.extend_from_slice(&e.bytes_sent.to_le_bytes());
     out.extend_from_slice(&e.bytes_received.to_le_bytes());
+    out.extend_from_slice(&e.waf_score.to_le_bytes());
     out.extend_from_slice(&nanos(e.duration).to_le_bytes());
     match e.client_ip {
         Some(IpAddr::V4(a)) => out.extend_from_slice(&a.octets()),
@@ -123,6 +124,7 @@ pub(super) fn decode(b: &[u8]) -> Option<(AccessEntry<'_>, usize)> {
     let status = r.u16()?;
     let bytes_sent = r.u64()?;
     let bytes_received = r.u64()?;
+    let waf_score = r.u32()?;
     let duration = Duration::from_nanos(r.u64()?);
     let client_ip = if flags & HAS_CLIENT_V4 != 0 {
         Some(IpAddr::V4(Ipv4Addr::from(r.array::<4>()?)))
@@ -189,6 +191,7 @@ pub(super) fn decode(b: &[u8]) -> Option<(AccessEntry<'_>, usize)> {
         status,
         bytes_sent,
         bytes_received,
+        waf_score,
         duration,
         route,
         upstream_node,
@@ -255,6 +258,7 @@ mod tests {
             status: 503,
             bytes_sent: u64::MAX,
             bytes_received: 7,
+            waf_score: 12,
             duration: Duration::from_micros(1500),
             route: Some("/api/*"),
             upstream_node: Some("n1"),
