@@ -92,26 +92,12 @@ fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// Kills the process `bext reload` started (not a child of the test).
-struct KillPid(std::path::PathBuf);
-
-impl Drop for KillPid {
-    fn drop(&mut self) {
-        if let Some(pid) = read_pid(&self.0) {
-            // SAFETY: plain kill(2) of a test-owned process.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_runtime_switch_shows_the_page_lets_the_team_through_and_survives_an_upgrade() {
     let origin = StubOrigin::start("n0").await;
     let run = tempfile::tempdir().unwrap();
     let bext = Bext::start(&config(origin.addr(), run.path(), false)).await;
-    let _guard = KillPid(run.path().join("bext.pid"));
+    let _guard = crate::support::KillPid(run.path().join("bext.pid"));
     let addr = bext.addr();
     let (visitor, team) = (from([127, 0, 0, 2]), from([127, 0, 0, 3]));
 

@@ -63,23 +63,6 @@ headers = {{ "X-Generation" = "{generation}" }}
     )
 }
 
-/// Kills the process a handoff started (not a child of the test).
-struct KillPid(std::path::PathBuf);
-
-impl Drop for KillPid {
-    fn drop(&mut self) {
-        let pid = std::fs::read_to_string(&self.0)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok());
-        if let Some(pid) = pid {
-            // SAFETY: plain kill(2) of a test-owned process.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
 const RATE: &str = r#"rate = { requests = 5, per = "1m", burst = 5 }
 allow = ["127.0.0.1/32"]"#;
 
@@ -89,7 +72,7 @@ async fn a_route_change_is_applied_in_place_keeping_cache_tunnels_and_limits() {
     let run = tempfile::tempdir().unwrap();
     let port = crate::common::free_port();
     let bext = Bext::start(&config(origin.addr(), port, run.path(), 1, RATE)).await;
-    let _guard = KillPid(run.path().join("bext.pid"));
+    let _guard = crate::support::KillPid(run.path().join("bext.pid"));
     let base = format!("http://127.0.0.1:{port}");
     let c = crate::common::client();
 

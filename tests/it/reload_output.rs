@@ -7,23 +7,6 @@ use std::time::Duration;
 
 use crate::common::{Bext, StubOrigin, BEXT};
 
-/// Kills the process `bext reload` started (not a child of the test).
-struct KillPid(std::path::PathBuf);
-
-impl Drop for KillPid {
-    fn drop(&mut self) {
-        let pid = std::fs::read_to_string(&self.0)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok());
-        if let Some(pid) = pid {
-            // SAFETY: plain kill(2) of a test-owned process.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
 /// `bext reload -c CONFIG EXTRA…` with both outputs captured; its stdout.
 async fn reload_captured(config: &std::path::Path, extra: &[&str]) -> String {
     let config = config.to_owned();
@@ -64,7 +47,7 @@ async fn a_reload_with_captured_output_returns_and_the_new_process_logs_where_th
         1,
     );
     let bext = Bext::start(&toml).await;
-    let _guard = KillPid(run.path().join("bext.pid"));
+    let _guard = crate::support::KillPid(run.path().join("bext.pid"));
     // Like subprocess.run(capture_output=True): both outputs are pipes read
     // to their end, so this returns only once every holder has closed them.
     // First the config as it is (applied in place), then a forced handoff.

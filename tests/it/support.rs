@@ -31,3 +31,21 @@ pub async fn get_json(c: &reqwest::Client, url: &str) -> serde_json::Value {
     let text = c.get(url).send().await.unwrap().text().await.unwrap();
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}: {text}"))
 }
+
+/// Kills the process a pid file names when dropped: processes a handoff
+/// (`bext reload`) starts are not children of the test.
+pub struct KillPid(pub std::path::PathBuf);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        let pid = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            // SAFETY: plain kill(2) of a test-owned process.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
