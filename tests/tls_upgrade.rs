@@ -86,7 +86,7 @@ cache = false
     assert_ne!(old.der, new.der);
     let log = std::fs::File::create(run_dir.path().join("reload.log")).unwrap();
     let status = Command::new(BEXT)
-        .args(["reload", "-c"])
+        .args(["reload", "--upgrade", "-c"])
         .arg(first.dir().join("bext.toml"))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())

@@ -5,8 +5,10 @@
 //! In place: `route_rules` (except their `rate` / `max_body`, which index
 //! the limiter's per-route state), `sites`, `waf`, `admin`, `compression`,
 //! and `server.default_site` / `error_page` / `client_timeout`. Everything else — listeners, threads and process
-//! settings, `[upstreams]`, `[limits]`, `[cache]`, `[tls]` (and the
-//! certificate files it names), `[telemetry]` — takes a handoff.
+//! settings, `[upstreams]`, `[limits]`, `[cache]`, `[tls]` other than its
+//! certificates, `[telemetry]` — takes a handoff. Certificates (the files
+//! `[tls]` names, or their paths) are swapped in place: new handshakes get
+//! them, open connections keep theirs.
 
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
@@ -26,7 +28,11 @@ pub enum Change {
 }
 
 /// Sections only a new process can apply.
-const HANDOFF_SECTIONS: [&str; 5] = ["upstreams", "limits", "cache", "tls", "telemetry"];
+const HANDOFF_SECTIONS: [&str; 4] = ["upstreams", "limits", "cache", "telemetry"];
+/// `[tls]` keys that only name certificates: swapped in place (the
+/// listeners' resolver reads the current store); the rest of `[tls]`
+/// (listen addresses, HTTP/3, redirects) takes a handoff.
+const CERT_KEYS: [&str; 3] = ["cert", "key", "certificates"];
 /// Sections applied in place.
 const IN_PLACE_SECTIONS: [&str; 4] = ["sites", "waf", "admin", "compression"];
 /// `[server]` keys applied in place; every other one takes a handoff.
@@ -68,8 +74,21 @@ pub fn compare(old: &Snapshot, new: &Snapshot) -> Change {
             return Change::Handoff(format!("[{s}] changed"));
         }
     }
-    if old.tls_digest != new.tls_digest {
-        return Change::Handoff("a TLS certificate or key file changed".into());
+    let tls_rest = |t: &Table| {
+        t.get("tls").and_then(Value::as_table).map(|t| {
+            let mut t = t.clone();
+            CERT_KEYS.iter().for_each(|k| {
+                t.remove(*k);
+            });
+            t
+        })
+    };
+    if tls_rest(a) != tls_rest(b) {
+        return Change::Handoff("[tls] changed (other than its certificates)".into());
+    }
+    let mut changed = vec![];
+    if a.get("tls") != b.get("tls") || old.tls_digest != new.tls_digest {
+        changed.push("TLS certificates".to_owned());
     }
     let server = |t: &Table| {
         t.get("server")
@@ -79,7 +98,6 @@ pub fn compare(old: &Snapshot, new: &Snapshot) -> Change {
     };
     let (sa, sb) = (server(a), server(b));
     let keys: BTreeSet<&String> = sa.keys().chain(sb.keys()).collect();
-    let mut changed = vec![];
     for k in keys {
         if sa.get(k) != sb.get(k) {
             if IN_PLACE_SERVER_KEYS.contains(&k.as_str()) {

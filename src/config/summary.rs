@@ -13,8 +13,9 @@ impl fmt::Display for Plan {
         writeln!(f, "listen: {} (threads {})", listen.join(", "), s.threads)?;
         if let Some(t) = &self.tls {
             let listen: Vec<String> = t.listen.iter().map(|a| a.to_string()).collect();
-            let mut names = t.certs.hosts();
-            if t.certs.has_default() {
+            let certs = t.certs.load();
+            let mut names = certs.hosts();
+            if certs.has_default() {
                 names.push("(default)".into());
             }
             writeln!(

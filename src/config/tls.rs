@@ -87,7 +87,7 @@ pub(super) fn compile(
     }
     Some(TlsPlan {
         listen,
-        certs: std::sync::Arc::new(store),
+        certs: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(store)),
         http3: t.http3.unwrap_or(false),
         redirect_status: redirect_http.then_some(redirect_status),
         hsts,
@@ -207,8 +207,8 @@ mod tests {
         let tls = plan.tls.unwrap();
         assert_eq!(tls.https_port(), 8443);
         assert_eq!(tls.redirect_status, Some(308));
-        assert!(tls.http3 && tls.certs.has_default());
-        assert!(tls.certs.lookup(Some("x.b.test")).is_some());
+        assert!(tls.http3 && tls.certs.load().has_default());
+        assert!(tls.certs.load().lookup(Some("x.b.test")).is_some());
     }
 
     #[test]

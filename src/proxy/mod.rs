@@ -76,6 +76,8 @@ pub struct BextProxy {
     limits: Arc<Limits>,
     cache: EdgeCache,
     edge: EdgePolicy,
+    /// The listeners' certificate store (a reload in place swaps its content).
+    tls_certs: Option<Arc<ArcSwap<crate::tls::CertStore>>>,
     telemetry: Arc<Telemetry>,
     auth_metrics: AuthMetrics,
 }
@@ -137,6 +139,7 @@ impl BextProxy {
             live: Arc::new(ArcSwap::from_pointee(live)),
             reloading: Arc::new(tokio::sync::Mutex::new(())),
             edge: EdgePolicy::new(plan.tls.as_ref()),
+            tls_certs: plan.tls.as_ref().map(|t| t.certs.clone()),
             upstreams,
             trusted_proxies: plan.server.trusted_proxies.into(),
             limits,
@@ -198,6 +201,9 @@ impl BextProxy {
                 serde_json::json!({ "reloaded": false, "handoff": why }),
             ),
             crate::config::diff::Change::InPlace(changed) => {
+                if let (Some(slot), Some(tls)) = (&self.tls_certs, &plan.tls) {
+                    slot.store(tls.certs.load_full());
+                }
                 let next = current.next(plan, &self.telemetry);
                 self.live.store(Arc::new(next));
                 log::info!(

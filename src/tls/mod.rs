@@ -48,7 +48,9 @@ pub const H2_MAX_SEND_BUFFER: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct TlsPlan {
     pub listen: Vec<SocketAddr>,
-    pub certs: Arc<CertStore>,
+    /// Swappable: a reload in place stores the new certificates here, and
+    /// every listener's resolver (TCP and QUIC) reads the current ones.
+    pub certs: Arc<arc_swap::ArcSwap<CertStore>>,
     /// QUIC endpoint on the UDP side of every `listen` address.
     pub http3: bool,
     /// 301 or 308 when the plain listeners redirect to HTTPS.

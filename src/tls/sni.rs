@@ -113,13 +113,14 @@ impl CertStore {
     }
 }
 
-/// The rustls resolver over a shared [`CertStore`].
+/// The rustls resolver over the shared, swappable [`CertStore`] (new
+/// handshakes see certificates a reload in place stored).
 #[derive(Debug, Clone)]
-pub struct SniResolver(pub Arc<CertStore>);
+pub struct SniResolver(pub Arc<arc_swap::ArcSwap<CertStore>>);
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let cert = self.0.lookup(hello.server_name());
+        let cert = self.0.load().lookup(hello.server_name());
         if cert.is_none() {
             log::debug!(
                 "TLS handshake refused: no certificate for server name {:?}",

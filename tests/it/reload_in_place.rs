@@ -226,3 +226,69 @@ async fn a_route_change_is_applied_in_place_keeping_cache_tunnels_and_limits() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_swapped_in_place_for_tcp_and_quic() {
+    use crate::tls_support::{
+        free_tcp_udp_port, h3_connect_ready, h3_get, insecure_client_config, peer_leaf,
+        tls_connect, Certs,
+    };
+    let certs = Certs::new();
+    let old = certs.make("site", &["a.test"]);
+    let origin = StubOrigin::start("n0").await;
+    let port = free_tcp_udp_port();
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:{}\"]\nthreads = 2\n\
+         [tls]\nlisten = [\"127.0.0.1:{port}\"]\ncert = \"{}\"\nkey = \"{}\"\nhttp3 = true\n\
+         [upstreams.app]\nnodes = [\"{}\"]\n\
+         [[route_rules]]\npattern = \"/*\"\nproxy = \"app\"\ncache = false\n",
+        crate::common::free_port(),
+        old.cert_path.display(),
+        old.key_path.display(),
+        origin.addr()
+    );
+    let bext = Bext::start(&toml).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let leaf = |s: &_| peer_leaf(s);
+    let s = tls_connect(addr, "a.test", insecure_client_config())
+        .await
+        .unwrap();
+    assert_eq!(leaf(&s), old.der);
+    // A tunnel-like open connection across the swap keeps working.
+    let mut before = h3_connect_ready(addr, "a.test", &[&old]).await;
+
+    // Renew the files in place (same paths), then reload.
+    let new = certs.make("site", &["a.test"]);
+    assert_ne!(old.der, new.der);
+    let out = run_bext(&["reload", "-c", bext.config_path().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("in place") && stdout.contains("TLS certificates"),
+        "{stdout}"
+    );
+    let s = tls_connect(addr, "a.test", insecure_client_config())
+        .await
+        .unwrap();
+    assert_eq!(
+        leaf(&s),
+        new.der,
+        "new TCP handshakes get the renewed certificate"
+    );
+    // Trusting only the renewed certificate: the same process's QUIC endpoint.
+    let mut after = h3_connect_ready(addr, "a.test", &[&new]).await;
+    assert_eq!(
+        h3_get(&mut after.send, "https://a.test/after")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        h3_get(&mut before.send, "https://a.test/before")
+            .await
+            .status(),
+        200
+    );
+    let mut bext = bext;
+    assert!(bext.is_running());
+}
