@@ -292,3 +292,91 @@ async fn a_renewed_certificate_is_swapped_in_place_for_tcp_and_quic() {
     let mut bext = bext;
     assert!(bext.is_running());
 }
+
+/// For the closing note (numbers printed, nothing about them asserted
+/// beyond the test above): 10 in-place reloads under 32 keep-alive clients
+/// with 50 open tunnels, counting failed requests, closed tunnels and the
+/// cache hit ratio of the next 200 requests to a cached URL.
+/// `cargo test --test it -- --ignored --nocapture ten_in_place_reloads`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn ten_in_place_reloads_under_load() {
+    let origin = StubOrigin::start("n0").await;
+    let run = tempfile::tempdir().unwrap();
+    let port = crate::common::free_port();
+    let bext = Bext::start(&config(origin.addr(), port, run.path(), 1, RATE)).await;
+    let _guard = crate::support::KillPid(run.path().join("bext.pid"));
+    let base = format!("http://127.0.0.1:{port}");
+    let mut tunnels = vec![];
+    for _ in 0..50 {
+        let url = format!("ws://127.0.0.1:{port}/live/websocket");
+        tunnels.push(tokio_tungstenite::connect_async(url).await.unwrap().0);
+    }
+    let cached = format!("{base}/cached/page?set=Cache-Control:public,max-age%3D600");
+    let c = crate::common::client();
+    c.get(&cached).send().await.unwrap();
+    let (stop, failed, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut load = vec![];
+    for _ in 0..32 {
+        let (stop, failed, done, base) = (stop.clone(), failed.clone(), done.clone(), base.clone());
+        load.push(tokio::spawn(async move {
+            let c = reqwest::Client::new();
+            while !stop.load(Ordering::Relaxed) {
+                match c.get(format!("{base}/x")).send().await {
+                    Ok(r) if r.status() == 200 => done.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    let mut took = vec![];
+    for g in 2..12 {
+        std::fs::write(
+            bext.config_path(),
+            config(origin.addr(), port, run.path(), g, RATE),
+        )
+        .unwrap();
+        let t = std::time::Instant::now();
+        let out = run_bext(&["reload", "-c", bext.config_path().to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+        // Until the new header is served: the reload's time to live.
+        while c.get(format!("{base}/x")).send().await.unwrap().headers()["x-generation"]
+            != g.to_string().as_str()
+        {}
+        took.push(t.elapsed());
+    }
+    let mut hits = 0;
+    for _ in 0..200 {
+        let r = c.get(&cached).send().await.unwrap();
+        if r.headers()
+            .get("cache-status")
+            .is_some_and(|v| v.to_str().unwrap().contains("hit"))
+        {
+            hits += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let mut open = 0;
+    for ws in tunnels.iter_mut() {
+        if ws.send(Message::text("ping")).await.is_ok() {
+            if let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                open += 1;
+            }
+        }
+    }
+    took.sort();
+    println!(
+        "10 in-place reloads: command to new config served p50 {:?} max {:?}; requests ok {} failed {}; tunnels open {open}/50; cache hits after {hits}/200",
+        took[5],
+        took[9],
+        done.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+}
