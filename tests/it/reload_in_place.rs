@@ -199,6 +199,19 @@ async fn a_route_change_is_applied_in_place_keeping_cache_tunnels_and_limits() {
     let r = limited.get(format!("{base}/x")).send().await.unwrap();
     assert_eq!(r.status(), 429, "the limiter's state was kept");
 
+    // Only admin clients may ask for a reload.
+    let stranger = reqwest::Client::builder()
+        .local_address(IpAddr::from([127, 0, 0, 3]))
+        .build()
+        .unwrap();
+    let r = stranger
+        .post(format!("{base}/__bext/reload"))
+        .body(format!("{{\"config\": {:?}}}", bext.config_path()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
     // A [limits] change needs a new process: the handoff, said so.
     std::fs::write(
         bext.config_path(),
