@@ -88,7 +88,10 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
         crate::maintenance::MaintenanceWatch(Box::new(bext.maintenance())),
     );
     // Health probes run in their own service (started after the fork for -d).
-    let health = background_service("upstream health", HealthService::new(bext.upstreams()));
+    let health = background_service(
+        "upstream health",
+        HealthService::new(bext.upstreams(), bext.pools_generation()),
+    );
     let farewell = background_service(
         "tunnel farewell",
         ShutdownTunnels::new(bext.upstreams(), grace),

@@ -3,9 +3,11 @@
 //! node health kept) or needs a new process through the socket handoff.
 //!
 //! In place: `route_rules` (except their `rate` / `max_body`, which index
-//! the limiter's per-route state), `sites`, `waf`, `admin`, `compression`,
+//! the limiter's per-route state), `upstreams` (pools and nodes; a node kept
+//! by id and address keeps its health, tunnels and metrics), `sites`, `waf`,
+//! `admin`, `compression`,
 //! and `server.default_site` / `error_page` / `client_timeout`. Everything else — listeners, threads and process
-//! settings, `[upstreams]`, `[limits]`, `[cache]`, `[tls]` other than its
+//! settings, `[limits]`, `[cache]`, `[tls]` other than its
 //! certificates, `[telemetry]` — takes a handoff. Certificates (the files
 //! `[tls]` names, or their paths) are swapped in place: new handshakes get
 //! them, open connections keep theirs.
@@ -28,13 +30,13 @@ pub enum Change {
 }
 
 /// Sections only a new process can apply.
-const HANDOFF_SECTIONS: [&str; 4] = ["upstreams", "limits", "cache", "telemetry"];
+const HANDOFF_SECTIONS: [&str; 3] = ["limits", "cache", "telemetry"];
 /// `[tls]` keys that only name certificates: swapped in place (the
 /// listeners' resolver reads the current store); the rest of `[tls]`
 /// (listen addresses, HTTP/3, redirects) takes a handoff.
 const CERT_KEYS: [&str; 3] = ["cert", "key", "certificates"];
 /// Sections applied in place.
-const IN_PLACE_SECTIONS: [&str; 4] = ["sites", "waf", "admin", "compression"];
+const IN_PLACE_SECTIONS: [&str; 5] = ["upstreams", "sites", "waf", "admin", "compression"];
 /// `[server]` keys applied in place; every other one takes a handoff.
 const IN_PLACE_SERVER_KEYS: [&str; 3] = ["default_site", "error_page", "client_timeout"];
 
@@ -207,7 +209,12 @@ mod tests {
         }
         assert_eq!(compare(&old, &plan("", "")), Change::InPlace(vec![]));
         let up = plan("[upstreams.other]\nnodes = [\"127.0.0.1:4001\"]\n", "");
-        assert!(matches!(compare(&old, &up), Change::Handoff(r) if r.contains("[upstreams]")));
+        assert_eq!(
+            compare(&old, &up),
+            Change::InPlace(vec!["[upstreams]".into()])
+        );
+        let lim = plan("[limits]\nmax_body = \"1MiB\"\n", "");
+        assert!(matches!(compare(&old, &lim), Change::Handoff(r) if r.contains("[limits]")));
         let listen = plan("[server]\nlisten = [\"127.0.0.1:9999\"]\n", "");
         assert!(
             matches!(compare(&old, &listen), Change::Handoff(r) if r.contains("server.listen"))

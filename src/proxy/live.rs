@@ -29,6 +29,8 @@ pub struct Live {
     pub compression: EdgeCompression,
     pub maintenance: Arc<Maintenance>,
     pub labels: RouteLabels,
+    /// The pools this plan's routes point into (by index).
+    pub upstreams: Arc<crate::upstream::Upstreams>,
     /// The config this was compiled from, for the next reload's diff.
     pub snapshot: Snapshot,
 }
@@ -49,6 +51,7 @@ impl Live {
         &self,
         mut plan: crate::config::Plan,
         telemetry: &crate::telemetry::Telemetry,
+        upstreams: Arc<crate::upstream::Upstreams>,
     ) -> Live {
         if let Some(waf) = Arc::get_mut(&mut plan.waf) {
             waf.metrics = self.waf.metrics.clone();
@@ -70,6 +73,7 @@ impl Live {
             waf: plan.waf,
             compression: self.compression.with_plan(plan.compression),
             maintenance: Arc::new(maintenance),
+            upstreams,
         }
     }
 }

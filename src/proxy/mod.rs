@@ -62,6 +62,9 @@ use crate::tls::EdgePolicy;
 use crate::upstream::{self as upstream, Upstreams};
 use crate::waf;
 
+/// Tunnels to nodes a reload in place removed are closed over this window.
+const REMOVED_SPREAD: Duration = Duration::from_secs(5);
+
 /// `Clone` shares every piece of state (fields are `Arc`s or immutable
 /// values): the HTTP/3 sidecar runs a clone in its own `HttpProxy`, and both
 /// must see the same pools, counters and caches. Keep new fields that way.
@@ -71,7 +74,16 @@ pub struct BextProxy {
     live: Arc<ArcSwap<Live>>,
     /// One reload at a time.
     reloading: Arc<tokio::sync::Mutex<()>>,
-    upstreams: Arc<Upstreams>,
+    /// The current pools, for the services (health checks, the drain at
+    /// stop, the scrape, the admin API); requests use their plan's
+    /// (`Live::upstreams`), whose indices match its routes. A reload in
+    /// place stores both.
+    upstreams: Arc<ArcSwap<Upstreams>>,
+    /// Bumped by a reload in place that changed the pools (health checks follow).
+    pools_generation: Arc<tokio::sync::watch::Sender<u64>>,
+    registry: prometheus::Registry,
+    /// Pingora's per-request attempt bound, fixed at start (`ServerConf::max_retries`).
+    max_attempts: usize,
     trusted_proxies: Arc<[IpNet]>,
     limits: Arc<Limits>,
     cache: EdgeCache,
@@ -111,13 +123,14 @@ impl BextProxy {
         }
         let mut telemetry = Telemetry::new(&plan.telemetry, &registry);
         let labels = telemetry.route_labels(&patterns);
+        let upstreams = Arc::new(ArcSwap::new(upstreams));
         let (pools, store) = (upstreams.clone(), cache.store());
         let suppressed = Sub::new(&registry, "log").counter(
             "lines_suppressed_total",
             "Log lines not written because one place logged more than 10 a second",
         );
         telemetry.on_scrape(move || {
-            pools.refresh_metrics();
+            pools.load().refresh_metrics();
             store.refresh_metrics();
             let (now, seen) = (crate::logging::suppressed_total(), suppressed.get());
             if now > seen {
@@ -134,6 +147,7 @@ impl BextProxy {
             compression,
             maintenance: Arc::new(maintenance),
             labels,
+            upstreams: upstreams.load_full(),
         };
         BextProxy {
             live: Arc::new(ArcSwap::from_pointee(live)),
@@ -141,6 +155,9 @@ impl BextProxy {
             edge: EdgePolicy::new(plan.tls.as_ref()),
             tls_certs: plan.tls.as_ref().map(|t| t.certs.clone()),
             upstreams,
+            pools_generation: Arc::new(tokio::sync::watch::Sender::new(0)),
+            max_attempts: Upstreams::max_attempts(&plan.upstreams),
+            registry,
             trusted_proxies: plan.server.trusted_proxies.into(),
             limits,
             cache,
@@ -200,12 +217,32 @@ impl BextProxy {
                 409,
                 serde_json::json!({ "reloaded": false, "handoff": why }),
             ),
+            crate::config::diff::Change::InPlace(_)
+                if Upstreams::max_attempts(&plan.upstreams) > self.max_attempts =>
+            {
+                let why = "an upstream's retries exceed what this process allows per request";
+                (
+                    409,
+                    serde_json::json!({ "reloaded": false, "handoff": why }),
+                )
+            }
             crate::config::diff::Change::InPlace(changed) => {
                 if let (Some(slot), Some(tls)) = (&self.tls_certs, &plan.tls) {
                     slot.store(tls.certs.load_full());
                 }
-                let next = current.next(plan, &self.telemetry);
+                let (pools, gone) = self.upstreams.load().next(&plan.upstreams, &self.registry);
+                let pools = Arc::new(pools);
+                let next = current.next(plan, &self.telemetry, pools.clone());
                 self.live.store(Arc::new(next));
+                self.upstreams.store(pools);
+                self.pools_generation.send_modify(|g| *g += 1);
+                if !gone.is_empty() {
+                    // Tunnels to removed nodes end with 1001, spread like a drain.
+                    let sets: Vec<_> = gone.iter().map(|n| n.tunnels.clone()).collect();
+                    tokio::spawn(async move {
+                        crate::upstream::tunnels::close_all_of(&sets, REMOVED_SPREAD).await;
+                    });
+                }
                 log::info!(
                     "config reloaded in place ({})",
                     if changed.is_empty() {
@@ -228,8 +265,13 @@ impl BextProxy {
     }
 
     /// The pools, shared with the health-check service.
-    pub fn upstreams(&self) -> Arc<Upstreams> {
+    pub fn upstreams(&self) -> Arc<ArcSwap<Upstreams>> {
         self.upstreams.clone()
+    }
+
+    /// Changes when a reload in place replaces the pools.
+    pub fn pools_generation(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.pools_generation.subscribe()
     }
 
     /// The limits, shared with the listener ([`crate::limits::LimitedApp`]).
@@ -307,9 +349,9 @@ impl BextProxy {
                 let body = Bytes::from(self.telemetry.scrape());
                 respond::text(session, 200, crate::telemetry::CONTENT_TYPE, body, id).await
             }
-            Endpoint::Upstreams => upstream::admin::list(session, &self.upstreams, id).await,
+            Endpoint::Upstreams => upstream::admin::list(session, &self.upstreams.load(), id).await,
             Endpoint::UpstreamNode => {
-                upstream::admin::node_action(session, &self.upstreams, id).await
+                upstream::admin::node_action(session, &self.upstreams.load_full(), id).await
             }
             Endpoint::Limits => respond::json(session, 200, &self.limits.to_json(), id).await,
             Endpoint::CachePurge => self.cache.purge_request(session, id).await,
@@ -533,7 +575,8 @@ impl ProxyHttp for BextProxy {
             client_ip: ctx.exchange.client.ip,
             requirements: tunnel::peer_requirements(route, websocket),
         };
-        self.upstreams.peer(&mut ctx.upstream, request)
+        let live = self.live(ctx);
+        live.upstreams.peer(&mut ctx.upstream, request)
     }
 
     async fn connected_to_upstream(

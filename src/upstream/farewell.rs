@@ -14,12 +14,13 @@ use pingora::services::background::BackgroundService;
 use super::{tunnels, Upstreams};
 
 pub struct ShutdownTunnels {
-    upstreams: Arc<Upstreams>,
+    /// The current pools (a reload in place replaces them).
+    upstreams: Arc<arc_swap::ArcSwap<Upstreams>>,
     grace: Duration,
 }
 
 impl ShutdownTunnels {
-    pub fn new(upstreams: Arc<Upstreams>, grace: Duration) -> ShutdownTunnels {
+    pub fn new(upstreams: Arc<arc_swap::ArcSwap<Upstreams>>, grace: Duration) -> ShutdownTunnels {
         ShutdownTunnels { upstreams, grace }
     }
 }
@@ -40,7 +41,7 @@ impl BackgroundService for ShutdownTunnels {
         let _ = shutdown.changed().await;
         let (keep, spread) = windows(self.grace);
         tokio::time::sleep(keep).await;
-        let sets = self.upstreams.tunnel_sets();
+        let sets = self.upstreams.load().tunnel_sets();
         let closed = tunnels::close_all_of(&sets, spread).await;
         if closed > 0 {
             log::info!("shutdown: closed {closed} websocket tunnel(s) with 1001 over {spread:?}");

@@ -24,26 +24,46 @@ use crate::config::upstream::{HealthPlan, HealthProbe};
 const MAX_HEAD: usize = 1024;
 
 pub struct HealthService {
-    upstreams: Arc<Upstreams>,
+    upstreams: Arc<arc_swap::ArcSwap<Upstreams>>,
+    generation: tokio::sync::watch::Receiver<u64>,
 }
 
 impl HealthService {
-    pub fn new(upstreams: Arc<Upstreams>) -> HealthService {
-        HealthService { upstreams }
+    /// `generation` changes when a reload in place replaces the pools: the
+    /// probes then move to the new ones (node state lives in the nodes, so
+    /// nothing is lost by restarting the loops).
+    pub fn new(
+        upstreams: Arc<arc_swap::ArcSwap<Upstreams>>,
+        generation: tokio::sync::watch::Receiver<u64>,
+    ) -> HealthService {
+        HealthService {
+            upstreams,
+            generation,
+        }
     }
 }
 
 #[async_trait]
 impl BackgroundService for HealthService {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let tasks: Vec<_> = self
-            .upstreams
-            .pools()
-            .iter()
-            .map(|pool| tokio::spawn(check_pool(pool.clone(), shutdown.clone())))
-            .collect();
-        for t in tasks {
-            let _ = t.await;
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut generation = self.generation.clone();
+        loop {
+            let current = self.upstreams.load_full();
+            let tasks: Vec<_> = current
+                .pools()
+                .iter()
+                .map(|pool| tokio::spawn(check_pool(pool.clone(), shutdown.clone())))
+                .collect();
+            let stop = tokio::select! {
+                _ = shutdown.changed() => true,
+                changed = generation.changed() => changed.is_err(),
+            };
+            for t in &tasks {
+                t.abort();
+            }
+            if stop {
+                return;
+            }
         }
     }
 }

@@ -16,6 +16,8 @@ const TUNNEL_BUCKETS: &[f64] = &[
     1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
 ];
 
+/// `Clone` shares the series: a node kept across a reload in place keeps counting in them.
+#[derive(Clone)]
 pub struct NodeMetrics {
     pub requests: IntCounter,
     pub failures: IntCounter,
@@ -141,7 +143,22 @@ impl NodeMetrics {
     }
 
     pub fn register(&self, registry: &Registry) {
-        let all: Vec<Box<dyn Collector>> = vec![
+        for c in self.collectors() {
+            if let Err(e) = registry.register(c) {
+                log::error!("metrics: cannot register a node metric: {e}");
+            }
+        }
+    }
+
+    /// A node removed by a reload in place: its series leave the scrape.
+    pub fn unregister(&self, registry: &Registry) {
+        for c in self.collectors() {
+            let _ = registry.unregister(c);
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
             Box::new(self.requests.clone()),
             Box::new(self.failures.clone()),
             Box::new(self.connect_errors.clone()),
@@ -155,16 +172,12 @@ impl NodeMetrics {
             Box::new(self.channel_joins.clone()),
             Box::new(self.liveview_reconnects.clone()),
             Box::new(self.tunnel_duration.clone()),
-        ];
-        for c in all {
-            if let Err(e) = registry.register(c) {
-                log::error!("metrics: cannot register a node metric: {e}");
-            }
-        }
+        ]
     }
 }
 
 /// Per pool: retries.
+#[derive(Clone)]
 pub struct PoolMetrics {
     pub retries: IntCounter,
 }

@@ -51,6 +51,56 @@ impl Upstreams {
         }
     }
 
+    /// The pools of the next plan of a reload in place, registering the
+    /// metrics of what is new and unregistering those of the nodes that are
+    /// gone (returned, so their tunnels can be closed).
+    pub fn next(
+        &self,
+        plans: &[UpstreamPlan],
+        registry: &prometheus::Registry,
+    ) -> (Upstreams, Vec<Arc<Node>>) {
+        let mut gone = vec![];
+        let mut fresh: Vec<Arc<Node>> = vec![];
+        let pools: Vec<Arc<Pool>> = plans
+            .iter()
+            .map(|plan| match self.by_name(&plan.name) {
+                Some(old) => {
+                    let (pool, removed) = Pool::next(plan, old);
+                    fresh.extend(
+                        pool.nodes()
+                            .iter()
+                            .filter(|n| {
+                                !old.nodes().iter().any(|o| o.id == n.id && o.addr == n.addr)
+                            })
+                            .cloned(),
+                    );
+                    gone.extend(removed);
+                    Arc::new(pool)
+                }
+                None => {
+                    let pool = Pool::new(plan);
+                    pool.metrics.register(registry);
+                    fresh.extend(pool.nodes().iter().cloned());
+                    Arc::new(pool)
+                }
+            })
+            .collect();
+        for old in &self.pools {
+            if !plans.iter().any(|p| p.name == old.name) {
+                gone.extend(old.nodes().iter().cloned());
+            }
+        }
+        // Gone first: a node that kept its id at a new address gets the
+        // same series names.
+        for n in &gone {
+            n.metrics.unregister(registry);
+        }
+        for n in &fresh {
+            n.metrics.register(registry);
+        }
+        (Upstreams { pools }, gone)
+    }
+
     pub fn pools(&self) -> &[Arc<Pool>] {
         &self.pools
     }

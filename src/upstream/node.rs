@@ -95,6 +95,30 @@ impl Node {
         }
     }
 
+    /// The same node (id and address) in the next plan of a reload in place:
+    /// built from the new settings (position, weight, timeouts), keeping what
+    /// the running process learned — health and its streaks, the last error,
+    /// a run-time drain (unless the config now drains it), its open tunnels
+    /// and its metric series. Requests in flight finish on the old object.
+    pub fn next(index: usize, plan: &NodePlan, pool: &UpstreamPlan, old: &Node) -> Node {
+        let n = Node::new(index, plan, pool);
+        n.healthy.store(old.is_healthy(), Ordering::Relaxed);
+        n.drained
+            .store(plan.drained || old.is_drained(), Ordering::Relaxed);
+        n.ok_streak
+            .store(old.ok_streak.load(Ordering::Relaxed), Ordering::Relaxed);
+        n.fail_streak
+            .store(old.fail_streak.load(Ordering::Relaxed), Ordering::Relaxed);
+        if let (Ok(mut mine), Ok(theirs)) = (n.last_error.lock(), old.last_error.lock()) {
+            *mine = theirs.clone();
+        }
+        Node {
+            tunnels: old.tunnels.clone(),
+            metrics: old.metrics.clone(),
+            ..n
+        }
+    }
+
     /// The peer to connect to for one request, with the route's requirements applied.
     pub fn peer(&self, req: PeerRequirements) -> Box<HttpPeer> {
         let mut peer = Box::new(self.peer.clone());

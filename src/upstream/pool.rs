@@ -107,6 +107,33 @@ impl Pool {
         }
     }
 
+    /// This pool in the next plan of a reload in place: nodes matched by id
+    /// and address carry their state over ([`Node::next`]); the pool's retry
+    /// counter is kept. Returns the pool and the nodes that are gone.
+    pub fn next(plan: &UpstreamPlan, old: &Pool) -> (Pool, Vec<Arc<Node>>) {
+        let mut pool = Pool::new(plan);
+        pool.metrics = old.metrics.clone();
+        pool.nodes = plan
+            .nodes
+            .iter()
+            .enumerate()
+            .map(
+                |(i, n)| match old.nodes.iter().find(|o| o.id == n.id && o.addr == n.addr) {
+                    Some(o) => Arc::new(Node::next(i, n, plan, o)),
+                    None => Arc::new(Node::new(i, n, plan)),
+                },
+            )
+            .collect();
+        pool.balancer = Balancer::new(plan.policy.balance.clone(), &pool.nodes);
+        let gone = old
+            .nodes
+            .iter()
+            .filter(|o| !pool.nodes.iter().any(|n| n.id == o.id && n.addr == o.addr))
+            .cloned()
+            .collect();
+        (pool, gone)
+    }
+
     pub fn nodes(&self) -> &[Arc<Node>] {
         &self.nodes
     }

@@ -393,3 +393,107 @@ async fn ten_in_place_reloads_under_load() {
         failed.load(Ordering::Relaxed)
     );
 }
+
+fn pool_config(port: u16, run: &Path, nodes: &[&crate::upstream_support::TestNode]) -> String {
+    let list: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{{ addr = \"{}\", id = \"{}\" }}", n.addr, n.id()))
+        .collect();
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:{port}"]
+threads = 2
+pid_file = "{run}/bext.pid"
+upgrade_sock = "{run}/upgrade.sock"
+
+[upstreams.app]
+nodes = [{}]
+{}
+
+[[route_rules]]
+pattern = "/live/*"
+proxy = "app"
+websocket = true
+
+[[route_rules]]
+pattern = "/*"
+proxy = "app"
+cache = false
+"#,
+        list.join(", "),
+        crate::upstream_support::FAST_HEALTH,
+        run = run.display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_added_and_removed_in_place() {
+    use crate::upstream_support::TestNode;
+    let (a, b) = (TestNode::start("a").await, TestNode::start("b").await);
+    let run = tempfile::tempdir().unwrap();
+    let port = crate::common::free_port();
+    let bext = Bext::start(&pool_config(port, run.path(), &[&a])).await;
+    let _guard = crate::support::KillPid(run.path().join("bext.pid"));
+    let base = format!("http://127.0.0.1:{port}");
+    let c = crate::common::client();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/live/ws"))
+        .await
+        .unwrap();
+    assert_eq!(a.ws_open(), 1);
+    let reload = || {
+        let out = run_bext(&["reload", "-c", bext.config_path().to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && stdout.contains("in place") && stdout.contains("[upstreams]"),
+            "{out:?}"
+        );
+    };
+
+    // Add b: new requests reach it, the tunnel to a stays open.
+    std::fs::write(bext.config_path(), pool_config(port, run.path(), &[&a, &b])).unwrap();
+    reload();
+    for _ in 0..20 {
+        assert_eq!(
+            c.get(format!("{base}/x")).send().await.unwrap().status(),
+            200
+        );
+    }
+    assert!(b.hits() > 0, "the new node gets traffic");
+    ws.send(Message::text("still")).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap();
+    assert!(matches!(echo, Some(Ok(Message::Text(_)))), "{echo:?}");
+    let ups = crate::support::get_json(&c, &format!("{base}/__bext/upstreams")).await;
+    assert!(ups.to_string().contains("\"b\""), "{ups}");
+
+    // Remove a: its tunnel ends with 1001, everything goes to b.
+    std::fs::write(bext.config_path(), pool_config(port, run.path(), &[&b])).unwrap();
+    reload();
+    let close = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => break f,
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the removed node's tunnel was closed");
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
+    let before = a.hits();
+    for _ in 0..20 {
+        assert_eq!(
+            c.get(format!("{base}/x")).send().await.unwrap().status(),
+            200
+        );
+    }
+    assert_eq!(a.hits(), before, "the removed node gets nothing");
+    let pid: u32 = std::fs::read_to_string(run.path().join("bext.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pid, bext.pid(), "same process");
+}
