@@ -2,12 +2,12 @@
 //! it in place (a new plan swapped in: cache, tunnels, rate-limit state and
 //! node health kept) or needs a new process through the socket handoff.
 //!
-//! In place: `route_rules` (except their `rate` / `max_body`, which index
-//! the limiter's per-route state), `upstreams` (pools and nodes; a node kept
-//! by id and address keeps its health, tunnels and metrics), `sites`, `waf`,
-//! `admin`, `compression`,
+//! In place: `route_rules`, `upstreams` (pools and nodes; a node kept by id
+//! and address keeps its health, tunnels and metrics), `limits` (rate
+//! sketches kept where the spec is unchanged), `sites`, `waf`, `admin`,
+//! `compression`,
 //! and `server.default_site` / `error_page` / `client_timeout`. Everything else — listeners, threads and process
-//! settings, `[limits]`, `[cache]`, `[tls]` other than its
+//! settings, `[cache]`, `[tls]` other than its
 //! certificates, `[telemetry]` — takes a handoff. Certificates (the files
 //! `[tls]` names, or their paths) are swapped in place: new handshakes get
 //! them, open connections keep theirs.
@@ -30,13 +30,20 @@ pub enum Change {
 }
 
 /// Sections only a new process can apply.
-const HANDOFF_SECTIONS: [&str; 3] = ["limits", "cache", "telemetry"];
+const HANDOFF_SECTIONS: [&str; 2] = ["cache", "telemetry"];
 /// `[tls]` keys that only name certificates: swapped in place (the
 /// listeners' resolver reads the current store); the rest of `[tls]`
 /// (listen addresses, HTTP/3, redirects) takes a handoff.
 const CERT_KEYS: [&str; 3] = ["cert", "key", "certificates"];
 /// Sections applied in place.
-const IN_PLACE_SECTIONS: [&str; 5] = ["upstreams", "sites", "waf", "admin", "compression"];
+const IN_PLACE_SECTIONS: [&str; 6] = [
+    "upstreams",
+    "limits",
+    "sites",
+    "waf",
+    "admin",
+    "compression",
+];
 /// `[server]` keys applied in place; every other one takes a handoff.
 const IN_PLACE_SERVER_KEYS: [&str; 3] = ["default_site", "error_page", "client_timeout"];
 
@@ -110,11 +117,6 @@ pub fn compare(old: &Snapshot, new: &Snapshot) -> Change {
         }
     }
     let (ra, rb) = (routes(a), routes(b));
-    if route_limits(&ra) != route_limits(&rb) {
-        return Change::Handoff(
-            "a route's rate or max_body changed, or moved to another position".into(),
-        );
-    }
     if ra != rb {
         changed.push(if ra.len() == rb.len() {
             format!("route_rules ({} rules)", rb.len())
@@ -135,19 +137,6 @@ fn routes(t: &Table) -> Vec<Value> {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default()
-}
-
-/// `(index, rate, max_body)` of the routes that set either.
-fn route_limits(routes: &[Value]) -> Vec<(usize, Option<Value>, Option<Value>)> {
-    routes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| {
-            let rate = r.get("rate").cloned();
-            let max = r.get("max_body").cloned();
-            (rate.is_some() || max.is_some()).then_some((i, rate, max))
-        })
-        .collect()
 }
 
 /// A digest of the files `[tls]` names (`cert`, `key`, at any depth),
@@ -214,7 +203,12 @@ mod tests {
             Change::InPlace(vec!["[upstreams]".into()])
         );
         let lim = plan("[limits]\nmax_body = \"1MiB\"\n", "");
-        assert!(matches!(compare(&old, &lim), Change::Handoff(r) if r.contains("[limits]")));
+        assert_eq!(
+            compare(&old, &lim),
+            Change::InPlace(vec!["[limits]".into()])
+        );
+        let cache = plan("[cache]\nmax_size = \"100MiB\"\n", "");
+        assert!(matches!(compare(&old, &cache), Change::Handoff(r) if r.contains("[cache]")));
         let listen = plan("[server]\nlisten = [\"127.0.0.1:9999\"]\n", "");
         assert!(
             matches!(compare(&old, &listen), Change::Handoff(r) if r.contains("server.listen"))
@@ -224,21 +218,5 @@ mod tests {
             compare(&old, &page),
             Change::InPlace(vec!["server.client_timeout".into()])
         );
-    }
-
-    #[test]
-    fn a_rate_moving_to_another_route_index_takes_a_handoff() {
-        let rated = "[[route_rules]]\npattern = \"/login\"\nproxy = \"app\"\nrate = { requests = 5, per = \"1m\" }\n";
-        let old = plan("", rated);
-        let before = format!("[[route_rules]]\npattern = \"/new\"\nproxy = \"app\"\n{rated}");
-        assert!(matches!(
-            compare(&old, &plan("", &before)),
-            Change::Handoff(_)
-        ));
-        let after = format!("{rated}[[route_rules]]\npattern = \"/new\"\nproxy = \"app\"\n");
-        assert!(matches!(
-            compare(&old, &plan("", &after)),
-            Change::InPlace(_)
-        ));
     }
 }

@@ -28,9 +28,11 @@ pub enum Refusal {
 
 pub struct ConnLimiter {
     total: Arc<AtomicUsize>,
-    max_total: usize,
+    /// Caps are atomics: a reload in place changes them without losing the
+    /// tallies of what is open.
+    max_total: AtomicUsize,
     per_ip: Inflight,
-    max_per_ip: usize,
+    max_per_ip: AtomicUsize,
 }
 
 /// Held for the life of a connection (or a websocket tunnel).
@@ -58,10 +60,16 @@ impl ConnLimiter {
     pub fn new(max_total: usize, max_per_ip: usize) -> ConnLimiter {
         ConnLimiter {
             total: Arc::new(AtomicUsize::new(0)),
-            max_total,
+            max_total: AtomicUsize::new(max_total),
             per_ip: Inflight::new(),
-            max_per_ip,
+            max_per_ip: AtomicUsize::new(max_per_ip),
         }
+    }
+
+    /// New caps (a reload in place); open slots keep counting.
+    pub fn set_caps(&self, max_total: usize, max_per_ip: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
     }
 
     /// Connections (or tunnels) currently held.
@@ -77,13 +85,17 @@ impl ConnLimiter {
             total: Some(self.total.clone()),
             _per_ip: None,
         };
-        if self.max_total > 0 && now > self.max_total {
+        let (max_total, max_per_ip) = (
+            self.max_total.load(Ordering::Relaxed),
+            self.max_per_ip.load(Ordering::Relaxed),
+        );
+        if max_total > 0 && now > max_total {
             return Err(Refusal::Total);
         }
-        if let (Some(key), false, true) = (key, exempt, self.max_per_ip > 0) {
+        if let (Some(key), false, true) = (key, exempt, max_per_ip > 0) {
             let (guard, count) = self.per_ip.incr(key.raw(), 1);
             permit._per_ip = Some(guard);
-            if usize::try_from(count).unwrap_or(usize::MAX) > self.max_per_ip {
+            if usize::try_from(count).unwrap_or(usize::MAX) > max_per_ip {
                 return Err(Refusal::PerIp);
             }
         }

@@ -24,6 +24,7 @@ mod stream;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -179,20 +180,67 @@ impl LimitsCtx {
 
 /// The runtime side of the limits, shared by the listener and the proxy.
 pub struct Limits {
-    plan: LimitsPlan,
+    /// What a reload in place replaces (the counters and open-connection
+    /// tallies below stay).
+    live: arc_swap::ArcSwap<LimitsLive>,
     trusted: Vec<IpNet>,
-    head: HeadLimits,
-    rate: Option<RateLimiter>,
-    route_rates: Vec<Option<RateLimiter>>,
     conns: ConnLimiter,
     websockets: ConnLimiter,
     pub metrics: LimitMetrics,
     last_log_sec: AtomicU64,
 }
 
+/// The settings side of the limits and the rate sketches that go with them.
+pub(crate) struct LimitsLive {
+    pub(crate) plan: LimitsPlan,
+    head: HeadLimits,
+    rate: Option<Arc<RateLimiter>>,
+    route_rates: Vec<Option<Arc<RateLimiter>>>,
+}
+
+impl LimitsLive {
+    /// `old`'s sketches are kept where the spec is the same (the global rate;
+    /// a route's rate at the same position), so a client over its limit
+    /// stays over it across a reload.
+    fn new(plan: LimitsPlan, old: Option<&LimitsLive>) -> LimitsLive {
+        let keep = |spec: Option<RateSpec>,
+                    old: Option<(Option<RateSpec>, &Option<Arc<RateLimiter>>)>| {
+            let spec = spec?;
+            match old {
+                Some((Some(o), Some(l))) if o == spec => Some(l.clone()),
+                _ => Some(Arc::new(RateLimiter::new(spec))),
+            }
+        };
+        let rate = keep(plan.rate, old.map(|o| (o.plan.rate, &o.rate)));
+        let route_rates = plan
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let prev =
+                    old.and_then(|o| Some((o.plan.routes.get(i)?.rate, o.route_rates.get(i)?)));
+                keep(r.rate, prev)
+            })
+            .collect();
+        LimitsLive {
+            head: HeadLimits {
+                max_request_target: usize_of(plan.max_request_target),
+                max_header_line: usize_of(plan.max_header_line),
+                max_headers_size: usize_of(plan.max_headers_size),
+                max_headers: plan.max_headers,
+            },
+            rate,
+            route_rates,
+            plan,
+        }
+    }
+}
+
 impl std::fmt::Debug for Limits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Limits").field("plan", &self.plan).finish()
+        f.debug_struct("Limits")
+            .field("plan", &self.live.load().plan)
+            .finish()
     }
 }
 
@@ -207,18 +255,6 @@ impl Limits {
         registry: &prometheus::Registry,
     ) -> Limits {
         Limits {
-            head: HeadLimits {
-                max_request_target: usize_of(plan.max_request_target),
-                max_header_line: usize_of(plan.max_header_line),
-                max_headers_size: usize_of(plan.max_headers_size),
-                max_headers: plan.max_headers,
-            },
-            rate: plan.rate.map(RateLimiter::new),
-            route_rates: plan
-                .routes
-                .iter()
-                .map(|r| r.rate.map(RateLimiter::new))
-                .collect(),
             conns: ConnLimiter::new(plan.max_connections, plan.max_connections_per_ip),
             websockets: ConnLimiter::new(0, plan.max_websockets_per_ip),
             metrics: LimitMetrics::new(
@@ -227,8 +263,23 @@ impl Limits {
             ),
             last_log_sec: AtomicU64::new(0),
             trusted: trusted_proxies,
-            plan,
+            live: arc_swap::ArcSwap::from_pointee(LimitsLive::new(plan, None)),
         }
+    }
+
+    /// A reload in place: new settings, the same counters, connection
+    /// tallies and (where the spec is unchanged) rate sketches.
+    pub fn update(&self, plan: LimitsPlan) {
+        self.conns
+            .set_caps(plan.max_connections, plan.max_connections_per_ip);
+        self.websockets.set_caps(0, plan.max_websockets_per_ip);
+        let next = LimitsLive::new(plan, Some(&self.live.load()));
+        self.live.store(Arc::new(next));
+    }
+
+    /// The current settings (the connection layer's deadlines).
+    pub(crate) fn settings(&self) -> arc_swap::Guard<Arc<LimitsLive>> {
+        self.live.load()
     }
 
     /// Rejections so far, per reason (the `bext_limits_rejected_total` metric).
@@ -271,8 +322,8 @@ impl Limits {
         self.record(reason, ctx.client, status);
     }
 
-    fn exempt(&self, ip: IpAddr) -> bool {
-        listed(ip, &self.plan.allow)
+    fn exempt(&self, plan: &LimitsPlan, ip: IpAddr) -> bool {
+        listed(ip, &plan.allow)
     }
 
     /// Called for every accepted connection, before anything is read.
@@ -281,8 +332,10 @@ impl Limits {
         peer: Option<IpAddr>,
         listener: Listener,
     ) -> Result<Permit, ()> {
-        let exempt = peer.is_none_or(|ip| self.exempt(ip) || listed(ip, &self.trusted));
-        let key = peer.map(|ip| ClientKey::new(ip, self.plan.ipv6_prefix));
+        let live = self.live.load();
+        let plan = &live.plan;
+        let exempt = peer.is_none_or(|ip| self.exempt(plan, ip) || listed(ip, &self.trusted));
+        let key = peer.map(|ip| ClientKey::new(ip, plan.ipv6_prefix));
         self.conns.acquire(key, exempt).map_err(|_| {
             self.metrics.connection_refused(listener);
             self.record(Reason::Connections, peer, 503);
@@ -294,21 +347,21 @@ impl Limits {
     /// refusals that do not depend on the route.
     pub fn early(&self, session: &mut Session, client: Option<IpAddr>, ctx: &mut LimitsCtx) {
         stream::headers_complete(session.stream());
-        if let Some(rate) = self.plan.min_send_rate {
+        let live = self.live.load();
+        let plan = &live.plan;
+        if let Some(rate) = plan.min_send_rate {
             session.set_min_send_rate(Some(usize_of(rate)));
         }
         ctx.client = client;
-        ctx.key = ctx
-            .client
-            .map(|ip| ClientKey::new(ip, self.plan.ipv6_prefix));
-        ctx.exempt = ctx.client.is_some_and(|ip| self.exempt(ip));
-        ctx.body_limit = self.plan.max_body;
+        ctx.key = ctx.client.map(|ip| ClientKey::new(ip, plan.ipv6_prefix));
+        ctx.exempt = ctx.client.is_some_and(|ip| self.exempt(plan, ip));
+        ctx.body_limit = plan.max_body;
         let raw = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
         let req = session.req_header();
         let refusal = if let Some(why) = hygiene::check(req, raw.as_ref()) {
             log::debug!("limits: refused framing: {why}");
             Some((Reason::Framing, 400, None))
-        } else if let Some(o) = sizes::check_head(req, &self.head) {
+        } else if let Some(o) = sizes::check_head(req, &live.head) {
             log::debug!("limits: refused head: {}", o.what);
             let reason = if o.status == 414 {
                 Reason::Target
@@ -317,7 +370,7 @@ impl Limits {
             };
             Some((reason, o.status, None))
         } else {
-            self.check_rate(self.rate.as_ref(), ctx)
+            self.check_rate(live.rate.as_deref(), ctx)
                 .map(|retry| (Reason::Rate, 429, Some(retry)))
         };
         if let Some((reason, status, retry_after)) = refusal {
@@ -366,11 +419,12 @@ impl Limits {
         ctx: &mut LimitsCtx,
         request_id: Option<&http::HeaderValue>,
     ) -> Result<bool> {
-        let route = self.plan.routes.get(route_index);
+        let live = self.live.load();
+        let route = live.plan.routes.get(route_index);
         if let Some(max) = route.and_then(|r| r.max_body) {
             ctx.body_limit = max;
         }
-        let limiter = self.route_rates.get(route_index).and_then(Option::as_ref);
+        let limiter = live.route_rates.get(route_index).and_then(Option::as_deref);
         if let Some(retry) = self.check_rate(limiter, ctx) {
             self.refuse(Reason::RouteRate, ctx, 429);
             return respond::refusal(session, 429, Some(retry), request_id)
@@ -425,15 +479,17 @@ impl Limits {
                 "request body larger than max_body",
             );
         }
-        if end_of_stream || self.plan.min_body_rate == 0 {
+        let live = self.live.load();
+        let plan = &live.plan;
+        if end_of_stream || plan.min_body_rate == 0 {
             return Ok(());
         }
         let Some(started) = ctx.body_started else {
             return Ok(());
         };
         let elapsed = started.elapsed();
-        if let Some(measured) = elapsed.checked_sub(self.plan.body_rate_grace) {
-            let floor = self.plan.min_body_rate as f64 * measured.as_secs_f64();
+        if let Some(measured) = elapsed.checked_sub(plan.body_rate_grace) {
+            let floor = plan.min_body_rate as f64 * measured.as_secs_f64();
             if (ctx.body_seen as f64) < floor {
                 self.refuse(Reason::SlowBody, ctx, 408);
                 return Error::e_explain(
@@ -452,11 +508,12 @@ impl Limits {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.into()))
             .collect();
+        let live = self.live.load();
         serde_json::json!({
             "rejected": rejected,
             "open_connections": self.open_connections(),
             "sketch_bytes": RateLimiter::memory_bytes()
-                * (usize::from(self.rate.is_some()) + self.route_rates.iter().flatten().count()),
+                * (usize::from(live.rate.is_some()) + live.route_rates.iter().flatten().count()),
         })
     }
 }

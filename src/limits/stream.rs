@@ -406,7 +406,8 @@ where
             let _permit = permit;
             return self.inner.process_new(stream, shutdown).await;
         }
-        let plan = &self.limits.plan;
+        let settings = self.limits.settings();
+        let plan = &settings.plan;
         let head_budget = usize::try_from(plan.max_request_target + plan.max_headers_size)
             .unwrap_or(usize::MAX)
             .saturating_add(4096);

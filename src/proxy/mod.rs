@@ -230,6 +230,7 @@ impl BextProxy {
                 if let (Some(slot), Some(tls)) = (&self.tls_certs, &plan.tls) {
                     slot.store(tls.certs.load_full());
                 }
+                self.limits.update(plan.limits.clone());
                 let (pools, gone) = self.upstreams.load().next(&plan.upstreams, &self.registry);
                 let pools = Arc::new(pools);
                 let next = current.next(plan, &self.telemetry, pools.clone());

@@ -212,7 +212,8 @@ async fn a_route_change_is_applied_in_place_keeping_cache_tunnels_and_limits() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
-    // A [limits] change needs a new process: the handoff, said so.
+    // A [limits] change is applied in place too: a higher rate is a new
+    // sketch, and the client is no longer limited.
     std::fs::write(
         bext.config_path(),
         config(
@@ -220,10 +221,23 @@ async fn a_route_change_is_applied_in_place_keeping_cache_tunnels_and_limits() {
             port,
             run.path(),
             3,
-            "rate = { requests = 500, per = \"1m\", burst = 500 }",
+            "rate = { requests = 500, per = \"1m\", burst = 500 }\nallow = [\"127.0.0.1/32\"]",
         ),
     )
     .unwrap();
+    let out = run_bext(&["reload", "-c", bext.config_path().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("in place") && stdout.contains("[limits]"),
+        "{stdout}"
+    );
+    let r = limited.get(format!("{base}/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A [cache] change needs a new process: the handoff, said so.
+    let cached_conf =
+        config(origin.addr(), port, run.path(), 3, RATE) + "\n[cache]\nmax_size = \"64MiB\"\n";
+    std::fs::write(bext.config_path(), cached_conf).unwrap();
     let log = run.path().join("reload.log");
     let out = run_bext(&[
         "reload",
@@ -235,7 +249,7 @@ async fn a_route_change_is_applied_in_place_keeping_cache_tunnels_and_limits() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        stdout.contains("took over") && stdout.contains("[limits] changed"),
+        stdout.contains("took over") && stdout.contains("[cache] changed"),
         "{stdout}"
     );
 }
