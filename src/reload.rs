@@ -60,7 +60,9 @@ pub enum Reloaded {
 /// The running process's answer to `POST /__bext/reload`.
 enum InPlace {
     Done(Vec<String>),
-    Handoff(String),
+    /// Why, and the running process's `bext_reloads_total` (in-place
+    /// reloads included) for the new one to continue from.
+    Handoff(String, Option<u64>),
 }
 
 pub fn reload(opts: &ReloadOptions) -> Result<Reloaded, ReloadError> {
@@ -76,6 +78,7 @@ pub fn reload(opts: &ReloadOptions) -> Result<Reloaded, ReloadError> {
         )));
     }
     let mut because = None;
+    let mut reloads = reloads_of(old_pid);
     if !opts.upgrade {
         match ask_in_place(&plan, &opts.config) {
             Ok(InPlace::Done(changed)) => {
@@ -85,7 +88,10 @@ pub fn reload(opts: &ReloadOptions) -> Result<Reloaded, ReloadError> {
                     took: started.elapsed(),
                 })
             }
-            Ok(InPlace::Handoff(why)) => because = Some(why),
+            Ok(InPlace::Handoff(why, count)) => {
+                because = Some(why);
+                reloads = count.unwrap_or(reloads);
+            }
             Err(why) => {
                 because = Some(format!(
                     "the running bext did not take an in-place reload ({why})"
@@ -97,7 +103,7 @@ pub fn reload(opts: &ReloadOptions) -> Result<Reloaded, ReloadError> {
         .log
         .clone()
         .or_else(|| plan.server.error_log.clone().map(PathBuf::from));
-    let reloads = reloads_of(old_pid) + 1;
+    let reloads = reloads + 1;
     let output = match log {
         Some(path) => Output::File(path),
         None => Output::Inherit(old_pid),
@@ -174,6 +180,7 @@ fn ask_in_place(plan: &config::Plan, config: &Path) -> Result<InPlace, String> {
                 .as_str()
                 .unwrap_or("a new process is needed")
                 .to_owned(),
+            json["reloads"].as_u64(),
         )),
         422 => Err(format!("it found the config invalid: {}", json["errors"])),
         s => Err(format!("HTTP {s} from {addr}/__bext/reload")),

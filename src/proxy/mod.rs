@@ -215,15 +215,16 @@ impl BextProxy {
         match crate::config::diff::compare(&current.snapshot, &Snapshot::of(&plan)) {
             crate::config::diff::Change::Handoff(why) => (
                 409,
-                serde_json::json!({ "reloaded": false, "handoff": why }),
+                serde_json::json!({ "reloaded": false, "handoff": why, "reloads": self.telemetry.reloads_total() }),
             ),
             crate::config::diff::Change::InPlace(_)
                 if Upstreams::max_attempts(&plan.upstreams) > self.max_attempts =>
             {
                 let why = "an upstream's retries exceed what this process allows per request";
+                let n = self.telemetry.reloads_total();
                 (
                     409,
-                    serde_json::json!({ "reloaded": false, "handoff": why }),
+                    serde_json::json!({ "reloaded": false, "handoff": why, "reloads": n }),
                 )
             }
             crate::config::diff::Change::InPlace(changed) => {
@@ -237,6 +238,7 @@ impl BextProxy {
                 self.live.store(Arc::new(next));
                 self.upstreams.store(pools);
                 self.pools_generation.send_modify(|g| *g += 1);
+                self.telemetry.reloaded();
                 if !gone.is_empty() {
                     // Tunnels to removed nodes end with 1001, spread like a drain.
                     let sets: Vec<_> = gone.iter().map(|n| n.tunnels.clone()).collect();

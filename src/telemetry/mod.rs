@@ -51,6 +51,8 @@ pub struct Telemetry {
     /// One scrape at a time (the refresh steps write gauges).
     scraping: Mutex<()>,
     refreshers: Vec<Box<dyn Fn() + Send + Sync>>,
+    /// `bext_reloads_total`.
+    reloads: IntCounter,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -87,6 +89,7 @@ impl Telemetry {
         let otel = Sub::new(registry, "otel");
         let log = Sub::new(registry, "access_log");
         Telemetry {
+            reloads,
             registry: registry.clone(),
             http: http::HttpMetrics::new(&sub),
             access_log: plan.access_log.clone().map(|c| Arc::new(AccessLog::new(c))),
@@ -159,6 +162,17 @@ impl Telemetry {
     }
 
     /// `logging`: hands the finished record to every sink.
+    /// A reload applied in place (handoffs are counted by the new process,
+    /// from [`RELOADS_ENV`]).
+    pub fn reloaded(&self) {
+        self.reloads.inc();
+    }
+
+    /// `bext_reloads_total` now: a handoff's new process continues from it.
+    pub fn reloads_total(&self) -> u64 {
+        self.reloads.get()
+    }
+
     /// The labels of a route table (`patterns` in `route_rules` order).
     pub fn route_labels(&self, patterns: &[String]) -> RouteLabels {
         self.http.route_labels(patterns)
