@@ -1,0 +1,211 @@
+//! Where a node is in the purge stream, and whether it can still prove it
+//! has seen every purge: pure logic over what `XINFO STREAM` reports, so
+//! the rules are tested without a Redis.
+//!
+//! A node missed purges when an entry newer than the last one it applied
+//! was deleted (`max-deleted-entry-id` — trimming by `MAXLEN ~` removes the
+//! oldest first, so this is "the stream was trimmed past us"), when the
+//! stream it was reading is gone (Redis restarted empty, key deleted), or
+//! when the stream was recreated (`entries-added` went down). Servers
+//! without `max-deleted-entry-id` (Redis < 7) fall back to the first
+//! entry: older than our last id or we may have missed something.
+
+use std::fmt;
+
+/// A stream entry id, `ms-seq`, ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub(crate) struct EntryId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl EntryId {
+    pub const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
+
+    pub fn parse(s: &str) -> Option<EntryId> {
+        let (ms, seq) = s.split_once('-')?;
+        Some(EntryId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// What `XINFO STREAM` told (the fields bext uses).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct StreamInfo {
+    pub last_generated: EntryId,
+    /// Redis ≥ 7.0.
+    pub max_deleted: Option<EntryId>,
+    /// Redis ≥ 7.0.
+    pub entries_added: Option<u64>,
+    pub first_entry: Option<EntryId>,
+}
+
+/// Why a node empties its cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gap {
+    Trimmed,
+    Gone,
+    Recreated,
+}
+
+impl Gap {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gap::Trimmed => "the purge stream was trimmed past this node's last applied entry",
+            Gap::Gone => "the purge stream is gone (Redis restarted empty, or the key was deleted)",
+            Gap::Recreated => "the purge stream was recreated",
+        }
+    }
+}
+
+/// This node's position: kept in memory only (a restarted node starts
+/// with an empty cache, so it has nothing to prove).
+#[derive(Debug, Clone)]
+pub(crate) struct Cursor {
+    /// The last entry applied (or skipped): XREAD continues after it.
+    pub last: EntryId,
+    /// Whether `last` refers to a stream this node has seen (a missing
+    /// stream then means purges may have been lost).
+    seen: bool,
+    entries_added: u64,
+    /// Deletions already accounted for (so one trim resets once).
+    max_deleted: EntryId,
+}
+
+impl Cursor {
+    /// Starts at `from` (the process start, a little before: re-applying
+    /// a purge is harmless, missing one is not).
+    pub fn starting_at(from: EntryId) -> Cursor {
+        Cursor {
+            last: from,
+            seen: false,
+            entries_added: 0,
+            max_deleted: EntryId::ZERO,
+        }
+    }
+
+    /// Compares what Redis says (`None`: no such stream) with what this
+    /// node has applied; a gap means the cache must be emptied. The cursor
+    /// is updated so the same gap is reported once.
+    pub fn check(&mut self, info: Option<&StreamInfo>) -> Option<Gap> {
+        let Some(info) = info else {
+            let gap = self.seen.then_some(Gap::Gone);
+            // Whatever stream appears next is read from its start.
+            *self = Cursor::starting_at(EntryId::ZERO);
+            return gap;
+        };
+        let mut gap = None;
+        if let Some(added) = info.entries_added {
+            if self.seen && added < self.entries_added {
+                gap = Some(Gap::Recreated);
+                self.last = EntryId::ZERO;
+                self.max_deleted = EntryId::ZERO;
+            }
+            self.entries_added = added;
+        }
+        match info.max_deleted {
+            Some(deleted) => {
+                if gap.is_none() && deleted > self.last && deleted > self.max_deleted {
+                    gap = Some(Gap::Trimmed);
+                }
+                self.max_deleted = self.max_deleted.max(deleted);
+            }
+            None => {
+                if gap.is_none() && self.last != EntryId::ZERO {
+                    if let Some(first) = info.first_entry {
+                        if first > self.last && first > self.max_deleted {
+                            gap = Some(Gap::Trimmed);
+                            self.max_deleted = first;
+                        }
+                    }
+                }
+            }
+        }
+        self.seen = true;
+        gap
+    }
+
+    /// Records an entry as applied.
+    pub fn advance(&mut self, id: EntryId) {
+        self.last = self.last.max(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ms: u64) -> EntryId {
+        EntryId { ms, seq: 0 }
+    }
+
+    fn info(deleted: u64, added: u64) -> StreamInfo {
+        StreamInfo {
+            last_generated: id(1000),
+            max_deleted: Some(id(deleted)),
+            entries_added: Some(added),
+            first_entry: None,
+        }
+    }
+
+    #[test]
+    fn ids_parse_and_order_like_redis() {
+        let a = EntryId::parse("1700000000000-2").unwrap();
+        let b = EntryId::parse("1700000000000-10").unwrap();
+        assert!(a < b);
+        assert_eq!(a.to_string(), "1700000000000-2");
+        assert!(EntryId::parse("12").is_none());
+        assert!(EntryId::parse("x-1").is_none());
+    }
+
+    #[test]
+    fn a_node_that_kept_up_sees_no_gap() {
+        let mut c = Cursor::starting_at(id(100));
+        assert_eq!(c.check(Some(&info(0, 5))), None);
+        c.advance(id(200));
+        // Older entries trimmed: not ours to worry about.
+        assert_eq!(c.check(Some(&info(150, 9))), None);
+    }
+
+    #[test]
+    fn trimmed_past_the_last_applied_entry_is_a_gap_once() {
+        let mut c = Cursor::starting_at(id(100));
+        assert_eq!(c.check(Some(&info(0, 5))), None);
+        assert_eq!(c.check(Some(&info(300, 50))), Some(Gap::Trimmed));
+        assert_eq!(c.check(Some(&info(300, 51))), None, "reported once");
+        assert_eq!(c.check(Some(&info(400, 80))), Some(Gap::Trimmed));
+    }
+
+    #[test]
+    fn a_stream_gone_or_recreated_is_a_gap() {
+        let mut c = Cursor::starting_at(id(100));
+        assert_eq!(c.check(None), None, "never seen: nothing lost");
+        assert_eq!(c.check(Some(&info(0, 5))), None);
+        assert_eq!(c.check(None), Some(Gap::Gone));
+        assert_eq!(c.last, EntryId::ZERO, "the next stream is read whole");
+        assert_eq!(c.check(Some(&info(0, 1))), None);
+        c.advance(id(500));
+        assert_eq!(c.check(Some(&info(0, 3))), None);
+        assert_eq!(c.check(Some(&info(0, 1))), Some(Gap::Recreated));
+    }
+
+    #[test]
+    fn without_max_deleted_the_first_entry_decides() {
+        let old = |first: u64| StreamInfo {
+            first_entry: Some(id(first)),
+            ..StreamInfo::default()
+        };
+        let mut c = Cursor::starting_at(id(100));
+        assert_eq!(c.check(Some(&old(50))), None);
+        assert_eq!(c.check(Some(&old(150))), Some(Gap::Trimmed));
+        assert_eq!(c.check(Some(&old(150))), None);
+    }
+}
