@@ -1,6 +1,7 @@
 //! The purge bus on a Redis Stream, `{key_prefix}purges`:
 //!
-//! * publish: `XADD key MAXLEN ~ 10000 * node NAME body JSON time MS` on the
+//! * publish: `XADD key MAXLEN ~ 10000 * node NAME body JSON time MS instance
+//!   TOKEN` (the token: this process, whose reader skips its own) on the
 //!   shared [`ConnectionManager`], bounded by a timeout; when Redis is away
 //!   the purge goes to a bounded queue that the service flushes, in order,
 //!   once Redis answers again (a full queue folds into one purge of
@@ -43,8 +44,6 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
 const BLOCK: Duration = Duration::from_secs(1);
 /// Entries applied per read.
 const BATCH: usize = 256;
-/// Ids this node published, remembered so the reader skips them.
-const OWN_MAX: usize = 4_096;
 /// The reader starts this far before the process started: re-applying a
 /// purge costs a refill, missing one serves a stale page.
 const START_MARGIN_MS: u64 = 5_000;
@@ -64,7 +63,9 @@ pub(super) struct RedisBus {
     queue: Mutex<VecDeque<String>>,
     /// Wakes the flusher (a purge queued, or Redis back).
     wake: Notify,
-    own: Mutex<VecDeque<EntryId>>,
+    /// Tags this process's entries, so its reader skips them (node names
+    /// are the operator's and may repeat; this is random per process).
+    instance: String,
     start: EntryId,
     metrics: ClusterMetrics,
 }
@@ -121,7 +122,7 @@ impl RedisBus {
             connected: AtomicBool::new(false),
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
-            own: Mutex::new(VecDeque::new()),
+            instance: instance_token(),
             start: EntryId {
                 ms: now_ms().saturating_sub(START_MARGIN_MS),
                 seq: 0,
@@ -143,15 +144,11 @@ impl RedisBus {
             .arg(wire)
             .arg("time")
             .arg(now_ms())
+            .arg("instance")
+            .arg(&self.instance)
             .query_async(conn)
             .await?;
-        if let Some(id) = EntryId::parse(&id) {
-            let mut own = lock(&self.own);
-            if own.len() == OWN_MAX {
-                own.pop_front();
-            }
-            own.push_back(id);
-        }
+        log::debug!("cluster: published purge {id}");
         self.metrics.published.inc();
         Ok(())
     }
@@ -299,27 +296,17 @@ impl RedisBus {
         );
     }
 
-    fn is_own(&self, id: EntryId) -> bool {
-        let mut own = lock(&self.own);
-        match own.iter().position(|o| *o == id) {
-            Some(i) => {
-                own.remove(i);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn apply(&self, entry: &StreamId, id: EntryId) {
-        if self.is_own(id) {
-            return;
-        }
+    fn apply(&self, entry: &StreamId) {
         let field = |k: &str| {
             entry
                 .map
                 .get(k)
                 .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok())
         };
+        // Already applied here, before it was published.
+        if field("instance").is_some_and(|i| i == self.instance.as_bytes()) {
+            return;
+        }
         let decoded = match field("body") {
             Some(body) => Selector::from_wire(&body),
             None => Err("no body".into()),
@@ -376,7 +363,7 @@ impl RedisBus {
             for e in &entries {
                 match EntryId::parse(&e.id) {
                     Some(id) => {
-                        self.apply(e, id);
+                        self.apply(e);
                         cursor.advance(id);
                     }
                     None => {
@@ -421,6 +408,15 @@ impl RedisBus {
     }
 }
 
+/// A random token per process (std's per-process hash keys, the time and the pid).
+fn instance_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
 /// The fields of an `XINFO STREAM` reply (RESP2 pairs or a RESP3 map).
 fn parse_info(v: &Value) -> StreamInfo {
     let pairs: Vec<(&Value, &Value)> = match v {
@@ -432,6 +428,7 @@ fn parse_info(v: &Value) -> StreamInfo {
     let mut info = StreamInfo::default();
     for (k, v) in pairs {
         match text(k).as_deref() {
+            Some("length") => info.length = redis::from_redis_value_ref::<u64>(v).unwrap_or(0),
             Some("last-generated-id") => {
                 info.last_generated = text(v).and_then(|s| EntryId::parse(&s)).unwrap_or_default();
             }
@@ -506,6 +503,7 @@ mod tests {
             ),
         ];
         let want = StreamInfo {
+            length: 2,
             last_generated: EntryId { ms: 20, seq: 1 },
             max_deleted: Some(EntryId { ms: 10, seq: 0 }),
             entries_added: Some(7),

@@ -2,13 +2,13 @@
 //! has seen every purge: pure logic over what `XINFO STREAM` reports, so
 //! the rules are tested without a Redis.
 //!
-//! A node missed purges when an entry newer than the last one it applied
-//! was deleted (`max-deleted-entry-id` — trimming by `MAXLEN ~` removes the
-//! oldest first, so this is "the stream was trimmed past us"), when the
-//! stream it was reading is gone (Redis restarted empty, key deleted), or
-//! when the stream was recreated (`entries-added` went down). Servers
-//! without `max-deleted-entry-id` (Redis < 7) fall back to the first
-//! entry: older than our last id or we may have missed something.
+//! A node may have missed purges when the stream was trimmed past it: its
+//! last applied id is older than the stream's first entry and entries were
+//! removed (`entries-added` > `length`; trimming by `MAXLEN ~` removes the
+//! oldest first). Also when an entry newer than its last one was deleted
+//! with `XDEL` (`max-deleted-entry-id`, which trimming does not move), when
+//! the stream it was reading is gone (Redis restarted empty, key deleted),
+//! or when the stream was recreated (`entries-added` went down).
 
 use std::fmt;
 
@@ -40,6 +40,7 @@ impl fmt::Display for EntryId {
 /// What `XINFO STREAM` told (the fields bext uses).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct StreamInfo {
+    pub length: u64,
     pub last_generated: EntryId,
     /// Redis ≥ 7.0.
     pub max_deleted: Option<EntryId>,
@@ -77,7 +78,7 @@ pub(crate) struct Cursor {
     seen: bool,
     entries_added: u64,
     /// Deletions already accounted for (so one trim resets once).
-    max_deleted: EntryId,
+    acknowledged: EntryId,
 }
 
 impl Cursor {
@@ -88,7 +89,7 @@ impl Cursor {
             last: from,
             seen: false,
             entries_added: 0,
-            max_deleted: EntryId::ZERO,
+            acknowledged: EntryId::ZERO,
         }
     }
 
@@ -107,27 +108,27 @@ impl Cursor {
             if self.seen && added < self.entries_added {
                 gap = Some(Gap::Recreated);
                 self.last = EntryId::ZERO;
-                self.max_deleted = EntryId::ZERO;
+                self.acknowledged = EntryId::ZERO;
             }
             self.entries_added = added;
         }
-        match info.max_deleted {
-            Some(deleted) => {
-                if gap.is_none() && deleted > self.last && deleted > self.max_deleted {
-                    gap = Some(Gap::Trimmed);
-                }
-                self.max_deleted = self.max_deleted.max(deleted);
+        // Entries were removed at all (unknown before Redis 7: assume so).
+        let trimmed = info.entries_added.is_none_or(|added| added > info.length);
+        if let Some(first) = info.first_entry.filter(|_| trimmed) {
+            if gap.is_none()
+                && self.last != EntryId::ZERO
+                && first > self.last
+                && first > self.acknowledged
+            {
+                gap = Some(Gap::Trimmed);
             }
-            None => {
-                if gap.is_none() && self.last != EntryId::ZERO {
-                    if let Some(first) = info.first_entry {
-                        if first > self.last && first > self.max_deleted {
-                            gap = Some(Gap::Trimmed);
-                            self.max_deleted = first;
-                        }
-                    }
-                }
+            self.acknowledged = self.acknowledged.max(first);
+        }
+        if let Some(deleted) = info.max_deleted {
+            if gap.is_none() && deleted > self.last && deleted > self.acknowledged {
+                gap = Some(Gap::Trimmed);
             }
+            self.acknowledged = self.acknowledged.max(deleted);
         }
         self.seen = true;
         gap
@@ -147,12 +148,14 @@ mod tests {
         EntryId { ms, seq: 0 }
     }
 
-    fn info(deleted: u64, added: u64) -> StreamInfo {
+    /// A stream whose oldest entry is `first`, of `length` entries out of `added`.
+    fn info(first: u64, length: u64, added: u64) -> StreamInfo {
         StreamInfo {
+            length,
             last_generated: id(1000),
-            max_deleted: Some(id(deleted)),
+            max_deleted: Some(EntryId::ZERO),
             entries_added: Some(added),
-            first_entry: None,
+            first_entry: Some(id(first)),
         }
     }
 
@@ -169,36 +172,48 @@ mod tests {
     #[test]
     fn a_node_that_kept_up_sees_no_gap() {
         let mut c = Cursor::starting_at(id(100));
-        assert_eq!(c.check(Some(&info(0, 5))), None);
+        // A young stream, never trimmed, newer than the node: nothing lost.
+        assert_eq!(c.check(Some(&info(120, 5, 5))), None);
         c.advance(id(200));
         // Older entries trimmed: not ours to worry about.
-        assert_eq!(c.check(Some(&info(150, 9))), None);
+        assert_eq!(c.check(Some(&info(150, 5, 9))), None);
+        c.advance(id(1000));
+        assert_eq!(c.check(Some(&info(1000, 1, 90))), None);
     }
 
     #[test]
     fn trimmed_past_the_last_applied_entry_is_a_gap_once() {
         let mut c = Cursor::starting_at(id(100));
-        assert_eq!(c.check(Some(&info(0, 5))), None);
-        assert_eq!(c.check(Some(&info(300, 50))), Some(Gap::Trimmed));
-        assert_eq!(c.check(Some(&info(300, 51))), None, "reported once");
-        assert_eq!(c.check(Some(&info(400, 80))), Some(Gap::Trimmed));
+        assert_eq!(c.check(Some(&info(50, 5, 5))), None);
+        assert_eq!(c.check(Some(&info(300, 5, 50))), Some(Gap::Trimmed));
+        assert_eq!(c.check(Some(&info(300, 6, 51))), None, "reported once");
+        assert_eq!(c.check(Some(&info(400, 5, 80))), Some(Gap::Trimmed));
+    }
+
+    #[test]
+    fn an_entry_deleted_after_ours_is_a_gap() {
+        let mut c = Cursor::starting_at(id(100));
+        let mut i = info(50, 5, 6);
+        i.max_deleted = Some(id(120));
+        assert_eq!(c.check(Some(&i)), Some(Gap::Trimmed));
+        assert_eq!(c.check(Some(&i)), None);
     }
 
     #[test]
     fn a_stream_gone_or_recreated_is_a_gap() {
         let mut c = Cursor::starting_at(id(100));
         assert_eq!(c.check(None), None, "never seen: nothing lost");
-        assert_eq!(c.check(Some(&info(0, 5))), None);
+        assert_eq!(c.check(Some(&info(50, 5, 5))), None);
         assert_eq!(c.check(None), Some(Gap::Gone));
         assert_eq!(c.last, EntryId::ZERO, "the next stream is read whole");
-        assert_eq!(c.check(Some(&info(0, 1))), None);
+        assert_eq!(c.check(Some(&info(400, 1, 1))), None);
         c.advance(id(500));
-        assert_eq!(c.check(Some(&info(0, 3))), None);
-        assert_eq!(c.check(Some(&info(0, 1))), Some(Gap::Recreated));
+        assert_eq!(c.check(Some(&info(400, 3, 3))), None);
+        assert_eq!(c.check(Some(&info(600, 1, 1))), Some(Gap::Recreated));
     }
 
     #[test]
-    fn without_max_deleted_the_first_entry_decides() {
+    fn before_redis_7_the_first_entry_decides() {
         let old = |first: u64| StreamInfo {
             first_entry: Some(id(first)),
             ..StreamInfo::default()
