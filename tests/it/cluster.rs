@@ -168,7 +168,7 @@ async fn purge_by_tag_on_one_node_empties_the_others_cache() {
     let redis = Redis::start().await;
     let origin = CacheOrigin::start().await;
     let a = node(&origin, &redis, "a").await;
-    let b = node(&origin, &redis, "b").await;
+    let mut b = node(&origin, &redis, "b").await;
     both_connected(&a, &b).await;
     let page = "/post/1?cc=public,max-age=600&tag=post:1";
     fill(&a, page).await;
@@ -192,6 +192,19 @@ async fn purge_by_tag_on_one_node_empties_the_others_cache() {
         entry.contains("post:1") && entry.lines().any(|l| l == "a"),
         "{entry}"
     );
+
+    // A hostile entry is ignored (counted, logged); the stream still flows.
+    let stream = format!("{PREFIX}purges");
+    redis.cli(&["XADD", &stream, "*", "node", "evil", "body", "{not json"]);
+    let bad = wait_metric(&b, "bext_cluster_bad_entries_total", 5, |v| v >= 1.0).await;
+    assert_eq!(bad, 1.0);
+    fill(&b, page).await;
+    let reply = purge(&a, r#"{"url": "http://x.test/none"}"#).await;
+    assert_eq!(reply["cluster"], "published", "{reply}");
+    let reply = purge(&a, r#"{"all": true}"#).await;
+    assert_eq!(reply["cluster"], "published", "{reply}");
+    assert!(purged_within(&b, page, Duration::from_secs(2)).await);
+    assert!(b.is_running(), "b survived the hostile entry");
 }
 
 #[tokio::test]
@@ -270,7 +283,7 @@ async fn a_node_that_missed_trimmed_entries_empties_its_cache() {
 }
 
 /// Purge propagation on loopback, end to end (purge sent to A → B misses),
-/// over 100 purges. A measurement, not a test: `cargo test --test it --
+/// over 1,000 purges. A measurement, not a test: `cargo test --test it --
 /// --ignored cluster::propagation --nocapture`.
 #[tokio::test]
 #[ignore]
@@ -281,7 +294,7 @@ async fn propagation_latency() {
     let b = node(&origin, &redis, "b").await;
     both_connected(&a, &b).await;
     let mut ms = Vec::new();
-    for i in 0..100 {
+    for i in 0..1000 {
         let page = format!("/m/{i}?cc=public,max-age=600&tag=m:{i}");
         fill(&b, &page).await;
         let t = Instant::now();
@@ -303,4 +316,23 @@ async fn propagation_latency() {
         ms[ms.len() - 1],
         sum / count.max(1.0) * 1000.0
     );
+}
+
+#[tokio::test]
+async fn with_redis_down_at_start_bext_serves_and_purges_locally() {
+    // A Redis that is not there (yet): the port is free, nothing listens.
+    let redis = Redis {
+        port: free_port(),
+        child: None,
+    };
+    let origin = CacheOrigin::start().await;
+    let a = node(&origin, &redis, "a").await;
+    let page = "/p?cc=public,max-age=600&tag=p";
+    fill(&a, page).await;
+    let reply = purge(&a, r#"{"tag": "p"}"#).await;
+    assert_eq!(reply["purged"], 1, "{reply}");
+    assert_eq!(reply["cluster"], "unavailable", "{reply}");
+    assert!(!cache_status(&a, page).await.contains("hit"));
+    assert_eq!(metric(&a, "bext_cluster_redis_connected").await, 0.0);
+    assert_eq!(metric(&a, "bext_cluster_purge_queue_length").await, 1.0);
 }
