@@ -53,6 +53,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub(super) struct RedisBus {
     client: redis::Client,
     stream: String,
+    /// `{prefix}epoch`: changes when Redis loses its data (`stream::Cursor`).
+    epoch_key: String,
     node: String,
     redis_display: String,
     store: &'static Store,
@@ -115,6 +117,7 @@ impl RedisBus {
         Ok(RedisBus {
             client,
             stream: format!("{}purges", plan.key_prefix),
+            epoch_key: format!("{}epoch", plan.key_prefix),
             node: plan.node_name.clone(),
             redis_display: plan.redis_display(),
             store,
@@ -275,6 +278,21 @@ impl RedisBus {
     }
 
     /// Empties the cache when the stream cannot prove this node saw every purge.
+    /// The epoch key's value, set to this process's token if there is none.
+    async fn epoch(&self, conn: &mut MultiplexedConnection) -> RedisResult<String> {
+        let (epoch,): (String,) = redis::pipe()
+            .cmd("SET")
+            .arg(&self.epoch_key)
+            .arg(&self.instance)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&self.epoch_key)
+            .query_async(conn)
+            .await?;
+        Ok(epoch)
+    }
+
     async fn check(
         &self,
         conn: &mut MultiplexedConnection,
@@ -336,7 +354,12 @@ impl RedisBus {
 
     /// Reads and applies until the connection fails.
     async fn read(&self, conn: &mut MultiplexedConnection, cursor: &mut Cursor) -> RedisResult<()> {
-        // After every (re)connect: were entries lost while we were away?
+        // After every (re)connect: is this the Redis we were reading, and
+        // were entries lost while we were away?
+        let epoch = self.epoch(conn).await?;
+        if let Some(gap) = cursor.check_epoch(&epoch) {
+            self.reset(gap);
+        }
         self.check(conn, cursor).await?;
         self.set_connected(true);
         loop {

@@ -8,7 +8,11 @@
 //! oldest first). Also when an entry newer than its last one was deleted
 //! with `XDEL` (`max-deleted-entry-id`, which trimming does not move), when
 //! the stream it was reading is gone (Redis restarted empty, key deleted),
-//! or when the stream was recreated (`entries-added` went down).
+//! when the stream was recreated (`entries-added` went down), or when Redis
+//! lost its data: every node keeps the value of an epoch key that the first
+//! node to connect sets (`SET … NX`), re-read on each reconnect; a
+//! different (or missing) epoch means Redis restarted empty or was flushed,
+//! so purges published before may never have been read.
 
 use std::fmt;
 
@@ -55,6 +59,7 @@ pub(crate) enum Gap {
     Trimmed,
     Gone,
     Recreated,
+    Epoch,
 }
 
 impl Gap {
@@ -63,6 +68,7 @@ impl Gap {
             Gap::Trimmed => "the purge stream was trimmed past this node's last applied entry",
             Gap::Gone => "the purge stream is gone (Redis restarted empty, or the key was deleted)",
             Gap::Recreated => "the purge stream was recreated",
+            Gap::Epoch => "Redis lost its data (restarted empty or flushed)",
         }
     }
 }
@@ -79,6 +85,8 @@ pub(crate) struct Cursor {
     entries_added: u64,
     /// Deletions already accounted for (so one trim resets once).
     acknowledged: EntryId,
+    /// The Redis epoch this position refers to.
+    epoch: Option<String>,
 }
 
 impl Cursor {
@@ -90,6 +98,24 @@ impl Cursor {
             seen: false,
             entries_added: 0,
             acknowledged: EntryId::ZERO,
+            epoch: None,
+        }
+    }
+
+    /// After a (re)connect: the epoch key's value now. A change means
+    /// this position is meaningless; the new stream is read from its start.
+    pub fn check_epoch(&mut self, now: &str) -> Option<Gap> {
+        match self.epoch.as_deref() {
+            None => {
+                self.epoch = Some(now.to_string());
+                None
+            }
+            Some(e) if e == now => None,
+            Some(_) => {
+                *self = Cursor::starting_at(EntryId::ZERO);
+                self.epoch = Some(now.to_string());
+                Some(Gap::Epoch)
+            }
         }
     }
 
@@ -100,7 +126,9 @@ impl Cursor {
         let Some(info) = info else {
             let gap = self.seen.then_some(Gap::Gone);
             // Whatever stream appears next is read from its start.
+            let epoch = self.epoch.take();
             *self = Cursor::starting_at(EntryId::ZERO);
+            self.epoch = epoch;
             return gap;
         };
         let mut gap = None;
@@ -210,6 +238,19 @@ mod tests {
         c.advance(id(500));
         assert_eq!(c.check(Some(&info(400, 3, 3))), None);
         assert_eq!(c.check(Some(&info(600, 1, 1))), Some(Gap::Recreated));
+    }
+
+    #[test]
+    fn a_new_epoch_is_a_gap_and_restarts_the_position() {
+        let mut c = Cursor::starting_at(id(100));
+        assert_eq!(c.check_epoch("e1"), None);
+        assert_eq!(c.check(Some(&info(50, 5, 5))), None);
+        c.advance(id(300));
+        assert_eq!(c.check_epoch("e1"), None, "same Redis, reconnected");
+        assert_eq!(c.check_epoch("e2"), Some(Gap::Epoch));
+        assert_eq!(c.last, EntryId::ZERO);
+        assert_eq!(c.check(None), None, "the new stream is not there yet");
+        assert_eq!(c.check_epoch("e2"), None);
     }
 
     #[test]

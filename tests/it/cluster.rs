@@ -243,6 +243,13 @@ async fn with_redis_away_purges_stay_local_and_are_published_when_it_returns() {
     assert_eq!(metric(&a, "bext_cluster_purges_published_total").await, 1.0);
     let applied = wait_metric(&b, "bext_cluster_purges_applied_total", 5, |v| v >= 1.0).await;
     assert_eq!(applied, 1.0, "b applied the purge itself");
+    // Redis came back empty: purges published before may never have been
+    // read, so both nodes emptied their caches (once).
+    for n in [&a, &b] {
+        let resets = wait_metric(n, "bext_cluster_cache_resets_total", 5, |v| v >= 1.0).await;
+        assert_eq!(resets, 1.0, "{}", n.stderr());
+    }
+    assert!(b.stderr().contains("Redis lost its data"), "{}", b.stderr());
 }
 
 #[tokio::test]
