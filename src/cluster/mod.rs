@@ -78,6 +78,11 @@ pub fn redis_purge_bus(
     store: &'static Store,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<Arc<dyn PurgeBus>> {
+    if plan.redis_url.starts_with("rediss://") {
+        // rustls needs a process-wide provider; bext's is ring. Sets a
+        // static only: safe before the fork.
+        pingora::tls::install_default_crypto_provider();
+    }
     let metrics = metrics::ClusterMetrics::new(&Sub::new(registry, "cluster"));
     let bus = redis_bus::RedisBus::new(plan, store, metrics)?;
     Ok(Arc::new(bus))

@@ -125,7 +125,7 @@ impl RedisBus {
             connected: AtomicBool::new(false),
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
-            instance: instance_token(),
+            instance: random_token(),
             start: EntryId {
                 ms: now_ms().saturating_sub(START_MARGIN_MS),
                 seq: 0,
@@ -278,12 +278,13 @@ impl RedisBus {
     }
 
     /// Empties the cache when the stream cannot prove this node saw every purge.
-    /// The epoch key's value, set to this process's token if there is none.
+    /// The epoch key's value, set to a new token if there is none (new on
+    /// every call: a node that set the old epoch must see the change too).
     async fn epoch(&self, conn: &mut MultiplexedConnection) -> RedisResult<String> {
         let (epoch,): (String,) = redis::pipe()
             .cmd("SET")
             .arg(&self.epoch_key)
-            .arg(&self.instance)
+            .arg(random_token())
             .arg("NX")
             .ignore()
             .cmd("GET")
@@ -431,8 +432,9 @@ impl RedisBus {
     }
 }
 
-/// A random token per process (std's per-process hash keys, the time and the pid).
-fn instance_token() -> String {
+/// A random token (std's randomly seeded hash keys, which differ on every
+/// call, the time and the pid).
+fn random_token() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(now_ms());

@@ -343,3 +343,136 @@ async fn with_redis_down_at_start_bext_serves_and_purges_locally() {
     assert_eq!(metric(&a, "bext_cluster_redis_connected").await, 0.0);
     assert_eq!(metric(&a, "bext_cluster_purge_queue_length").await, 1.0);
 }
+
+/// bext spawned here rather than through `Bext`: it needs `SSL_CERT_FILE`
+/// (the system CA store, where an operator would add Redis's CA).
+struct TlsNode {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsNode {
+    async fn start(origin: &CacheOrigin, url: &str, name: &str, ca: &std::path::Path) -> TlsNode {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        let extra = format!(
+            "[cluster]\nredis = \"{url}\"\nnode_name = \"{name}\"\nkey_prefix = \"{PREFIX}\"\n"
+        );
+        let path = dir.path().join("bext.toml");
+        std::fs::write(&path, config(listen, origin.addr(), &extra)).unwrap();
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_bext"))
+            .arg("serve")
+            .arg("-c")
+            .arg(&path)
+            .env("SSL_CERT_FILE", ca)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn bext");
+        let end = Instant::now() + Duration::from_secs(60);
+        while tokio::net::TcpStream::connect(listen).await.is_err() {
+            assert!(Instant::now() < end, "bext did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        TlsNode {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    async fn metric_until(&self, name: &str, want: f64) -> f64 {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = value_or_zero(&parse(&scrape(&client(), &self.base()).await), name, &[]);
+            if v == want || Instant::now() > end {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TlsNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn purges_travel_over_tls_with_rediss() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("redis.pem"), dir.path().join("redis.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let port = free_port();
+    let mut server = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let up = || {
+        Command::new("redis-cli")
+            .args(["--tls", "--cacert"])
+            .arg(&cert)
+            .args(["-h", "localhost", "-p", &port.to_string(), "PING"])
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"PONG"))
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    while !up() {
+        assert!(Instant::now() < end, "redis-server (TLS) did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let origin = CacheOrigin::start().await;
+    let url = format!("rediss://localhost:{port}/0");
+    let a = TlsNode::start(&origin, &url, "a", &cert).await;
+    let b = TlsNode::start(&origin, &url, "b", &cert).await;
+    for n in [&a, &b] {
+        let v = n.metric_until("bext_cluster_redis_connected", 1.0).await;
+        assert_eq!(v, 1.0, "{}", n.stderr());
+    }
+    let r = client()
+        .post(format!("{}/__bext/cache/purge", a.base()))
+        .body(r#"{"tag": "tls"}"#)
+        .send()
+        .await
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(reply["cluster"], "published", "{reply}");
+    let applied = b
+        .metric_until("bext_cluster_purges_applied_total", 1.0)
+        .await;
+    assert_eq!(applied, 1.0, "{}", b.stderr());
+    let _ = server.kill();
+    let _ = server.wait();
+}
