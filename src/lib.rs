@@ -9,11 +9,13 @@
 //! leaves every module may use; `telemetry` turns finished records into
 //! metrics, access log lines and spans. `auth` (staging protection) and
 //! `maintenance` (the per-site maintenance switch) decide about a request
-//! before it is proxied.
+//! before it is proxied. `cluster` shares purges between bext nodes
+//! (Redis, with `[cluster]`).
 
 pub mod admin;
 pub mod auth;
 pub mod cache;
+pub mod cluster;
 pub mod compression;
 pub mod config;
 pub mod demo;

@@ -80,7 +80,27 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     let grace = plan.server.grace_period;
     let shutdown_timeout = plan.server.shutdown_timeout;
     let metrics_listen = plan.telemetry.metrics_listen;
+    let cluster = plan.cluster.clone();
     let bext = BextProxy::new(plan);
+    // Without [cluster] the cache keeps its single-node bus and no Redis code runs.
+    let purge_bus = match &cluster {
+        Some(c) => {
+            let cache = bext.cache();
+            let registry = cache.metrics_registry().unwrap_or_default();
+            let bus = crate::cluster::redis_purge_bus(c, cache.store(), &registry)?;
+            cache.set_purge_bus(bus.clone());
+            log::info!(
+                "cluster: node {} shares purges through {}",
+                c.node_name,
+                c.redis_display()
+            );
+            Some(background_service(
+                "cluster purges",
+                crate::cluster::PurgeBusService(bus),
+            ))
+        }
+        None => None,
+    };
     let limits = bext.limits();
     let telemetry = bext.telemetry();
     let maintenance = background_service(
@@ -115,6 +135,9 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     server.add_service(health);
     server.add_service(farewell);
     server.add_service(maintenance);
+    if let Some(bus) = purge_bus {
+        server.add_service(bus);
+    }
     // The access log's writer thread and the span exporter start after the fork.
     server.add_service(background_service(
         "telemetry",

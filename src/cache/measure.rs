@@ -13,7 +13,7 @@ use pingora::cache::{CacheMeta, Storage};
 use pingora::http::ResponseHeader;
 
 use super::key::KeyParts;
-use super::purge::Selector;
+use super::selector::Selector;
 use super::storage::{FillInfo, Store};
 
 fn rss_kb() -> u64 {

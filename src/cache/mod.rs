@@ -5,6 +5,7 @@
 //! * `key` — scheme + Host + path + normalized query, and `Vary`;
 //! * `policy` — RFC 9111 storability and freshness;
 //! * `tags` — `Cache-Tag` / `Surrogate-Key` parsing and stripping;
+//! * `selector` — what a purge matches (HTTP, CLI and the cluster's stream);
 //! * `purge` — the `/__bext/cache/purge` API; `cli` — `bext cache purge`;
 //! * `status` — the `Cache-Status` header.
 //!
@@ -18,11 +19,12 @@ mod measure;
 pub mod metrics;
 pub mod policy;
 pub mod purge;
+pub mod selector;
 pub mod status;
 pub mod storage;
 pub mod tags;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use pingora::cache::key::{CacheHashKey, HashBinary};
@@ -35,6 +37,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource};
 
+use crate::cluster::{LocalBus, PurgeBus};
 use crate::config::CachePlan;
 use crate::exchange::CacheOutcome;
 use crate::routing::Route;
@@ -78,6 +81,18 @@ pub struct EdgeCache {
     /// ("hit-for-pass"). A bounded LRU: 16 × 4096 keys.
     predictor: &'static Predictor<PREDICTOR_SHARDS>,
     plan: CachePlan,
+    /// Set once at the composition root (before the server runs); shared
+    /// by every clone (the HTTP/3 sidecar's too).
+    wiring: Arc<Wiring>,
+}
+
+/// What the composition root attaches after the proxy is built.
+#[derive(Default)]
+struct Wiring {
+    /// Where accepted purges go besides this node (none: a single node).
+    bus: OnceLock<Arc<dyn PurgeBus>>,
+    /// The proxy's registry, for the purge bus's metrics.
+    registry: OnceLock<prometheus::Registry>,
 }
 
 const PREDICTOR_SHARDS: usize = 16;
@@ -98,7 +113,20 @@ impl EdgeCache {
             lock,
             predictor,
             plan,
+            wiring: Arc::default(),
         }
+    }
+
+    /// Attaches the purge bus (once, before the server runs).
+    pub fn set_purge_bus(&self, bus: Arc<dyn PurgeBus>) {
+        if self.wiring.bus.set(bus).is_err() {
+            log::error!("cache: a purge bus was already attached; keeping the first");
+        }
+    }
+
+    /// The registry the cache's metrics are in (set by `register_metrics`).
+    pub fn metrics_registry(&self) -> Option<prometheus::Registry> {
+        self.wiring.registry.get().cloned()
     }
 
     pub fn store(&self) -> &'static Store {
@@ -109,6 +137,7 @@ impl EdgeCache {
     pub fn register_metrics(&self, registry: &prometheus::Registry) {
         let m = Arc::new(metrics::CacheMetrics::new(&Sub::new(registry, "cache")));
         self.store.set_metrics(m);
+        let _ = self.wiring.registry.set(registry.clone());
     }
 
     /// `logging`: what the cache did for this request (its record and metric).
@@ -295,6 +324,10 @@ impl EdgeCache {
         session: &mut Session,
         request_id: Option<&http::HeaderValue>,
     ) -> pingora::Result<()> {
-        purge::handle(session, self.store, request_id).await
+        let bus: &dyn PurgeBus = match self.wiring.bus.get() {
+            Some(b) => b.as_ref(),
+            None => &LocalBus,
+        };
+        purge::handle(session, self.store, bus, request_id).await
     }
 }

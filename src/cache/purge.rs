@@ -1,57 +1,21 @@
 //! The purge API: `POST /__bext/cache/purge` with one of
 //! `{"tag": T}`, `{"tags": [T, ...]}`, `{"url": "https://host/path?q"}`,
 //! `{"prefix": "/blog/", "host": "example.com"}` (host optional: every host)
-//! or `{"all": true}`; replies `{"purged": N}`. Access control is the admin
-//! module's job; this module parses, purges and answers.
+//! or `{"all": true}`; replies `{"purged": N}`, plus `"cluster": "published"`
+//! or `"unavailable"` when a purge bus hands purges to other nodes. Access
+//! control is the admin module's job; this module parses, purges, publishes
+//! and answers. What a purge matches is the core's [`Selector`].
 
-use pingora::cache::key::HashBinary;
 use pingora::proxy::Session;
 use serde::Deserialize;
 
 use super::key::KeyParts;
-use super::storage::{FillInfo, Store};
+pub use super::selector::Selector;
+use super::storage::Store;
 use crate::admin;
+use crate::cluster::PurgeBus;
 
-/// Most tags one purge request may name.
-pub const MAX_PURGE_TAGS: usize = 10_000;
-
-/// What a purge removes. Kept (bounded) in the store's purge log so fills in
-/// flight when the purge ran are not stored afterwards.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selector {
-    All,
-    Tags(Box<[Box<str>]>),
-    /// Primary key hashes (every `Vary` variant of a URL).
-    Primaries(Box<[HashBinary]>),
-    /// A path prefix, on one host (lower-cased, port as sent) or all hosts.
-    Prefix {
-        host: Option<Box<str>>,
-        path: Box<str>,
-    },
-}
-
-impl Selector {
-    pub fn matches(&self, info: &FillInfo) -> bool {
-        match self {
-            Selector::All => true,
-            Selector::Tags(tags) => tags.iter().any(|t| info.tags.contains(t)),
-            Selector::Primaries(ps) => ps.contains(&info.primary),
-            Selector::Prefix { host, path } => {
-                host.as_ref().is_none_or(|h| **h == *info.host) && info.path.starts_with(&**path)
-            }
-        }
-    }
-
-    /// Approximate heap bytes, for the purge log's budget.
-    pub fn bytes(&self) -> usize {
-        64 + match self {
-            Selector::All => 0,
-            Selector::Tags(t) => t.iter().map(|t| t.len() + 16).sum(),
-            Selector::Primaries(p) => p.len() * 16,
-            Selector::Prefix { host, path } => host.as_ref().map_or(0, |h| h.len()) + path.len(),
-        }
-    }
-}
+pub use super::selector::MAX_PURGE_TAGS;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -140,6 +104,7 @@ pub fn parse(body: &[u8]) -> Result<Selector, String> {
 pub async fn handle(
     session: &mut Session,
     store: &Store,
+    bus: &dyn PurgeBus,
     request_id: Option<&http::HeaderValue>,
 ) -> pingora::Result<()> {
     let body = match admin::read_body(session).await {
@@ -155,8 +120,12 @@ pub async fn handle(
     };
     match parse(&body) {
         Ok(sel) => {
-            let purged = store.purge(sel);
-            let reply = serde_json::json!({ "purged": purged });
+            // Here first: this node's answer never depends on Redis.
+            let purged = store.purge(sel.clone());
+            let mut reply = serde_json::json!({ "purged": purged });
+            if let Some(p) = bus.publish(&sel).await {
+                reply["cluster"] = p.as_str().into();
+            }
             crate::respond::json(session, 200, &reply, request_id).await
         }
         Err(msg) => crate::respond::json(session, 400, &admin::error_body(&msg), request_id).await,
@@ -166,6 +135,7 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::storage::FillInfo;
 
     fn info(host: &str, path: &str, tags: &[&str]) -> FillInfo {
         FillInfo {

@@ -33,7 +33,7 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
 use super::metrics::CacheMetrics;
-use super::purge::Selector;
+use super::selector::Selector;
 
 /// Bytes of bookkeeping per entry beyond what is counted exactly (map slots,
 /// LRU node, Arcs, index vectors, allocator headers). Calibrated with

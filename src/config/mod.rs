@@ -2,6 +2,7 @@
 //! file, the key and the reason, and compile it into a [`Plan`] of internal types.
 //! Nothing outside this module sees TOML or user-facing serde types.
 
+pub mod cluster;
 pub mod compression;
 pub mod diff;
 mod limits;

@@ -47,6 +47,8 @@ pub struct Plan {
     /// be applied in place.
     pub doc: toml::Table,
     pub tls_digest: u64,
+    /// `[cluster]`, when present: the Redis shared with other nodes.
+    pub cluster: Option<super::cluster::ClusterPlan>,
 }
 
 /// `[cache]`, validated. See `crate::cache` for what each knob does.
@@ -157,6 +159,9 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
     let cache = compile_cache(&mut errs, user.cache);
     let telemetry = super::telemetry::compile(&mut errs, base, user.telemetry);
     let compression = super::compression::compile(&mut errs, user.compression);
+    let cluster = user
+        .cluster
+        .and_then(|c| super::cluster::compile(&mut errs, c));
     let tls = user
         .tls
         .and_then(|t| super::tls::compile(&mut errs, base, t, &server.listen));
@@ -213,6 +218,7 @@ pub(super) fn compile(file: &Path, user: UserConfig) -> Result<Plan, ConfigError
             sites,
             doc: toml::Table::new(),
             tls_digest: 0,
+            cluster,
         })
     } else {
         Err(ConfigErrors(errs.list))

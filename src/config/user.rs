@@ -36,6 +36,8 @@ pub struct UserConfig {
     /// routes without `host`).
     #[serde(default)]
     pub sites: BTreeMap<String, super::sites::SiteSection>,
+    /// `[cluster]`: purges shared with other nodes through Redis.
+    pub cluster: Option<super::cluster::ClusterSection>,
 }
 
 /// `[cache]`: the edge cache shared by every route with `cache = true`.

@@ -289,6 +289,11 @@ impl BextProxy {
         move || live.load().maintenance.clone()
     }
 
+    /// The edge cache, for the cluster's purge bus (composition root).
+    pub fn cache(&self) -> EdgeCache {
+        self.cache.clone()
+    }
+
     /// The telemetry sinks, whose background work runs as services.
     pub fn telemetry(&self) -> Arc<Telemetry> {
         self.telemetry.clone()

@@ -2,6 +2,8 @@
 //! black-box tests should move into: one binary links the whole stack once).
 //! Every test spawns the real `bext` binary against real sockets.
 
+#[path = "../cache_support/mod.rs"]
+mod cache_support;
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../tls_support/mod.rs"]
@@ -11,6 +13,7 @@ mod upstream_support;
 
 mod access_log;
 mod auth;
+mod cluster;
 mod compression;
 mod dashboard;
 mod header_policy;
