@@ -7,7 +7,7 @@
 //! sketches kept where the spec is unchanged), `sites`, `waf`, `admin`,
 //! `compression`,
 //! and `server.default_site` / `error_page` / `client_timeout`. Everything else — listeners, threads and process
-//! settings, `[cache]`, `[tls]` other than its
+//! settings, `[cache]`, `[cluster]`, `[tls]` other than its
 //! certificates, `[telemetry]` — takes a handoff. Certificates (the files
 //! `[tls]` names, or their paths) are swapped in place: new handshakes get
 //! them, open connections keep theirs.
@@ -30,7 +30,7 @@ pub enum Change {
 }
 
 /// Sections only a new process can apply.
-const HANDOFF_SECTIONS: [&str; 2] = ["cache", "telemetry"];
+const HANDOFF_SECTIONS: [&str; 3] = ["cache", "telemetry", "cluster"];
 /// `[tls]` keys that only name certificates: swapped in place (the
 /// listeners' resolver reads the current store); the rest of `[tls]`
 /// (listen addresses, HTTP/3, redirects) takes a handoff.
