@@ -63,6 +63,45 @@ headers = {{ "X-Generation" = "{generation}" }}
     )
 }
 
+/// Keep-alive clients looping GET `/x` until `stop`; every non-200 counts.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicU64>,
+    done: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(base: &str, clients: usize) -> Load {
+        let (stop, failed, done) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, failed, done) = (stop.clone(), failed.clone(), done.clone());
+                let url = format!("{base}/x");
+                tokio::spawn(async move {
+                    let c = reqwest::Client::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match c.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => done.fetch_add(1, Ordering::Relaxed),
+                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            failed,
+            done,
+            tasks,
+        }
+    }
+}
+
 const RATE: &str = r#"rate = { requests = 5, per = "1m", burst = 5 }
 allow = ["127.0.0.1/32"]"#;
 
@@ -116,24 +155,12 @@ async fn a_route_change_is_applied_in_place_keeping_cache_tunnels_and_limits() {
     assert_eq!(last, 429);
 
     // Keep-alive load across the reload; every failure counts.
-    let (stop, failed, done) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let mut load = vec![];
-    for _ in 0..16 {
-        let (stop, failed, done, base) = (stop.clone(), failed.clone(), done.clone(), base.clone());
-        load.push(tokio::spawn(async move {
-            let c = reqwest::Client::new();
-            while !stop.load(Ordering::Relaxed) {
-                match c.get(format!("{base}/x")).send().await {
-                    Ok(r) if r.status() == 200 => done.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        }));
-    }
+    let Load {
+        stop,
+        failed,
+        done,
+        tasks: load,
+    } = Load::start(&base, 16);
     while done.load(Ordering::Relaxed) < 200 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -342,24 +369,12 @@ async fn ten_in_place_reloads_under_load() {
     let cached = format!("{base}/cached/page?set=Cache-Control:public,max-age%3D600");
     let c = crate::common::client();
     c.get(&cached).send().await.unwrap();
-    let (stop, failed, done) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let mut load = vec![];
-    for _ in 0..32 {
-        let (stop, failed, done, base) = (stop.clone(), failed.clone(), done.clone(), base.clone());
-        load.push(tokio::spawn(async move {
-            let c = reqwest::Client::new();
-            while !stop.load(Ordering::Relaxed) {
-                match c.get(format!("{base}/x")).send().await {
-                    Ok(r) if r.status() == 200 => done.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        }));
-    }
+    let Load {
+        stop,
+        failed,
+        done,
+        tasks: load,
+    } = Load::start(&base, 32);
     let mut took = vec![];
     for g in 2..12 {
         std::fs::write(
