@@ -116,6 +116,51 @@ pub async fn read_body(session: &mut Session) -> Result<Bytes, u16> {
     }
 }
 
+/// Why [`post`] got no answer.
+#[derive(Debug)]
+pub enum CallError {
+    Connect(std::io::Error),
+    Io(std::io::Error),
+    /// Something that is not an HTTP response came back.
+    Reply,
+}
+
+/// The client side, for the CLI (`bext cache purge`, `bext reload`), never
+/// the proxy: a blocking HTTP/1.1 `POST` of a JSON `body` to `path` on the
+/// admin API at `addr` (`host` is the `Host` header), with the bearer
+/// `token` when given. Returns the status and the (trimmed) body.
+pub fn post(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+    read_timeout: std::time::Duration,
+) -> Result<(u16, String), CallError> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
+        .map_err(CallError::Connect)?;
+    s.set_read_timeout(Some(read_timeout))
+        .map_err(CallError::Io)?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n{auth}Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).map_err(CallError::Io)?;
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).map_err(CallError::Io)?;
+    let text = String::from_utf8_lossy(&reply);
+    let (head, rest) = text.split_once("\r\n\r\n").ok_or(CallError::Reply)?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or(CallError::Reply)?;
+    Ok((status, rest.trim().to_string()))
+}
+
 /// A JSON error body: `{"error": "..."}`.
 pub fn error_body(message: &str) -> serde_json::Value {
     serde_json::json!({ "error": message })

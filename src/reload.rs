@@ -125,8 +125,7 @@ pub fn reload(opts: &ReloadOptions) -> Result<Reloaded, ReloadError> {
 /// over loopback when that listens on every address) to apply `config` in
 /// place. `Err` when it cannot be asked (an older bext, a refused address).
 fn ask_in_place(plan: &config::Plan, config: &Path) -> Result<InPlace, String> {
-    use std::io::{Read, Write};
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     let listen = plan.server.listen.first().ok_or("no listen address")?;
     let ip = match listen.ip() {
         IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -136,34 +135,21 @@ fn ask_in_place(plan: &config::Plan, config: &Path) -> Result<InPlace, String> {
     let addr = SocketAddr::new(ip, listen.port());
     let path = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
     let body = serde_json::json!({ "config": path }).to_string();
-    let auth = plan
-        .admin
-        .token
-        .as_deref()
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "POST /__bext/reload HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let timeout = Duration::from_secs(30);
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    s.read_to_end(&mut response).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&response);
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or("no HTTP answer")?;
-    let json: serde_json::Value = text
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b.trim()).ok())
-        .unwrap_or_default();
+    let (status, reply) = crate::admin::post(
+        addr,
+        "localhost",
+        "/__bext/reload",
+        plan.admin.token.as_deref(),
+        &body,
+        Duration::from_secs(30),
+    )
+    .map_err(|e| match e {
+        crate::admin::CallError::Connect(e) | crate::admin::CallError::Io(e) => {
+            format!("{addr}: {e}")
+        }
+        crate::admin::CallError::Reply => "no HTTP answer".to_owned(),
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
     match status {
         200 => Ok(InPlace::Done(
             json["changed"]

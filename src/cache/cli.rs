@@ -1,8 +1,7 @@
-//! `bext cache purge`: a small blocking HTTP/1.1 client for the purge API, so
-//! deploy scripts need no curl. Runs in the CLI process, never in the proxy.
+//! `bext cache purge`: the purge API from the command line (through the
+//! admin API's blocking client, `admin::post`), so deploy scripts need no curl. Runs in the CLI process, never in the proxy.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,30 +76,19 @@ pub fn purge(admin: &str, token: Option<&str>, args: &PurgeArgs) -> Result<Strin
         .map_err(|e| CliError::Connect(authority.into(), e))?
         .next()
         .ok_or_else(|| CliError::AdminUrl(admin.to_string()))?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-        .map_err(|e| CliError::Connect(authority.into(), e))?;
-    let io = |e| CliError::Io(authority.into(), e);
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(io)?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let req = format!(
-        "POST /__bext/cache/purge HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n{auth}Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).map_err(io)?;
-    let mut reply = Vec::new();
-    s.read_to_end(&mut reply).map_err(io)?;
-    let text = String::from_utf8_lossy(&reply);
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| CliError::Reply(authority.into()))?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| CliError::Reply(authority.into()))?;
-    let rest = rest.trim().to_string();
+    let (status, rest) = crate::admin::post(
+        addr,
+        authority,
+        "/__bext/cache/purge",
+        token,
+        &body,
+        Duration::from_secs(60),
+    )
+    .map_err(|e| match e {
+        crate::admin::CallError::Connect(e) => CliError::Connect(authority.into(), e),
+        crate::admin::CallError::Io(e) => CliError::Io(authority.into(), e),
+        crate::admin::CallError::Reply => CliError::Reply(authority.into()),
+    })?;
     if status != 200 {
         return Err(CliError::Status(status, rest));
     }
