@@ -353,9 +353,11 @@ impl AuthPlan {
         }
         if visit {
             let now = unix_now();
-            for v in headers.get_all(http::header::COOKIE) {
-                if let Some(c) = cookie_value(v.as_bytes(), COOKIE.as_bytes()) {
-                    if cookie_is_valid(key, c, now) {
+            // The first of this cookie in each `Cookie` header.
+            let headers = headers.get_all(http::header::COOKIE).iter();
+            for v in headers.filter_map(|v| v.to_str().ok()) {
+                if let Some(c) = crate::cookies::values(v, COOKIE).next() {
+                    if cookie_is_valid(key, c.as_bytes(), now) {
                         return Verdict::Pass;
                     }
                     offered = true;
@@ -510,15 +512,6 @@ fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
     } else {
         None
     }
-}
-
-/// The value of cookie `name` in one `Cookie` header.
-fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    header.split(|&b| b == b';').find_map(|pair| {
-        let pair = pair.trim_ascii();
-        let rest = pair.strip_prefix(name)?;
-        rest.strip_prefix(b"=")
-    })
 }
 
 /// `query` without `name=value` → (percent-decoded value, the rest).
@@ -803,11 +796,6 @@ mod tests {
             Some(("a+b".into(), String::new()))
         );
         assert_eq!(take_param("xbext_token=a", VISIT_PARAM), None);
-        assert_eq!(cookie_value(b"a=1; _bext_authx=2", COOKIE.as_bytes()), None);
-        assert_eq!(
-            cookie_value(b"a=1;_bext_auth=2", COOKIE.as_bytes()),
-            Some(&b"2"[..])
-        );
         assert_eq!(strip_scheme(b"Bearer  tok ", b"bearer"), Some(&b"tok"[..]));
         assert_eq!(strip_scheme(b"Bearertok", b"bearer"), None);
     }

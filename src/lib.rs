@@ -18,6 +18,7 @@ pub mod cache;
 pub mod cluster;
 pub mod compression;
 pub mod config;
+pub mod cookies;
 pub mod demo;
 pub mod demo_origin;
 pub mod exchange;

@@ -5,7 +5,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::COOKIE;
 use http::HeaderMap;
 
 use super::balance::Balancer;
@@ -70,17 +69,6 @@ fn ip_key(ip: Option<IpAddr>, buf: &mut [u8; 16]) -> &[u8] {
         }
         None => &buf[..0],
     }
-}
-
-fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|p| p.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.as_bytes())
 }
 
 impl Pool {
@@ -178,7 +166,10 @@ impl Pool {
                 Some(v) => v.as_bytes(),
                 None => ip_key(input.client_ip, &mut buf),
             },
-            Balance::Hash(HashOn::Cookie(c)) => match cookie_value(input.headers, c) {
+            Balance::Hash(HashOn::Cookie(c)) => match crate::cookies::all(input.headers, c)
+                .next()
+                .map(str::as_bytes)
+            {
                 Some(v) => v,
                 None => ip_key(input.client_ip, &mut buf),
             },

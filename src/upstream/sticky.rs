@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 use sha2::Sha256;
 
@@ -77,14 +76,8 @@ impl Sticky {
     }
 
     fn node_in_at<'h>(&self, headers: &'h HeaderMap, now: u64) -> Option<&'h str> {
-        headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .filter(|(name, _)| *name == self.cookie)
-            .find_map(|(_, value)| self.verify(value.trim_matches('"'), now))
+        crate::cookies::all(headers, &self.cookie)
+            .find_map(|value| self.verify(value.trim_matches('"'), now))
     }
 
     fn verify<'v>(&self, value: &'v str, now: u64) -> Option<&'v str> {
@@ -130,6 +123,7 @@ impl Sticky {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::COOKIE;
 
     fn sticky(secret: &str) -> Sticky {
         let plan = StickyPlan {
