@@ -65,36 +65,35 @@ mod memo {
     }
 
     pub(super) fn sqli(v: &[u8], f: impl FnOnce() -> Option<[u8; 8]>) -> Option<[u8; 8]> {
-        if v.len() > MAX_LEN {
-            return f();
-        }
-        let k = key(v, 1);
-        let slot = (k as usize) % SLOTS;
-        if let Some(hit) = TABLE.with(|t| {
-            let t = t.borrow();
-            (t.sqli[slot].0 == k).then_some(t.sqli[slot].1)
-        }) {
-            return hit;
-        }
-        let verdict = f();
-        TABLE.with(|t| t.borrow_mut().sqli[slot] = (k, verdict));
-        verdict
+        remembered(v, 1, |t| &mut t.sqli, f)
     }
 
     pub(super) fn xss(v: &[u8], f: impl FnOnce() -> bool) -> bool {
+        remembered(v, 2, |t| &mut t.xss, f)
+    }
+
+    /// The verdict for `v` in the table `slots` picks, computed by `f`
+    /// when the slot holds another value.
+    fn remembered<T: Copy>(
+        v: &[u8],
+        tag: u8,
+        slots: fn(&mut Table) -> &mut Vec<(u64, T)>,
+        f: impl FnOnce() -> T,
+    ) -> T {
         if v.len() > MAX_LEN {
             return f();
         }
-        let k = key(v, 2);
+        let k = key(v, tag);
         let slot = (k as usize) % SLOTS;
-        if let Some(hit) = TABLE.with(|t| {
-            let t = t.borrow();
-            (t.xss[slot].0 == k).then_some(t.xss[slot].1)
-        }) {
-            return hit;
+        let hit = TABLE.with(|t| {
+            let entry = slots(&mut t.borrow_mut())[slot];
+            (entry.0 == k).then_some(entry.1)
+        });
+        if let Some(verdict) = hit {
+            return verdict;
         }
         let verdict = f();
-        TABLE.with(|t| t.borrow_mut().xss[slot] = (k, verdict));
+        TABLE.with(|t| slots(&mut t.borrow_mut())[slot] = (k, verdict));
         verdict
     }
 }
