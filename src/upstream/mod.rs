@@ -65,17 +65,10 @@ impl Upstreams {
             .iter()
             .map(|plan| match self.by_name(&plan.name) {
                 Some(old) => {
-                    let (pool, removed) = Pool::next(plan, old);
-                    fresh.extend(
-                        pool.nodes()
-                            .iter()
-                            .filter(|n| {
-                                !old.nodes().iter().any(|o| o.id == n.id && o.addr == n.addr)
-                            })
-                            .cloned(),
-                    );
-                    gone.extend(removed);
-                    Arc::new(pool)
+                    let next = Pool::next(plan, old);
+                    fresh.extend(next.fresh);
+                    gone.extend(next.gone);
+                    Arc::new(next.pool)
                 }
                 None => {
                     let pool = Pool::new(plan);

@@ -70,6 +70,17 @@ const WEBSOCKET_POOL: u64 = 0x7765_6273_6f63_6b74;
 
 impl Node {
     pub fn new(index: usize, plan: &NodePlan, pool: &UpstreamPlan) -> Node {
+        let metrics = NodeMetrics::new(&pool.name, &plan.id);
+        Node::build(index, plan, pool, metrics, Arc::default())
+    }
+
+    fn build(
+        index: usize,
+        plan: &NodePlan,
+        pool: &UpstreamPlan,
+        metrics: NodeMetrics,
+        tunnels: Arc<TunnelSet>,
+    ) -> Node {
         // Plain HTTP/1.1 to Phoenix on a private address; no SNI.
         let mut peer = HttpPeer::new(plan.addr, false, String::new());
         peer.options.connection_timeout = Some(pool.connect_timeout);
@@ -87,12 +98,18 @@ impl Node {
             drained: AtomicBool::new(plan.drained),
             in_flight: AtomicUsize::new(0),
             label: Arc::from(plan.id.as_str()),
-            metrics: NodeMetrics::new(&pool.name, &plan.id),
+            metrics,
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
             last_error: Mutex::new(None),
-            tunnels: Arc::new(TunnelSet::default()),
+            tunnels,
         }
+    }
+
+    /// The node `plan` describes (same id, same address): a reload in place
+    /// carries its state over.
+    pub fn is(&self, plan: &NodePlan) -> bool {
+        self.id == plan.id && self.addr == plan.addr
     }
 
     /// The same node (id and address) in the next plan of a reload in place:
@@ -101,7 +118,7 @@ impl Node {
     /// a run-time drain (unless the config now drains it), its open tunnels
     /// and its metric series. Requests in flight finish on the old object.
     pub fn next(index: usize, plan: &NodePlan, pool: &UpstreamPlan, old: &Node) -> Node {
-        let n = Node::new(index, plan, pool);
+        let n = Node::build(index, plan, pool, old.metrics.clone(), old.tunnels.clone());
         n.healthy.store(old.is_healthy(), Ordering::Relaxed);
         n.drained
             .store(plan.drained || old.is_drained(), Ordering::Relaxed);
@@ -112,11 +129,7 @@ impl Node {
         if let (Ok(mut mine), Ok(theirs)) = (n.last_error.lock(), old.last_error.lock()) {
             *mine = theirs.clone();
         }
-        Node {
-            tunnels: old.tunnels.clone(),
-            metrics: old.metrics.clone(),
-            ..n
-        }
+        n
     }
 
     /// The peer to connect to for one request, with the route's requirements applied.

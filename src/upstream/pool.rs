@@ -27,6 +27,14 @@ pub struct Pool {
     pub reconnects: ReconnectTracker,
 }
 
+/// [`Pool::next`]: the pool, its nodes that are new, and the old pool's
+/// nodes that are gone.
+pub struct Next {
+    pub pool: Pool,
+    pub fresh: Vec<Arc<Node>>,
+    pub gone: Vec<Arc<Node>>,
+}
+
 /// Slots of the reconnect table (fixed memory, whatever the client count).
 const RECONNECT_SLOTS: usize = 4096;
 /// A LiveView join this soon after the client's previous tunnel closed is a reconnect.
@@ -73,12 +81,16 @@ fn ip_key(ip: Option<IpAddr>, buf: &mut [u8; 16]) -> &[u8] {
 
 impl Pool {
     pub fn new(plan: &UpstreamPlan) -> Pool {
-        let nodes: Vec<Arc<Node>> = plan
+        let nodes = plan
             .nodes
             .iter()
             .enumerate()
             .map(|(i, n)| Arc::new(Node::new(i, n, plan)))
             .collect();
+        Pool::with(plan, nodes, PoolMetrics::new(&plan.name))
+    }
+
+    fn with(plan: &UpstreamPlan, nodes: Vec<Arc<Node>>, metrics: PoolMetrics) -> Pool {
         let sticky = plan
             .policy
             .sticky
@@ -90,36 +102,40 @@ impl Pool {
             nodes,
             sticky,
             policy: plan.policy.clone(),
-            metrics: PoolMetrics::new(&plan.name),
+            metrics,
             reconnects: ReconnectTracker::new(RECONNECT_SLOTS, RECONNECT_WINDOW),
         }
     }
 
     /// This pool in the next plan of a reload in place: nodes matched by id
     /// and address carry their state over ([`Node::next`]); the pool's retry
-    /// counter is kept. Returns the pool and the nodes that are gone.
-    pub fn next(plan: &UpstreamPlan, old: &Pool) -> (Pool, Vec<Arc<Node>>) {
-        let mut pool = Pool::new(plan);
-        pool.metrics = old.metrics.clone();
-        pool.nodes = plan
+    /// counter is kept.
+    pub fn next(plan: &UpstreamPlan, old: &Pool) -> Next {
+        let mut fresh = vec![];
+        let nodes = plan
             .nodes
             .iter()
             .enumerate()
-            .map(
-                |(i, n)| match old.nodes.iter().find(|o| o.id == n.id && o.addr == n.addr) {
-                    Some(o) => Arc::new(Node::next(i, n, plan, o)),
-                    None => Arc::new(Node::new(i, n, plan)),
-                },
-            )
+            .map(|(i, n)| match old.nodes.iter().find(|o| o.is(n)) {
+                Some(o) => Arc::new(Node::next(i, n, plan, o)),
+                None => {
+                    let node = Arc::new(Node::new(i, n, plan));
+                    fresh.push(node.clone());
+                    node
+                }
+            })
             .collect();
-        pool.balancer = Balancer::new(plan.policy.balance.clone(), &pool.nodes);
         let gone = old
             .nodes
             .iter()
-            .filter(|o| !pool.nodes.iter().any(|n| n.id == o.id && n.addr == o.addr))
+            .filter(|o| !plan.nodes.iter().any(|n| o.is(n)))
             .cloned()
             .collect();
-        (pool, gone)
+        Next {
+            pool: Pool::with(plan, nodes, old.metrics.clone()),
+            fresh,
+            gone,
+        }
     }
 
     pub fn nodes(&self) -> &[Arc<Node>] {
