@@ -207,7 +207,7 @@ const MAX_ITEMS: usize = 32;
 
 /// q-value in thousandths (RFC 9110 §12.4.2: at most three decimals); None
 /// when malformed (the item is then ignored).
-fn qvalue(s: &[u8]) -> Option<u16> {
+pub(crate) fn qvalue(s: &[u8]) -> Option<u16> {
     let s = s.trim_ascii();
     let (int, frac) = match s.iter().position(|&b| b == b'.') {
         Some(i) => (&s[..i], &s[i + 1..]),

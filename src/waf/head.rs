@@ -838,14 +838,10 @@ fn accept_encoding_ok(v: &[u8]) -> bool {
     })
 }
 
-/// `0[.ddd]` or `1[.000]`.
+/// `0[.ddd]` or `1[.000]`, as the compression negotiation reads weights
+/// (which also allows surrounding whitespace; the grammar does not).
 fn qvalue_ok(q: &[u8]) -> bool {
-    match q {
-        [b'0'] | [b'1'] => true,
-        [b'0', b'.', rest @ ..] => rest.len() <= 3 && rest.iter().all(u8::is_ascii_digit),
-        [b'1', b'.', rest @ ..] => rest.len() <= 3 && rest.iter().all(|&b| b == b'0'),
-        _ => false,
-    }
+    q.trim_ascii().len() == q.len() && crate::compression::qvalue(q).is_some()
 }
 
 // ---- Expect, Upgrade, Connection ------------------------------------------------
