@@ -277,6 +277,11 @@ impl RouteTable {
         out
     }
 
+    /// The route patterns in config order (metric labels).
+    pub fn patterns(&self) -> Vec<String> {
+        self.routes.iter().map(|r| r.pattern_text.clone()).collect()
+    }
+
     pub fn default_site(&self) -> Option<&str> {
         self.default_site.as_deref()
     }

@@ -62,7 +62,7 @@ impl Live {
             &plan.source,
         );
         maintenance.adopt(&self.maintenance);
-        let patterns: Vec<String> = plan.routes.iter().map(|r| r.pattern_text.clone()).collect();
+        let patterns = plan.routes.patterns();
         Live {
             snapshot: Snapshot::of_parts(&plan.source, plan.doc, plan.tls_digest),
             labels: telemetry.route_labels(&patterns),

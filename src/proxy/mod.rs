@@ -111,7 +111,7 @@ impl BextProxy {
         plan.waf.register_metrics(&registry);
         let compression =
             EdgeCompression::new(plan.compression, &Sub::new(&registry, "compression"));
-        let patterns: Vec<String> = plan.routes.iter().map(|r| r.pattern_text.clone()).collect();
+        let patterns = plan.routes.patterns();
         let auth_metrics = AuthMetrics::new(&Sub::new(&registry, "auth"));
         let maintenance = Maintenance::new(
             plan.sites,
