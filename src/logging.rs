@@ -40,14 +40,7 @@ pub fn init() {
     let inner =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
     let max = inner.filter();
-    let slots = (0..SLOTS)
-        .map(|_| Slot {
-            second: AtomicU64::new(0),
-            lines: AtomicU32::new(0),
-            suppressed: AtomicU64::new(0),
-        })
-        .collect();
-    if log::set_boxed_logger(Box::new(Limited { inner, slots })).is_ok() {
+    if log::set_boxed_logger(Box::new(Limited::new(inner))).is_ok() {
         log::set_max_level(max);
     }
 }
@@ -61,6 +54,17 @@ fn site(record: &Record<'_>) -> usize {
 }
 
 impl Limited {
+    fn new(inner: env_logger::Logger) -> Limited {
+        let slots = (0..SLOTS)
+            .map(|_| Slot {
+                second: AtomicU64::new(0),
+                lines: AtomicU32::new(0),
+                suppressed: AtomicU64::new(0),
+            })
+            .collect();
+        Limited { inner, slots }
+    }
+
     /// Whether `record` may be written now; reports what its site suppressed
     /// in an earlier second first.
     fn admit(&self, record: &Record<'_>) -> bool {
@@ -122,16 +126,7 @@ mod tests {
 
     #[test]
     fn one_site_is_cut_at_its_budget_and_others_are_not() {
-        let limited = Limited {
-            inner: env_logger::Builder::new().build(),
-            slots: (0..SLOTS)
-                .map(|_| Slot {
-                    second: AtomicU64::new(0),
-                    lines: AtomicU32::new(0),
-                    suppressed: AtomicU64::new(0),
-                })
-                .collect(),
-        };
+        let limited = Limited::new(env_logger::Builder::new().build());
         let rec = |line| {
             Record::builder()
                 .args(format_args!("x"))
