@@ -205,6 +205,117 @@ impl Default for CompressionPlan {
 /// of thousands is an attack and is not worth parsing past this.
 const MAX_ITEMS: usize = 32;
 
+/// What an `Accept-Encoding` says of the codings bext produces: the weight
+/// of each (in thousandths, `None` when not mentioned) and of `*`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Weights {
+    q: [Option<u16>; 3],
+    star: Option<u16>,
+}
+
+impl Weights {
+    /// Adds one header value's items; false once [`MAX_ITEMS`] items were
+    /// seen across the values (the rest is not looked at).
+    fn add(&mut self, value: &[u8], items: &mut usize) -> bool {
+        // Bytes, not `str`: header values are visible ASCII or they match
+        // nothing here anyway.
+        for item in value.split(|&b| b == b',') {
+            *items += 1;
+            if *items > MAX_ITEMS {
+                return false;
+            }
+            let mut parts = item.split(|&b| b == b';');
+            let name = parts.next().unwrap_or_default().trim_ascii();
+            let slot = match name.len() {
+                1 if name == b"*" => &mut self.star,
+                2 if name.eq_ignore_ascii_case(b"br") => &mut self.q[0],
+                4 if name.eq_ignore_ascii_case(b"zstd") => &mut self.q[1],
+                4 if name.eq_ignore_ascii_case(b"gzip") => &mut self.q[2],
+                6 if name.eq_ignore_ascii_case(b"x-gzip") => &mut self.q[2],
+                _ => continue,
+            };
+            let mut weight = Some(1000);
+            for p in parts {
+                let p = p.trim_ascii();
+                if p.len() >= 2 && p[..2].eq_ignore_ascii_case(b"q=") {
+                    weight = qvalue(&p[2..]);
+                }
+            }
+            let Some(weight) = weight else { continue };
+            // A repeated coding keeps its highest weight.
+            *slot = Some(slot.map_or(weight, |w: u16| w.max(weight)));
+        }
+        true
+    }
+
+    /// The preferred coding among those with the highest weight.
+    fn pick(&self, prefer: &[Coding]) -> Coding {
+        let mut best = (0u16, Coding::Identity);
+        for &c in prefer {
+            let i = match c {
+                Coding::Brotli => 0,
+                Coding::Zstd => 1,
+                Coding::Gzip => 2,
+                Coding::Identity => continue,
+            };
+            let w = self.q[i].or(self.star).unwrap_or(0);
+            // Strictly greater: among equal weights the earlier (preferred) wins.
+            if w > best.0 {
+                best = (w, c);
+            }
+        }
+        best.1
+    }
+}
+
+/// The last `Accept-Encoding` value each thread parsed, with its weights.
+/// Browsers repeat theirs byte for byte, so a hit costs one comparison;
+/// the configuration is not part of the memo (weights do not depend on it).
+mod memo {
+    use std::cell::RefCell;
+
+    use super::Weights;
+
+    /// Longer values are parsed every time (browsers send ~25 bytes).
+    const MAX: usize = 64;
+
+    struct Last {
+        len: usize,
+        value: [u8; MAX],
+        weights: Weights,
+    }
+
+    thread_local! {
+        static LAST: RefCell<Last> = const {
+            RefCell::new(Last { len: usize::MAX, value: [0; MAX], weights: Weights { q: [None; 3], star: None } })
+        };
+    }
+
+    pub(super) fn weights(value: &[u8]) -> Weights {
+        let parse = |v: &[u8]| {
+            let mut w = Weights::default();
+            w.add(v, &mut 0);
+            w
+        };
+        if value.len() > MAX {
+            return parse(value);
+        }
+        LAST.with(|last| {
+            let Ok(mut last) = last.try_borrow_mut() else {
+                return parse(value);
+            };
+            if last.len == value.len() && last.value[..value.len()] == *value {
+                return last.weights;
+            }
+            let w = parse(value);
+            last.value[..value.len()].copy_from_slice(value);
+            last.len = value.len();
+            last.weights = w;
+            w
+        })
+    }
+}
+
 /// q-value in thousandths (RFC 9110 §12.4.2: at most three decimals); None
 /// when malformed (the item is then ignored).
 pub(crate) fn qvalue(s: &[u8]) -> Option<u16> {
@@ -234,55 +345,26 @@ impl CompressionPlan {
         if !self.enabled || self.prefer.is_empty() {
             return Coding::Identity;
         }
-        // q of each configured coding as written (None: not mentioned), and of `*`.
-        let mut q: [Option<u16>; 3] = [None; 3];
-        let mut star: Option<u16> = None;
-        let mut items = 0usize;
-        // Bytes, not `str`: header values are visible ASCII or they match
-        // nothing here anyway, and this runs on every proxied request.
-        'headers: for value in headers.get_all(ACCEPT_ENCODING) {
-            for item in value.as_bytes().split(|&b| b == b',') {
-                items += 1;
-                if items > MAX_ITEMS {
-                    break 'headers;
-                }
-                let mut parts = item.split(|&b| b == b';');
-                let name = parts.next().unwrap_or_default().trim_ascii();
-                let slot = match name.len() {
-                    1 if name == b"*" => &mut star,
-                    2 if name.eq_ignore_ascii_case(b"br") => &mut q[0],
-                    4 if name.eq_ignore_ascii_case(b"zstd") => &mut q[1],
-                    4 if name.eq_ignore_ascii_case(b"gzip") => &mut q[2],
-                    6 if name.eq_ignore_ascii_case(b"x-gzip") => &mut q[2],
-                    _ => continue,
-                };
-                let mut weight = Some(1000);
-                for p in parts {
-                    let p = p.trim_ascii();
-                    if p.len() >= 2 && p[..2].eq_ignore_ascii_case(b"q=") {
-                        weight = qvalue(&p[2..]);
+        let mut values = headers.get_all(ACCEPT_ENCODING).iter();
+        let Some(first) = values.next() else {
+            return Coding::Identity;
+        };
+        let weights = match values.next() {
+            // The common case: one header, and a browser sends the same one
+            // on every request, so its weights are remembered per thread.
+            None => memo::weights(first.as_bytes()),
+            Some(second) => {
+                let mut w = Weights::default();
+                let mut items = 0usize;
+                for v in [first, second].into_iter().chain(values) {
+                    if !w.add(v.as_bytes(), &mut items) {
+                        break;
                     }
                 }
-                let Some(weight) = weight else { continue };
-                // A repeated coding keeps its highest weight.
-                *slot = Some(slot.map_or(weight, |w: u16| w.max(weight)));
+                w
             }
-        }
-        let mut best = (0u16, Coding::Identity);
-        for &c in &self.prefer {
-            let i = match c {
-                Coding::Brotli => 0,
-                Coding::Zstd => 1,
-                Coding::Gzip => 2,
-                Coding::Identity => continue,
-            };
-            let w = q[i].or(star).unwrap_or(0);
-            // Strictly greater: among equal weights the earlier (preferred) wins.
-            if w > best.0 {
-                best = (w, c);
-            }
-        }
-        best.1
+        };
+        weights.pick(&self.prefer)
     }
 
     /// Whether this response would be compressed for a client that asks:
