@@ -908,6 +908,15 @@ async fn the_cluster_endpoint_lists_the_peers() {
         "{v}"
     );
 
+    // The cluster's series keep the exposition clean.
+    let text = scrape(&client(), &a.url("")).await;
+    assert!(
+        text.contains("bext_cluster_rate_sync_rounds_total"),
+        "{text}"
+    );
+    let report = crate::scrape::promtool_check(&text);
+    assert!(report.is_empty(), "promtool check metrics:\n{report}");
+
     // Not for everyone: the admin API's rules.
     let r = client_from(31)
         .get(a.url("/__bext/cluster"))
