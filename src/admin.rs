@@ -72,6 +72,8 @@ pub enum Endpoint {
     Maintenance,
     /// `POST /__bext/reload`: re-read the config, apply it in place if it can be.
     Reload,
+    /// `GET /__bext/cluster`: this node, its peers and Redis (`[cluster]`).
+    Cluster,
     NotFound,
 }
 
@@ -86,6 +88,7 @@ pub fn endpoint(method: &http::Method, path: &str) -> Endpoint {
         ("POST", "/__bext/cache/purge") => Endpoint::CachePurge,
         ("GET" | "HEAD" | "POST", "/__bext/maintenance") => Endpoint::Maintenance,
         ("POST", "/__bext/reload") => Endpoint::Reload,
+        ("GET" | "HEAD", "/__bext/cluster") => Endpoint::Cluster,
         _ => Endpoint::NotFound,
     }
 }

@@ -195,6 +195,14 @@ impl Maintenance {
             .then_some(site.plan.page.as_ref())
     }
 
+    /// Whether site `name` is in maintenance; `None` for an unknown site.
+    pub fn is_on(&self, name: &str) -> Option<bool> {
+        self.sites
+            .iter()
+            .find(|s| s.plan.name == name)
+            .map(|s| s.on.load(Ordering::Relaxed))
+    }
+
     /// Switches `name` on or off and records it in the state file. The
     /// switch applies at once; a failed write is returned as a warning (the
     /// switch then does not survive an upgrade).
@@ -261,9 +269,12 @@ impl Maintenance {
 
 /// `GET /__bext/maintenance` (the sites and their state) and `POST` with
 /// `{"site": "example.com", "on": true}`.
+/// With `[cluster]` an accepted switch is also handed to `shared`, and the
+/// answer says whether it reached the other nodes (`"cluster"`).
 pub async fn admin(
     session: &mut pingora::proxy::Session,
     m: &Maintenance,
+    shared: &dyn crate::cluster::SharedState,
     id: Option<&http::HeaderValue>,
 ) -> pingora::Result<()> {
     use crate::admin::{error_body, read_body};
@@ -292,8 +303,16 @@ pub async fn admin(
             if let Some(w) = &warning {
                 log::error!("maintenance: {w}; the switch will not survive an upgrade");
             }
+            let change = crate::cluster::StateChange::Maintenance {
+                site: req.site.clone(),
+                on: req.on,
+            };
+            let published = shared.publish(change).await;
             let mut v = m.to_json();
             v["persisted"] = serde_json::Value::Bool(warning.is_none());
+            if let Some(p) = published {
+                v["cluster"] = p.as_str().into();
+            }
             json(session, 200, &v, id).await
         }
         Err(SwitchError::UnknownSite(known)) => {

@@ -81,22 +81,35 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     let shutdown_timeout = plan.server.shutdown_timeout;
     let metrics_listen = plan.telemetry.metrics_listen;
     let cluster = plan.cluster.clone();
+    let config_digest = crate::cluster::config_digest(&plan.doc);
     let bext = BextProxy::new(plan);
-    // Without [cluster] the cache keeps its single-node bus and no Redis code runs.
-    let purge_bus = match &cluster {
+    // Without [cluster] the cache keeps its single-node bus, the admin API
+    // its single-node state, and no Redis code runs.
+    let cluster_services = match &cluster {
         Some(c) => {
             let cache = bext.cache();
             let registry = cache.metrics_registry().unwrap_or_default();
-            let bus = crate::cluster::redis_purge_bus(c, cache.store(), &registry)?;
-            cache.set_purge_bus(bus.clone());
+            let wiring = crate::cluster::Wiring {
+                limits: bext.limits(),
+                maintenance: Box::new(bext.maintenance()),
+                upstreams: bext.upstreams(),
+                config_digest,
+            };
+            let redis = crate::cluster::redis(c, cache.store(), &registry, wiring)?;
+            cache.set_purge_bus(redis.purges.clone());
+            bext.set_shared_state(redis.state.clone());
             log::info!(
-                "cluster: node {} shares purges through {}",
+                "cluster: node {} shares purges, rate limits, maintenance and drain through {} (rate sync every {:?})",
                 c.node_name,
-                c.redis_display()
+                c.redis_display(),
+                c.sync_interval
             );
-            Some(background_service(
-                "cluster purges",
-                crate::cluster::PurgeBusService(bus),
+            Some((
+                background_service(
+                    "cluster purges",
+                    crate::cluster::PurgeBusService(redis.purges.clone()),
+                ),
+                background_service("cluster link", redis.link_service()),
             ))
         }
         None => None,
@@ -135,8 +148,9 @@ pub fn run(plan: Plan, opts: RunOptions) -> anyhow::Result<()> {
     server.add_service(health);
     server.add_service(farewell);
     server.add_service(maintenance);
-    if let Some(bus) = purge_bus {
-        server.add_service(bus);
+    if let Some((purges, link)) = cluster_services {
+        server.add_service(purges);
+        server.add_service(link);
     }
     // The access log's writer thread and the span exporter start after the fork.
     server.add_service(background_service(

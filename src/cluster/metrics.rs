@@ -19,6 +19,18 @@ pub(crate) struct ClusterMetrics {
     pub bad_entries: IntCounter,
     pub redis_errors: IntCounter,
     pub lag: Histogram,
+    pub publish: Histogram,
+    pub rate_rounds: IntCounter,
+    pub rate_failures: IntCounter,
+    pub rate_charged: IntCounter,
+    pub rate_untracked: IntCounter,
+    pub rate_sync: Histogram,
+    pub state_published: IntCounter,
+    pub state_applied: IntCounter,
+    pub hints_published: IntCounter,
+    pub hints_received: IntCounter,
+    pub events_connected: IntGauge,
+    pub peers: IntGauge,
 }
 
 impl ClusterMetrics {
@@ -54,12 +66,62 @@ impl ClusterMetrics {
             ),
             redis_errors: sub.counter(
                 "redis_errors_total",
-                "Failed Redis calls (connect, publish, read)",
+                "Failed Redis calls (connect, publish, read, subscribe, state, heartbeat)",
             ),
             lag: sub.histogram(
                 "purge_propagation_seconds",
                 "From a purge's publication on another node to its application here",
                 LAG_BUCKETS,
+            ),
+            publish: sub.histogram(
+                "purge_publish_seconds",
+                "Appending a purge accepted here to the purge stream (XADD round trip)",
+                LAG_BUCKETS,
+            ),
+            rate_rounds: sub.counter(
+                "rate_sync_rounds_total",
+                "Sync periods in which this node had rate-limit admissions to share",
+            ),
+            rate_failures: sub.counter(
+                "rate_sync_failures_total",
+                "Sync periods whose admissions were not shared (Redis unavailable or failing)",
+            ),
+            rate_charged: sub.counter(
+                "rate_remote_requests_total",
+                "Requests admitted by other nodes and charged to this node's rate limiters",
+            ),
+            rate_untracked: sub.counter(
+                "rate_untracked_total",
+                "Admissions not shared because this period's bounded client table was full",
+            ),
+            rate_sync: sub.histogram(
+                "rate_sync_seconds",
+                "Publishing one sync period's admissions (PUBLISH round trip)",
+                LAG_BUCKETS,
+            ),
+            state_published: sub.counter(
+                "state_published_total",
+                "Maintenance and drain switches made here and written to the shared state",
+            ),
+            state_applied: sub.counter(
+                "state_updates_applied_total",
+                "Maintenance and drain switches made on other nodes and applied here",
+            ),
+            hints_published: sub.counter(
+                "health_hints_published_total",
+                "Upstream nodes this node saw go unhealthy, announced to the others",
+            ),
+            hints_received: sub.counter(
+                "health_hints_received_total",
+                "Health hints from other nodes that made this node probe at once",
+            ),
+            events_connected: sub.gauge(
+                "events_connected",
+                "1 while the subscriber for rate rounds, switches and hints is connected to Redis",
+            ),
+            peers: sub.gauge(
+                "peers",
+                "Other bext nodes whose heartbeat was seen in the last 10 seconds",
             ),
         }
     }

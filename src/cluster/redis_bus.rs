@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
@@ -69,37 +69,44 @@ pub(super) struct RedisBus {
     /// are the operator's and may repeat; this is random per process).
     instance: String,
     start: EntryId,
-    metrics: ClusterMetrics,
+    metrics: Arc<ClusterMetrics>,
+    /// The last entry applied here and its publication-to-application lag
+    /// (`GET /__bext/cluster`).
+    last_applied: Mutex<Option<(String, u64)>>,
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct Backoff(Duration);
+pub(super) struct Backoff(Duration);
 
 impl Backoff {
-    fn new() -> Backoff {
+    pub(super) fn new() -> Backoff {
         Backoff(BACKOFF_MIN)
     }
-    fn next(&mut self) -> Duration {
+    /// No failure since the last reset (the first is worth a log line).
+    pub(super) fn is_first(&self) -> bool {
+        self.0 == BACKOFF_MIN
+    }
+    pub(super) fn next(&mut self) -> Duration {
         let d = self.0;
         self.0 = (self.0 * 2).min(BACKOFF_MAX);
         d
     }
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.0 = BACKOFF_MIN;
     }
 }
 
 /// Sleeps `d`; false when the server is shutting down.
-async fn pause(d: Duration, shutdown: &mut ShutdownWatch) -> bool {
+pub(super) async fn pause(d: Duration, shutdown: &mut ShutdownWatch) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => true,
         _ = shutdown.changed() => false,
@@ -110,7 +117,7 @@ impl RedisBus {
     pub(super) fn new(
         plan: &ClusterPlan,
         store: &'static Store,
-        metrics: ClusterMetrics,
+        metrics: Arc<ClusterMetrics>,
     ) -> anyhow::Result<RedisBus> {
         // Parses only: no connection before the service runs.
         let client = redis::Client::open(plan.redis_url.as_str())?;
@@ -131,6 +138,7 @@ impl RedisBus {
                 seq: 0,
             },
             metrics,
+            last_applied: Mutex::new(None),
         })
     }
 
@@ -162,8 +170,12 @@ impl RedisBus {
             return Err("not started".into());
         };
         let mut conn = (*writer).clone();
+        let t = std::time::Instant::now();
         match tokio::time::timeout(PUBLISH_TIMEOUT, self.xadd(&mut conn, wire)).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.metrics.publish.observe(t.elapsed().as_secs_f64());
+                Ok(())
+            }
             Ok(Err(e)) => {
                 self.metrics.redis_errors.inc();
                 Err(e.to_string())
@@ -340,6 +352,7 @@ impl RedisBus {
                 if let Some(sent) = sent {
                     let lag = now_ms().saturating_sub(sent);
                     self.metrics.lag.observe(lag as f64 / 1000.0);
+                    *lock(&self.last_applied) = Some((entry.id.clone(), lag));
                 }
             }
             Err(e) => {
@@ -434,7 +447,7 @@ impl RedisBus {
 
 /// A random token (std's randomly seeded hash keys, which differ on every
 /// call, the time and the pid).
-fn random_token() -> String {
+pub(super) fn random_token() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(now_ms());
@@ -497,13 +510,24 @@ impl PurgeBus for RedisBus {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         match ConnectionManager::new_lazy_with_config(self.client.clone(), config) {
-            Ok(m) => self.writer.store(Some(std::sync::Arc::new(m))),
+            Ok(m) => self.writer.store(Some(Arc::new(m))),
             Err(e) => {
                 log::error!("cluster: cannot set up the Redis publisher: {e}; purges stay local");
                 return;
             }
         }
         tokio::join!(self.follow(shutdown.clone()), self.flush(shutdown));
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let last = lock(&self.last_applied).clone();
+        serde_json::json!({
+            "stream": self.stream,
+            "connected": self.connected.load(Ordering::Acquire),
+            "queued": lock(&self.queue).len(),
+            "last_applied": last.as_ref().map(|(id, _)| id.clone()),
+            "last_lag_ms": last.map(|(_, lag)| lag),
+        })
     }
 }
 

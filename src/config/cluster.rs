@@ -1,11 +1,14 @@
-//! `[cluster]`: several bext nodes sharing purges through one Redis (or any
-//! Redis-protocol server). Absent, bext is a single node and no Redis code
-//! runs. The URL may hold a password, so it is resolved with
+//! `[cluster]`: several bext nodes sharing purges, rate limits, maintenance
+//! and drain state and health hints through one Redis (or any Redis-protocol
+//! server). Absent, bext is a single node and no Redis code runs. The URL may hold a password, so it is resolved with
 //! [`resolve_secret`] (`env:VAR`) and never printed whole.
 
 use serde::Deserialize;
 
+use std::time::Duration;
+
 use super::plan::{resolve_secret, Errors};
+use super::units::HumanDuration;
 
 /// `[cluster]` as written.
 #[derive(Debug, Deserialize)]
@@ -17,6 +20,8 @@ pub struct ClusterSection {
     pub node_name: Option<String>,
     /// Prefix of every key bext uses (default `bext:`), to share a Redis.
     pub key_prefix: Option<String>,
+    /// How often this node's rate-limit admissions are shared (default 200ms).
+    pub sync_interval: Option<HumanDuration>,
 }
 
 /// `[cluster]`, validated.
@@ -26,6 +31,9 @@ pub struct ClusterPlan {
     pub redis_url: String,
     pub node_name: String,
     pub key_prefix: String,
+    /// Rate-limit sync period (also paces the shared-state and health-hint
+    /// checks; heartbeats are a few of these apart).
+    pub sync_interval: Duration,
 }
 
 impl ClusterPlan {
@@ -41,11 +49,16 @@ impl std::fmt::Debug for ClusterPlan {
             .field("redis_url", &self.redis_display())
             .field("node_name", &self.node_name)
             .field("key_prefix", &self.key_prefix)
+            .field("sync_interval", &self.sync_interval)
             .finish()
     }
 }
 
 pub const DEFAULT_KEY_PREFIX: &str = "bext:";
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(200);
+/// Faster costs Redis round trips for little accuracy; slower lets a client
+/// spread over N nodes take up to N bursts before the others hear of it.
+const SYNC_RANGE: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(5));
 const MAX_NAME: usize = 128;
 
 pub(super) fn compile(errs: &mut Errors, c: ClusterSection) -> Option<ClusterPlan> {
@@ -95,10 +108,21 @@ pub(super) fn compile(errs: &mut Errors, c: ClusterSection) -> Option<ClusterPla
             format!("longer than {MAX_NAME} bytes"),
         );
     }
+    let sync_interval = c.sync_interval.map_or(DEFAULT_SYNC_INTERVAL, |d| d.0);
+    if sync_interval < SYNC_RANGE.0 || sync_interval > SYNC_RANGE.1 {
+        errs.push(
+            "cluster.sync_interval",
+            format!(
+                "{sync_interval:?}: must be between {:?} and {:?} (default {DEFAULT_SYNC_INTERVAL:?})",
+                SYNC_RANGE.0, SYNC_RANGE.1
+            ),
+        );
+    }
     (errs.count() == before).then_some(ClusterPlan {
         redis_url: url,
         node_name,
         key_prefix,
+        sync_interval,
     })
 }
 
@@ -158,14 +182,16 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(c.key_prefix, "bext:");
+        assert_eq!(c.sync_interval, DEFAULT_SYNC_INTERVAL);
         assert_eq!(Some(c.node_name), hostname());
-        let c = load("[cluster]\nredis = \"rediss://u:pw@r.test:6380/1\"\nnode_name = \"edge-a\"\nkey_prefix = \"shop:\"\n")
+        let c = load("[cluster]\nredis = \"rediss://u:pw@r.test:6380/1\"\nnode_name = \"edge-a\"\nkey_prefix = \"shop:\"\nsync_interval = \"100ms\"\n")
             .unwrap()
             .unwrap();
         assert_eq!(
             (c.node_name.as_str(), c.key_prefix.as_str()),
             ("edge-a", "shop:")
         );
+        assert_eq!(c.sync_interval, Duration::from_millis(100));
         assert!(!format!("{c:?}").contains("pw"));
     }
 
@@ -185,6 +211,13 @@ mod tests {
         assert!(e[0].contains("cluster.node_name"), "{e:?}");
         let e = load("[cluster]\nredis = \"redis://h\"\nmaxlen = 3\n").unwrap_err();
         assert!(e[0].contains("cluster.maxlen: unknown field"), "{e:?}");
+        let e = load("[cluster]\nredis = \"redis://h\"\nsync_interval = \"1ms\"\n").unwrap_err();
+        assert!(
+            e[0].contains("cluster.sync_interval: 1ms: must be between"),
+            "{e:?}"
+        );
+        let e = load("[cluster]\nredis = \"redis://h\"\nsync_interval = \"fast\"\n").unwrap_err();
+        assert!(e[0].contains("cluster.sync_interval"), "{e:?}");
     }
 
     #[test]

@@ -53,6 +53,17 @@ impl fmt::Display for Plan {
         } else {
             writeln!(f, "cache: off")?;
         }
+        match &self.cluster {
+            Some(c) => writeln!(
+                f,
+                "cluster: node {} on {} (keys {}*, rate sync every {:?}); shared: purges, rate limits (approximate), maintenance, drain, health hints",
+                c.node_name,
+                c.redis_display(),
+                c.key_prefix,
+                c.sync_interval
+            )?,
+            None => writeln!(f, "cluster: off (single node)")?,
+        }
         writeln!(f, "sites (host: routes):")?;
         let sites = self.routes.sites();
         for (site, n) in &sites {

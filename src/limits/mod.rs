@@ -13,12 +13,18 @@
 //! memory does not depend on how many addresses talk to bext. Rejections are
 //! counted per reason ([`Limits::counters`], `GET /__bext/limits`) and logged
 //! at most once a second.
+//!
+//! With `[cluster]` the rate limiters also record what they admit
+//! (`shared.rs`); the cluster's sync task takes those counts
+//! ([`Limits::take_admissions`]) and hands back the other nodes'
+//! ([`Limits::charge_remote`]). The request path never waits on it.
 
 pub mod client_key;
 mod conns;
 pub mod hygiene;
 pub mod metrics;
 mod rate;
+pub(crate) mod shared;
 pub mod sizes;
 mod stream;
 
@@ -188,6 +194,8 @@ pub struct Limits {
     websockets: ConnLimiter,
     pub metrics: LimitMetrics,
     last_log_sec: AtomicU64,
+    /// `[cluster]`: rate limiters record admissions for the sync.
+    shared: bool,
 }
 
 /// The settings side of the limits and the rate sketches that go with them.
@@ -202,13 +210,13 @@ impl LimitsLive {
     /// `old`'s sketches are kept where the spec is the same (the global rate;
     /// a route's rate at the same position), so a client over its limit
     /// stays over it across a reload.
-    fn new(plan: LimitsPlan, old: Option<&LimitsLive>) -> LimitsLive {
+    fn new(plan: LimitsPlan, old: Option<&LimitsLive>, shared: bool) -> LimitsLive {
         let keep = |spec: Option<RateSpec>,
                     old: Option<(Option<RateSpec>, &Option<Arc<RateLimiter>>)>| {
             let spec = spec?;
             match old {
                 Some((Some(o), Some(l))) if o == spec => Some(l.clone()),
-                _ => Some(Arc::new(RateLimiter::new(spec))),
+                _ => Some(Arc::new(RateLimiter::new(spec, shared))),
             }
         };
         let rate = keep(plan.rate, old.map(|o| (o.plan.rate, &o.rate)));
@@ -249,10 +257,12 @@ fn usize_of(v: u64) -> usize {
 }
 
 impl Limits {
+    /// `shared`: `[cluster]` is on (rate limits are synced with other nodes).
     pub fn new(
         plan: LimitsPlan,
         trusted_proxies: Vec<IpNet>,
         registry: &prometheus::Registry,
+        shared: bool,
     ) -> Limits {
         Limits {
             conns: ConnLimiter::new(plan.max_connections, plan.max_connections_per_ip),
@@ -263,7 +273,8 @@ impl Limits {
             ),
             last_log_sec: AtomicU64::new(0),
             trusted: trusted_proxies,
-            live: arc_swap::ArcSwap::from_pointee(LimitsLive::new(plan, None)),
+            live: arc_swap::ArcSwap::from_pointee(LimitsLive::new(plan, None, shared)),
+            shared,
         }
     }
 
@@ -273,13 +284,64 @@ impl Limits {
         self.conns
             .set_caps(plan.max_connections, plan.max_connections_per_ip);
         self.websockets.set_caps(0, plan.max_websockets_per_ip);
-        let next = LimitsLive::new(plan, Some(&self.live.load()));
+        let next = LimitsLive::new(plan, Some(&self.live.load()), self.shared);
         self.live.store(Arc::new(next));
     }
 
     /// The current settings (the connection layer's deadlines).
     pub(crate) fn settings(&self) -> arc_swap::Guard<Arc<LimitsLive>> {
         self.live.load()
+    }
+
+    /// The rate limiters with their cluster ids (0: `[limits] rate`,
+    /// i + 1: route rule i).
+    fn limiters(live: &LimitsLive) -> impl Iterator<Item = (u16, &RateLimiter)> {
+        let global = live.rate.as_deref().map(|l| (0, l));
+        let routes = live.route_rates.iter().enumerate().filter_map(|(i, l)| {
+            let id = u16::try_from(i + 1).ok()?;
+            Some((id, l.as_deref()?))
+        });
+        global.into_iter().chain(routes)
+    }
+
+    /// `[cluster]`: every rate limiter's admissions since the last call, and
+    /// how many admissions did not fit the bounded tables (background task).
+    pub(crate) fn take_admissions(&self) -> (Vec<shared::Section>, u64) {
+        let live = self.live.load();
+        let mut untracked = 0;
+        let sections = Self::limiters(&live)
+            .map(|(limiter, l)| {
+                let mut counts = Vec::new();
+                untracked += l.drain_admissions(&mut counts);
+                shared::Section {
+                    limiter,
+                    spec: l.fingerprint(),
+                    counts,
+                }
+            })
+            .filter(|s| !s.counts.is_empty())
+            .collect();
+        (sections, untracked)
+    }
+
+    /// `[cluster]`: charges what another node admitted to the same limiter
+    /// (same id and spec) here; returns the requests charged.
+    pub(crate) fn charge_remote(&self, sections: &[shared::Section]) -> u64 {
+        let live = self.live.load();
+        let mut charged = 0;
+        for (id, l) in Self::limiters(&live) {
+            let spec = l.fingerprint();
+            for s in sections
+                .iter()
+                .filter(|s| s.limiter == id && s.spec == spec)
+            {
+                for &(hash, count) in &s.counts {
+                    l.charge(hash, count);
+                    charged += u64::from(count);
+                }
+            }
+        }
+        charged
     }
 
     /// Rejections so far, per reason (the `bext_limits_rejected_total` metric).

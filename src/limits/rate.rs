@@ -9,6 +9,14 @@
 //! count-min). With 4 rows of 32768 cells a legitimate client is affected only
 //! when all four of its cells were touched within the last emission interval.
 //!
+//! With `[cluster]` each limiter also records what it admits (`shared.rs`),
+//! and [`RateLimiter::charge`] applies what other nodes admitted: the
+//! client's arrival time moves on by `count × interval`, as if those
+//! requests had come here, so the local check (still the only one on the
+//! request path) sees the cluster's traffic one sync period late. The
+//! sketch is indexed by the client's cluster-wide name so a remote count
+//! finds the same cells.
+//!
 //! Why not `pingora_limits::rate::Rate`: it counts events in fixed windows, so
 //! a burst allowance and a sustained rate cannot both be expressed (a client
 //! gets up to twice the limit across a window boundary), and its reset path
@@ -20,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::client_key::ClientKey;
+use super::shared::Admissions;
 use super::RateSpec;
 
 const ROWS: usize = 4;
@@ -43,6 +52,9 @@ pub struct RateLimiter {
     cells: Box<[AtomicU64]>,
     hasher: RandomState,
     epoch: Instant,
+    /// `[cluster]`: this node's admissions since the last sync.
+    shared: Option<Admissions>,
+    spec: RateSpec,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -55,7 +67,8 @@ impl std::fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(spec: RateSpec) -> RateLimiter {
+    /// `shared`: record admissions for the cluster's sync (`[cluster]`).
+    pub fn new(spec: RateSpec, shared: bool) -> RateLimiter {
         let per_ns = u64::try_from(spec.per.as_nanos()).unwrap_or(u64::MAX);
         let interval_ns = (per_ns / u64::from(spec.requests.max(1))).max(1);
         RateLimiter {
@@ -64,6 +77,51 @@ impl RateLimiter {
             cells: (0..ROWS * WIDTH).map(|_| AtomicU64::new(0)).collect(),
             hasher: RandomState::new(),
             epoch: Instant::now(),
+            shared: shared.then(Admissions::new),
+            spec,
+        }
+    }
+
+    /// The spec, as the other nodes know it: counts are only exchanged
+    /// between limiters with the same one (FNV-1a, stable across builds).
+    pub fn fingerprint(&self) -> u64 {
+        let per = u64::try_from(self.spec.per.as_nanos()).unwrap_or(u64::MAX);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in [
+            u64::from(self.spec.requests),
+            per,
+            u64::from(self.spec.burst),
+        ]
+        .iter()
+        .flat_map(|v| v.to_be_bytes())
+        {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+
+    /// The admissions since the last call (`[cluster]`), and how many did
+    /// not fit the table. Nothing without `[cluster]`.
+    pub(crate) fn drain_admissions(&self, out: &mut Vec<(u64, u16)>) -> u64 {
+        self.shared.as_ref().map_or(0, |t| t.drain(out))
+    }
+
+    /// Charges client `hash` for `count` requests another node admitted.
+    /// The arrival time may run ahead of now by at most two bursts: a
+    /// client owes at most one burst beyond its own, however late or
+    /// inflated the counts (a hostile publisher cannot lock a client out
+    /// for longer than that).
+    pub(crate) fn charge(&self, hash: u64, count: u16) {
+        let now = self.now_ns();
+        let slots = self.slots_of(hash);
+        let tat = self.tat(&slots);
+        let cap = now.saturating_add(self.tolerance_ns.saturating_mul(2));
+        let next = tat
+            .max(now)
+            .saturating_add(self.interval_ns.saturating_mul(u64::from(count)))
+            .min(cap.max(tat));
+        for &s in &slots {
+            self.cells[s].fetch_max(next, Ordering::Relaxed);
         }
     }
 
@@ -83,20 +141,26 @@ impl RateLimiter {
             .saturating_add(self.tolerance_ns)
     }
 
-    fn slots(&self, key: ClientKey) -> [usize; ROWS] {
-        // Double hashing (Kirsch-Mitzenmacher): row i uses h1 + i*h2.
-        let h = self.hasher.hash_one(key.raw());
+    fn slots_of(&self, cluster_hash: u64) -> [usize; ROWS] {
+        // Double hashing (Kirsch-Mitzenmacher): row i uses h1 + i*h2. The
+        // per-process hasher keeps cell collisions unpredictable.
+        let h = self.hasher.hash_one(cluster_hash);
         let (h1, h2) = (h as u32 as usize, ((h >> 32) as usize) | 1);
         std::array::from_fn(|i| i * WIDTH + (h1.wrapping_add(i.wrapping_mul(h2)) % WIDTH))
     }
 
-    fn check_at(&self, key: ClientKey, now: u64) -> Decision {
-        let slots = self.slots(key);
-        let tat = slots
+    fn tat(&self, slots: &[usize; ROWS]) -> u64 {
+        slots
             .iter()
             .map(|&s| self.cells[s].load(Ordering::Relaxed))
             .min()
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    fn check_at(&self, key: ClientKey, now: u64) -> Decision {
+        let hash = key.cluster_hash();
+        let slots = self.slots_of(hash);
+        let tat = self.tat(&slots);
         let next = tat.max(now).saturating_add(self.interval_ns);
         let ahead = next - now;
         if ahead > self.tolerance_ns {
@@ -109,6 +173,9 @@ impl RateLimiter {
         for &s in &slots {
             self.cells[s].fetch_max(next, Ordering::Relaxed);
         }
+        if let Some(t) = &self.shared {
+            t.record(hash);
+        }
         Decision::Allow
     }
 }
@@ -118,11 +185,14 @@ mod tests {
     use super::*;
 
     fn limiter(requests: u32, per_ms: u64, burst: u32) -> RateLimiter {
-        RateLimiter::new(RateSpec {
-            requests,
-            per: Duration::from_millis(per_ms),
-            burst,
-        })
+        RateLimiter::new(
+            RateSpec {
+                requests,
+                per: Duration::from_millis(per_ms),
+                burst,
+            },
+            true,
+        )
     }
 
     fn key(n: u32) -> ClientKey {
@@ -172,5 +242,42 @@ mod tests {
             .count();
         assert!(fresh >= 50, "fresh client allowed {fresh}");
         assert_eq!(RateLimiter::memory_bytes(), 1 << 20);
+    }
+
+    #[test]
+    fn admissions_are_recorded_and_remote_ones_are_charged() {
+        let l = limiter(10, 1000, 5); // 100 ms per request, bucket of 5
+        let now = l.tolerance_ns;
+        for _ in 0..3 {
+            assert_eq!(l.check_at(key(1), now), Decision::Allow);
+        }
+        let mut out = vec![];
+        assert_eq!(l.drain_admissions(&mut out), 0);
+        assert_eq!(out, vec![(key(1).cluster_hash(), 3)]);
+
+        // Another node admitted 2 of key(2)'s requests: 3 of 5 left here.
+        l.charge(key(2).cluster_hash(), 2);
+        let t = l.now_ns();
+        let allowed = (0..10)
+            .filter(|_| l.check_at(key(2), t) == Decision::Allow)
+            .count();
+        assert_eq!(allowed, 3);
+        // However much is charged, a client owes at most one more burst.
+        l.charge(key(3).cluster_hash(), 4095);
+        let t = l.now_ns();
+        let slots = l.slots_of(key(3).cluster_hash());
+        assert!(l.tat(&slots) <= t + 2 * l.tolerance_ns);
+    }
+
+    #[test]
+    fn specs_have_stable_fingerprints() {
+        assert_eq!(
+            limiter(10, 1000, 5).fingerprint(),
+            limiter(10, 1000, 5).fingerprint()
+        );
+        assert_ne!(
+            limiter(10, 1000, 5).fingerprint(),
+            limiter(10, 1000, 6).fingerprint()
+        );
     }
 }

@@ -46,6 +46,7 @@ use live::Live;
 use crate::admin::{self, Endpoint};
 use crate::auth::{AuthMetrics, Verdict};
 use crate::cache::EdgeCache;
+use crate::cluster::{LocalState, SharedState};
 use crate::compression::{Coding, EdgeCompression};
 use crate::config::diff::Snapshot;
 use crate::config::Plan;
@@ -92,6 +93,9 @@ pub struct BextProxy {
     tls_certs: Option<Arc<ArcSwap<crate::tls::CertStore>>>,
     telemetry: Arc<Telemetry>,
     auth_metrics: AuthMetrics,
+    /// `[cluster]`'s shared switches (set once at the composition root;
+    /// unset, the single-node default).
+    shared: Arc<std::sync::OnceLock<Arc<dyn SharedState>>>,
 }
 
 impl BextProxy {
@@ -103,6 +107,7 @@ impl BextProxy {
             plan.limits,
             plan.server.trusted_proxies.clone(),
             &registry,
+            plan.cluster.is_some(),
         ));
         let upstreams = Arc::new(Upstreams::new(&plan.upstreams));
         upstreams.register_metrics(&registry);
@@ -163,6 +168,21 @@ impl BextProxy {
             cache,
             telemetry: Arc::new(telemetry),
             auth_metrics,
+            shared: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// `[cluster]`: shares maintenance and drain switches made here.
+    pub fn set_shared_state(&self, shared: Arc<dyn SharedState>) {
+        if self.shared.set(shared).is_err() {
+            log::error!("cluster: shared state already attached; keeping the first");
+        }
+    }
+
+    fn shared_state(&self) -> &dyn SharedState {
+        match self.shared.get() {
+            Some(s) => s.as_ref(),
+            None => &LocalState,
         }
     }
 
@@ -359,11 +379,17 @@ impl BextProxy {
             }
             Endpoint::Upstreams => upstream::admin::list(session, &self.upstreams.load(), id).await,
             Endpoint::UpstreamNode => {
-                upstream::admin::node_action(session, &self.upstreams.load_full(), id).await
+                let pools = self.upstreams.load_full();
+                upstream::admin::node_action(session, &pools, self.shared_state(), id).await
             }
             Endpoint::Limits => respond::json(session, 200, &self.limits.to_json(), id).await,
             Endpoint::CachePurge => self.cache.purge_request(session, id).await,
-            Endpoint::Maintenance => maintenance::admin(session, &live.maintenance, id).await,
+            Endpoint::Maintenance => {
+                maintenance::admin(session, &live.maintenance, self.shared_state(), id).await
+            }
+            Endpoint::Cluster => {
+                respond::json(session, 200, &self.shared_state().status(), id).await
+            }
             Endpoint::Reload => {
                 let (status, body) = self.reload_in_place(session).await;
                 respond::json(session, status, &body, id).await

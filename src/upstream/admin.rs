@@ -1,7 +1,8 @@
 //! Admin handlers for the pools: `GET /__bext/upstreams` (every node's state,
 //! in-flight count, counters and last error) and
-//! `POST /__bext/upstreams/NAME/nodes/ID/drain|undrain`. Access control and
-//! dispatch live in `crate::admin`.
+//! `POST /__bext/upstreams/NAME/nodes/ID/drain|undrain` (shared with the
+//! other nodes under `[cluster]`). Access control and dispatch live in
+//! `crate::admin`.
 
 use http::HeaderValue;
 use pingora::proxy::Session;
@@ -55,9 +56,12 @@ pub fn parse_node_action(path: &str) -> Option<(&str, &str, bool)> {
     Some((name, id, drain))
 }
 
+/// With `[cluster]` the drain is also handed to `shared` (every node drains
+/// the node), and the answer says whether it reached them (`"cluster"`).
 pub async fn node_action(
     session: &mut Session,
     upstreams: &Upstreams,
+    shared: &dyn crate::cluster::SharedState,
     request_id: Option<&HeaderValue>,
 ) -> pingora::Result<()> {
     let path = session.req_header().uri.path().to_string();
@@ -79,7 +83,15 @@ pub async fn node_action(
         return respond_json(session, 404, &body, request_id).await;
     };
     let node = pool.node_by_id(id).map(|n| n.snapshot());
-    let body = json!({ "upstream": name, "changed": changed, "node": node });
+    let change = crate::cluster::StateChange::Drain {
+        upstream: name.to_string(),
+        node: id.to_string(),
+        drained: drain,
+    };
+    let mut body = json!({ "upstream": name, "changed": changed, "node": node });
+    if let Some(p) = shared.publish(change).await {
+        body["cluster"] = p.as_str().into();
+    }
     respond_json(session, 200, &body, request_id).await
 }
 

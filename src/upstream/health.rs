@@ -5,6 +5,8 @@
 //! row take a node out (and close its tunnels), `healthy_after` successes
 //! bring it back. Connect failures of real requests count as failures too
 //! (see `retry.rs`), so a dead node usually leaves before its next probe.
+//! With `[cluster]`, a hint from another edge that a node failed makes the
+//! pool probe at once (`Pool::probe_now`); the result counts like any probe.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +78,8 @@ async fn check_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
+            // Another edge saw a node of this pool fail (`[cluster]`).
+            _ = pool.probe_requested() => tick.reset(),
         }
         let probes = pool.nodes().iter().map(|n| probe_node(n.clone(), &plan));
         let results = futures_util::future::join_all(probes).await;

@@ -25,6 +25,9 @@ pub struct Pool {
     pub metrics: PoolMetrics,
     /// Recent tunnel closes per client, to tell LiveView reconnects.
     pub reconnects: ReconnectTracker,
+    /// Wakes this pool's health checks before their next tick (a hint
+    /// from another edge that one of its nodes failed).
+    probe_soon: tokio::sync::Notify,
 }
 
 /// [`Pool::next`]: the pool, its nodes that are new, and the old pool's
@@ -104,7 +107,19 @@ impl Pool {
             policy: plan.policy.clone(),
             metrics,
             reconnects: ReconnectTracker::new(RECONNECT_SLOTS, RECONNECT_WINDOW),
+            probe_soon: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Probes every node of the pool now rather than at the next tick;
+    /// the results count as any probe's (no node changes state on a hint).
+    pub fn probe_now(&self) {
+        self.probe_soon.notify_one();
+    }
+
+    /// Resolves when [`Self::probe_now`] was called (the health service).
+    pub async fn probe_requested(&self) {
+        self.probe_soon.notified().await
     }
 
     /// This pool in the next plan of a reload in place: nodes matched by id

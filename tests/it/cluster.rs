@@ -476,3 +476,477 @@ async fn purges_travel_over_tls_with_rediss() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+// ---------------------------------------------------------------------------
+// Shared rate limits, switches, health hints and the cluster endpoint
+// ---------------------------------------------------------------------------
+
+fn cluster_section(redis: &Redis, name: &str) -> String {
+    format!(
+        "\n[cluster]\nredis = \"{}\"\nnode_name = \"{name}\"\nkey_prefix = \"{PREFIX}\"\n",
+        redis.url()
+    )
+}
+
+/// 20 requests a second, bursts of 10, per client.
+const RATE: (f64, f64) = (20.0, 10.0);
+const LIMITS: &str = "[limits]\nrate = { requests = 20, per = \"1s\", burst = 10 }\n";
+
+/// Three nodes on one Redis in front of `origin`, `extra` in each config.
+async fn three(origin: &CacheOrigin, redis: &Redis, extra: &str) -> [Bext; 3] {
+    let mut nodes = vec![];
+    for name in ["a", "b", "c"] {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let text = config(
+            listen,
+            origin.addr(),
+            &format!("{extra}{}", cluster_section(redis, name)),
+        );
+        nodes.push(Bext::start(&text).await);
+    }
+    let nodes: [Bext; 3] = nodes.try_into().unwrap_or_else(|_| unreachable!());
+    all_linked(&nodes).await;
+    nodes
+}
+
+/// Waits until every node's subscriber (rate rounds, switches) is connected.
+async fn all_linked(nodes: &[Bext]) {
+    for n in nodes {
+        let up = wait_metric(n, "bext_cluster_events_connected", 15, |v| v == 1.0).await;
+        assert_eq!(up, 1.0, "{} linked to Redis: {}", n.addr(), n.stderr());
+    }
+}
+
+/// A client that is neither loopback-admin nor anyone else's: its own
+/// address on the loopback network.
+fn client_from(last: u8) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// What a paced client got: answers by status, transport failures, time.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u32,
+    limited: u32,
+    other: u32,
+    failed: u32,
+    secs: f64,
+}
+
+/// Sends `rps` requests a second round-robin over `nodes` for `secs`.
+async fn paced(c: &reqwest::Client, nodes: &[&Bext], rps: f64, secs: f64) -> Tally {
+    let mut t = Tally::default();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rps));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    let total = (rps * secs) as usize;
+    for i in 0..total {
+        tick.tick().await;
+        match c.get(nodes[i % nodes.len()].url("/nocache/r")).send().await {
+            Ok(r) => match r.status().as_u16() {
+                200 => t.ok += 1,
+                429 => t.limited += 1,
+                _ => t.other += 1,
+            },
+            Err(_) => t.failed += 1,
+        }
+    }
+    t.secs = start.elapsed().as_secs_f64();
+    t
+}
+
+/// Admitted requests as a share of what the global limit allows over the run.
+fn share(t: &Tally) -> f64 {
+    f64::from(t.ok) / (RATE.0 * t.secs + RATE.1)
+}
+
+#[tokio::test]
+async fn a_client_spread_over_three_nodes_is_held_to_about_its_global_rate() {
+    let redis = Redis::start().await;
+    let origin = CacheOrigin::start().await;
+    let [a, b, c] = three(&origin, &redis, LIMITS).await;
+    // 3× the limit, spread evenly: unshared, each node would admit nearly
+    // all of its third (≈ 2.7× the global limit).
+    let t = paced(&client_from(21), &[&a, &b, &c], 3.0 * RATE.0, 5.0).await;
+    let s = share(&t);
+    eprintln!("admitted {:.0}% of the global limit: {t:?}", s * 100.0);
+    assert_eq!((t.failed, t.other), (0, 0), "{t:?}");
+    assert!(
+        s > 0.5 && s < 2.0,
+        "admitted {s:.2}× the global limit: {t:?}"
+    );
+    for n in [&a, &b, &c] {
+        let charged = metric(n, "bext_cluster_rate_remote_requests_total").await;
+        assert!(
+            charged > 0.0,
+            "{} charged nothing from the others",
+            n.addr()
+        );
+    }
+    assert!(metric(&a, "bext_cluster_rate_sync_rounds_total").await > 0.0);
+    assert_eq!(
+        metric(&a, "bext_cluster_rate_sync_failures_total").await,
+        0.0
+    );
+}
+
+/// Accuracy of the shared limit over several runs (a measurement):
+/// `cargo test --test it -- --ignored cluster::rate_accuracy --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn rate_accuracy() {
+    let redis = Redis::start().await;
+    let origin = CacheOrigin::start().await;
+    let [a, b, c] = three(&origin, &redis, LIMITS).await;
+    let mut shares = vec![];
+    for run in 0..6u8 {
+        let t = paced(&client_from(40 + run), &[&a, &b, &c], 3.0 * RATE.0, 10.0).await;
+        assert_eq!((t.failed, t.other), (0, 0), "{t:?}");
+        eprintln!("run {run}: {:.1}% {t:?}", share(&t) * 100.0);
+        shares.push(share(&t) * 100.0);
+    }
+    shares.sort_by(|x, y| x.total_cmp(y));
+    eprintln!(
+        "a client at 3× its limit over 3 nodes got {:.0}–{:.0}% of its global limit through ({} runs of 10 s, sync every 200 ms)",
+        shares[0],
+        shares[shares.len() - 1],
+        shares.len()
+    );
+    // The worst case: a burst at all three nodes at once, inside one sync
+    // period, before any node hears of the others.
+    let burst = client_from(60);
+    let sends = [&a, &b, &c]
+        .iter()
+        .flat_map(|n| (0..30).map(|_| burst.get(n.url("/nocache/r")).send()))
+        .collect::<Vec<_>>();
+    let ok = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.status() == 200))
+        .count();
+    eprintln!(
+        "a burst of 90 requests at once over 3 nodes: {ok} admitted (burst {})",
+        RATE.1
+    );
+}
+
+#[tokio::test]
+async fn with_redis_down_under_load_no_request_fails_and_limits_are_local() {
+    let mut redis = Redis::start().await;
+    let origin = CacheOrigin::start().await;
+    let [a, b, c] = three(&origin, &redis, LIMITS).await;
+    let nodes = [&a, &b, &c];
+    let load = {
+        let nodes: Vec<String> = nodes.iter().map(|n| n.url("/nocache/r")).collect();
+        tokio::spawn(async move {
+            let c = client_from(22);
+            let mut t = Tally::default();
+            let end = Instant::now() + Duration::from_secs(6);
+            let mut i = 0;
+            while Instant::now() < end {
+                match c.get(&nodes[i % nodes.len()]).send().await {
+                    Ok(r) if r.status() == 200 => t.ok += 1,
+                    Ok(r) if r.status() == 429 => t.limited += 1,
+                    Ok(_) => t.other += 1,
+                    Err(_) => t.failed += 1,
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            t
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.kill();
+    for n in nodes {
+        let down = wait_metric(n, "bext_cluster_events_connected", 10, |v| v == 0.0).await;
+        assert_eq!(down, 0.0);
+    }
+    let t = load.await.unwrap();
+    assert_eq!((t.failed, t.other), (0, 0), "no request failed: {t:?}");
+    assert!(t.ok > 0 && t.limited > 0, "{t:?}");
+    for n in nodes {
+        let f = wait_metric(n, "bext_cluster_rate_sync_failures_total", 5, |v| v > 0.0).await;
+        assert!(f > 0.0, "{} counted rounds not shared", n.addr());
+    }
+    // Each node still holds a client to its own limit: a burst of 40 at one
+    // node gets about its burst of 10 through.
+    let c = client_from(23);
+    let answers =
+        futures_util::future::join_all((0..40).map(|_| c.get(a.url("/nocache/r")).send())).await;
+    let mut ok = 0;
+    for r in answers {
+        let status = r.expect("served").status();
+        assert!(status == 200 || status == 429, "{status}");
+        ok += u32::from(status == 200);
+    }
+    // (A slow machine refills a few tokens while the 40 are answered.)
+    assert!((10..=20).contains(&ok), "local limit admitted {ok} of 40");
+    assert!(a.stderr().contains("limits are local"), "{}", a.stderr());
+}
+
+async fn post_json(bext: &Bext, path: &str, body: &str) -> serde_json::Value {
+    let r = client()
+        .post(bext.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("admin call");
+    assert_eq!(r.status(), 200, "{path}");
+    serde_json::from_str(&r.text().await.unwrap()).unwrap()
+}
+
+/// Polls `GET path` as a non-admin client on every node until each answers `status`.
+async fn all_answer(nodes: &[&Bext], path: &str, status: u16, secs: u64) {
+    let c = client_from(30);
+    for n in nodes {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let got = c.get(n.url(path)).send().await.expect("request").status();
+            if got == status {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "{} still answers {got}, not {status}: {}",
+                n.addr(),
+                n.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn maintenance_switched_on_one_node_applies_on_every_node() {
+    let redis = Redis::start().await;
+    let origin = CacheOrigin::start().await;
+    let [a, b, c] = three(&origin, &redis, "").await;
+    let all = [&a, &b, &c];
+    all_answer(&all, "/nocache/m", 200, 5).await;
+
+    let reply = post_json(&b, "/__bext/maintenance", r#"{"site": "*", "on": true}"#).await;
+    assert_eq!(reply["cluster"], "published", "{reply}");
+    all_answer(&all, "/nocache/m", 503, 5).await;
+    for n in [&a, &c] {
+        let applied = wait_metric(n, "bext_cluster_state_updates_applied_total", 5, |v| {
+            v >= 1.0
+        })
+        .await;
+        assert_eq!(applied, 1.0);
+    }
+    assert!(a.stderr().contains("(from the cluster)"), "{}", a.stderr());
+    let state = redis.cli(&["HGETALL", &format!("{PREFIX}state")]);
+    assert!(state.contains(r#"["maintenance","*"]"#), "{state}");
+
+    let reply = post_json(&c, "/__bext/maintenance", r#"{"site": "*", "on": false}"#).await;
+    assert_eq!(reply["cluster"], "published", "{reply}");
+    all_answer(&all, "/nocache/m", 200, 5).await;
+
+    // A node that starts later reads the state when it connects.
+    post_json(&a, "/__bext/maintenance", r#"{"site": "*", "on": true}"#).await;
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let d = Bext::start(&config(
+        listen,
+        origin.addr(),
+        &cluster_section(&redis, "d"),
+    ))
+    .await;
+    all_answer(&[&d], "/nocache/m", 503, 10).await;
+}
+
+mod upstreams {
+    use super::*;
+    use crate::upstream_support::{self as us, TestNode};
+
+    async fn three_edges(redis: &Redis, nodes: &[&TestNode], extra: &str) -> [Bext; 3] {
+        let mut edges = vec![];
+        for name in ["a", "b", "c"] {
+            let text = us::config(free_port(), nodes, extra) + &cluster_section(redis, name);
+            edges.push(Bext::start(&text).await);
+        }
+        let edges: [Bext; 3] = edges.try_into().unwrap_or_else(|_| unreachable!());
+        all_linked(&edges).await;
+        edges
+    }
+
+    async fn node_of(c: &reqwest::Client, edge: &Bext) -> String {
+        us::get(c, &edge.url("/x"), None).await.1
+    }
+
+    #[tokio::test]
+    async fn a_node_drained_through_one_edge_gets_no_new_requests_from_any() {
+        let redis = Redis::start().await;
+        let (n0, n1) = (TestNode::start("n0").await, TestNode::start("n1").await);
+        let [a, b, c] = three_edges(&redis, &[&n0, &n1], "").await;
+        let http = client();
+        for e in [&a, &b, &c] {
+            let seen: Vec<String> =
+                futures_util::future::join_all((0..4).map(|_| node_of(&http, e))).await;
+            assert!(seen.iter().any(|n| n == "n1"), "{seen:?}");
+        }
+
+        let reply = post_json(&a, "/__bext/upstreams/app/nodes/n1/drain", "").await;
+        assert_eq!(reply["cluster"], "published", "{reply}");
+        for e in [&b, &c] {
+            us::wait_state(&http, &e.url(""), "n1", "draining").await;
+        }
+        let before = n1.hits();
+        for e in [&b, &c] {
+            for _ in 0..10 {
+                assert_eq!(node_of(&http, e).await, "n0");
+            }
+        }
+        assert_eq!(n1.hits(), before, "b and c sent n1 nothing new");
+
+        let reply = post_json(&c, "/__bext/upstreams/app/nodes/n1/undrain", "").await;
+        assert_eq!(reply["cluster"], "published", "{reply}");
+        us::wait_state(&http, &a.url(""), "n1", "healthy").await;
+        let seen: Vec<String> =
+            futures_util::future::join_all((0..4).map(|_| node_of(&http, &a))).await;
+        assert!(seen.iter().any(|n| n == "n1"), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn the_affinity_cookie_of_one_edge_is_honoured_by_the_others() {
+        let redis = Redis::start().await;
+        let (n0, n1) = (TestNode::start("n0").await, TestNode::start("n1").await);
+        let [a, b, c] = three_edges(&redis, &[&n0, &n1], &us::sticky_conf()).await;
+        let http = client();
+        let (status, node, cookie) = us::get(&http, &a.url("/x"), None).await;
+        assert_eq!(status, 200);
+        let cookie = cookie.expect("a issued an affinity cookie");
+        for e in [&b, &c] {
+            for _ in 0..6 {
+                let (s, n, reissued) = us::get(&http, &e.url("/x"), Some(&cookie)).await;
+                assert_eq!((s, n.as_str()), (200, node.as_str()), "{}", e.addr());
+                assert!(reissued.is_none(), "{} reissued the cookie", e.addr());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_one_edge_sees_fail_is_probed_by_the_others_at_once() {
+        let redis = Redis::start().await;
+        let (n0, n1) = (TestNode::start("n0").await, TestNode::start("n1").await);
+        // a probes every 200 ms, b only every minute: b can only learn of
+        // n1's failure this soon from a's hint (and then its own probes).
+        let fast = r#"health = { path = "/health", interval = "200ms", timeout = "1s", healthy_after = 1, unhealthy_after = 1 }"#;
+        let slow = r#"health = { path = "/health", interval = "60s", timeout = "1s", healthy_after = 1, unhealthy_after = 1 }"#;
+        let a = Bext::start(
+            &(us::config(free_port(), &[&n0, &n1], fast) + &cluster_section(&redis, "a")),
+        )
+        .await;
+        let b = Bext::start(
+            &(us::config(free_port(), &[&n0, &n1], slow) + &cluster_section(&redis, "b")),
+        )
+        .await;
+        let edges = [a, b];
+        all_linked(&edges).await;
+        let [a, b] = edges;
+        let http = client();
+        us::wait_state(&http, &b.url(""), "n1", "healthy").await;
+
+        n1.set_healthy(false);
+        us::wait_state(&http, &a.url(""), "n1", "unhealthy").await;
+        let took = us::wait_state(&http, &b.url(""), "n1", "unhealthy").await;
+        assert!(
+            took < Duration::from_secs(30),
+            "b took {took:?}: {}",
+            b.stderr()
+        );
+        let hints = wait_metric(&b, "bext_cluster_health_hints_received_total", 5, |v| {
+            v >= 1.0
+        })
+        .await;
+        assert!(hints >= 1.0);
+        assert!(metric(&a, "bext_cluster_health_hints_published_total").await >= 1.0);
+        assert!(
+            b.stderr().contains("another edge saw it fail"),
+            "{}",
+            b.stderr()
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_cluster_endpoint_lists_the_peers() {
+    let redis = Redis::start().await;
+    let origin = CacheOrigin::start().await;
+    let [a, b, c] = three(&origin, &redis, "").await;
+    let http = client();
+    let end = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = crate::support::get_json(&http, &a.url("/__bext/cluster")).await;
+        let n = v["peers"].as_array().map_or(0, |p| p.len());
+        if n == 2 || Instant::now() > end {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(v["node"], "a", "{v}");
+    assert_eq!(v["redis"]["state"], "connected", "{v}");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let peers = v["peers"].as_array().expect("peers");
+    let names: Vec<&str> = peers.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["b", "c"], "{v}");
+    for (p, n) in peers.iter().zip([&b, &c]) {
+        let own = crate::support::get_json(&http, &n.url("/__bext/cluster")).await;
+        assert_eq!(p["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(p["config_digest"], own["config_digest"], "{v}");
+        assert!(p["last_seen_ms_ago"].as_u64().unwrap() < 10_000);
+    }
+    assert_eq!(metric(&a, "bext_cluster_peers").await, 2.0);
+    assert!(
+        v["purge_stream"]["stream"]
+            .as_str()
+            .unwrap()
+            .ends_with("purges"),
+        "{v}"
+    );
+
+    // The cluster's series keep the exposition clean.
+    let text = scrape(&client(), &a.url("")).await;
+    assert!(
+        text.contains("bext_cluster_rate_sync_rounds_total"),
+        "{text}"
+    );
+    let report = crate::scrape::promtool_check(&text);
+    assert!(report.is_empty(), "promtool check metrics:\n{report}");
+
+    // Not for everyone: the admin API's rules.
+    let r = client_from(31)
+        .get(a.url("/__bext/cluster"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[test]
+fn bext_check_prints_the_cluster_settings_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let origin = SocketAddr::from(([127, 0, 0, 1], 4000));
+    let extra = "[cluster]\nredis = \"redis://u:hunter2@10.0.0.9:6379/0\"\nnode_name = \"edge-a\"\nsync_interval = \"150ms\"\n";
+    let path = dir.path().join("bext.toml");
+    std::fs::write(&path, config(listen, origin, extra)).unwrap();
+    let out = crate::common::run_bext(&["check", "-c", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cluster: "))
+        .unwrap_or_else(|| panic!("no cluster line: {text}"));
+    assert_eq!(
+        line,
+        "cluster: node edge-a on redis://u:***@10.0.0.9:6379/0 (keys bext:*, rate sync every 150ms); shared: purges, rate limits (approximate), maintenance, drain, health hints"
+    );
+    assert!(!text.contains("hunter2"));
+}
