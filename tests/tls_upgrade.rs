@@ -188,6 +188,8 @@ fn alive(pid: i32) -> bool {
 }
 
 /// Generation `generation` of the config: its routes say which one answered.
+/// The grace period lets a long poll in flight at the drain finish on the
+/// old process.
 fn generation_config(
     plain: u16,
     port: u16,
@@ -201,7 +203,7 @@ fn generation_config(
 [server]
 listen = ["127.0.0.1:{plain}"]
 threads = 2
-grace_period = "1s"
+grace_period = "5s"
 shutdown_timeout = "1s"
 pid_file = "{run}/bext.pid"
 upgrade_sock = "{run}/upgrade.sock"
@@ -256,10 +258,12 @@ impl Tally {
 /// did not process) a new connection, on which that request is retried.
 /// `fresh_every`: also open a new connection after that many requests (a
 /// browser opening new tabs), so new connections are made all along.
+/// `slow_ms`: each request waits that long at the origin (a long poll).
 async fn browser(
     addr: SocketAddr,
     der: pingora::tls::CertificateDer<'static>,
     fresh_every: Option<u64>,
+    slow_ms: Option<u64>,
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
 ) {
@@ -288,7 +292,11 @@ async fn browser(
                 }
             },
         };
-        match h3_try_get(&mut c.send, &format!("https://a.test/loop/{i}")).await {
+        let url = match slow_ms {
+            Some(ms) => format!("https://a.test/loop/{i}/slow?ms={ms}"),
+            None => format!("https://a.test/loop/{i}"),
+        };
+        match h3_try_get(&mut c.send, &url).await {
             Ok(r) if r.status() == 200 => {
                 let generation = r.header("x-generation").and_then(|g| g.parse().ok());
                 match generation {
@@ -347,11 +355,16 @@ async fn http3_keeps_answering_across_three_handoffs() {
     drop(h3_connect_ready(addr, "a.test", &[&cert]).await);
 
     let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
-    let clients: Vec<_> = [None, None, None, Some(20)]
+    // Three clients on long-lived connections, one opening a new connection
+    // every 20 requests, and one long poll of 3 s at a time: it keeps the
+    // old process's socket open for seconds into its drain, the window in
+    // which a new connection would find no QUIC server without the steering.
+    let clients: Vec<_> = [(None, None), (None, None), (None, None), (Some(20), None)]
         .into_iter()
-        .map(|fresh| {
+        .chain([(None, Some(3000))])
+        .map(|(fresh, slow)| {
             let (stop, tally) = (stop.clone(), tally.clone());
-            tokio::spawn(browser(addr, cert.der.clone(), fresh, stop, tally))
+            tokio::spawn(browser(addr, cert.der.clone(), fresh, slow, stop, tally))
         })
         .collect();
     wait_until(
