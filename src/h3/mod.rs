@@ -7,12 +7,30 @@
 //! It owns QUIC connections and HTTP/3 framing only; the request mapping is in
 //! [`exchange`], the in-process stream in [`bridge`].
 //!
-//! Graceful upgrade: the UDP socket is **not** part of Pingora's listening-fd
-//! handoff. On shutdown (SIGQUIT/SIGTERM broadcast) each connection gets an
-//! HTTP/3 GOAWAY, in-flight requests get [`DRAIN`] to finish, then the socket
-//! is closed. The new process retries its bind every [`REBIND_EVERY`] until
-//! the old one has let go: HTTP/3 has a gap of a few seconds during which
-//! clients fall back to TCP (HTTP/2), which is handed over without loss.
+//! Graceful upgrade: the UDP socket is not part of Pingora's listening-fd
+//! handoff; instead both processes hold the port at once and the kernel
+//! steers each datagram to the process owning its connection ([`socket`]),
+//! so QUIC answers throughout:
+//! - SIGQUIT: Pingora sends the TCP fds to the new process and keeps the old
+//!   one fully serving for 5 s; the new process binds the UDP port next to
+//!   it and attaches the steering program: from then on new connections
+//!   reach the new process and the old one's connections keep reaching it.
+//! - Shutdown broadcast (after those 5 s, or at once for SIGTERM/SIGINT):
+//!   each connection gets an HTTP/3 GOAWAY, in-flight requests get [`DRAIN`]
+//!   (and the process's grace period) to finish; a connection whose requests
+//!   are all answered is closed with H3_NO_ERROR after at most [`LINGER`]
+//!   (the client learns any request it still has open was not processed and
+//!   may retry it elsewhere), what is left after [`DRAIN`] is cut with
+//!   H3_REQUEST_CANCELLED. The old process keeps accepting new connections
+//!   while it drains: it gets Initials only while no successor has bound
+//!   (a plain stop, or the new process still starting), and then it is the
+//!   only QUIC server a client can reach. The drain ends at [`DRAIN`] or once
+//!   its connections are gone, so a plain stop ends in bounded time.
+//! - The new process waits (retrying every [`REBIND_EVERY`]) while it cannot
+//!   bind next to the old one: an old process without `SO_REUSEPORT` (a bext
+//!   from before this scheme; not Linux), or two processes already on the
+//!   port (an upgrade during an upgrade's grace period; the steering orders
+//!   two). That wait is an HTTP/3 gap, bridged by clients over TCP.
 //!
 //! Not supported: WebSocket over HTTP/3 (extended CONNECT), 0-RTT (refused so
 //! requests cannot be replayed), HTTP/3 trailers towards Phoenix.

@@ -118,8 +118,8 @@ pub struct Insn {
 }
 
 // linux/bpf_common.h
-const LD_B_ABS: u16 = 0x00 | 0x10 | 0x20; // BPF_LD | BPF_B | BPF_ABS
-const LD_W_ABS: u16 = 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
+const LD_B_ABS: u16 = 0x30; // BPF_LD (0) | BPF_B (0x10) | BPF_ABS (0x20)
+const LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS (0x20)
 const ALU_AND_K: u16 = 0x04 | 0x50; // BPF_ALU | BPF_AND | BPF_K
 const JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
 const JSET_K: u16 = 0x05 | 0x40; // BPF_JMP | BPF_JSET | BPF_K
@@ -173,6 +173,11 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
              during a graceful upgrade, QUIC connections of the old process may stall"
         ),
     }
+    #[cfg(not(target_os = "linux"))]
+    log::info!(
+        "http3: udp {addr}: no reuseport steering on this platform; a graceful upgrade \
+         leaves an HTTP/3 gap until the old process lets go of the port"
+    );
     Ok(sock)
 }
 
