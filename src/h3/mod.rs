@@ -7,18 +7,37 @@
 //! It owns QUIC connections and HTTP/3 framing only; the request mapping is in
 //! [`exchange`], the in-process stream in [`bridge`].
 //!
-//! Graceful upgrade: the UDP socket is **not** part of Pingora's listening-fd
-//! handoff. On shutdown (SIGQUIT/SIGTERM broadcast) each connection gets an
-//! HTTP/3 GOAWAY, in-flight requests get [`DRAIN`] to finish, then the socket
-//! is closed. The new process retries its bind every [`REBIND_EVERY`] until
-//! the old one has let go: HTTP/3 has a gap of a few seconds during which
-//! clients fall back to TCP (HTTP/2), which is handed over without loss.
+//! Graceful upgrade: the UDP socket is not part of Pingora's listening-fd
+//! handoff; instead both processes hold the port at once and the kernel
+//! steers each datagram to the process owning its connection ([`socket`]),
+//! so QUIC answers throughout:
+//! - SIGQUIT: Pingora sends the TCP fds to the new process and keeps the old
+//!   one fully serving for 5 s; the new process binds the UDP port next to
+//!   it and attaches the steering program: from then on new connections
+//!   reach the new process and the old one's connections keep reaching it.
+//! - Shutdown broadcast (after those 5 s, or at once for SIGTERM/SIGINT):
+//!   each connection gets an HTTP/3 GOAWAY, in-flight requests get [`DRAIN`]
+//!   (and the process's grace period) to finish; a connection whose requests
+//!   are all answered is closed with H3_NO_ERROR after at most [`LINGER`]
+//!   (the client learns any request it still has open was not processed and
+//!   may retry it elsewhere), what is left after [`DRAIN`] is cut with
+//!   H3_REQUEST_CANCELLED. The old process keeps accepting new connections
+//!   while it drains: it gets Initials only while no successor has bound
+//!   (a plain stop, or the new process still starting), and then it is the
+//!   only QUIC server a client can reach. The drain ends at [`DRAIN`] or once
+//!   its connections are gone, so a plain stop ends in bounded time.
+//! - The new process waits (retrying every [`REBIND_EVERY`]) while it cannot
+//!   bind next to the old one: an old process without `SO_REUSEPORT` (a bext
+//!   from before this scheme; not Linux), or two processes already on the
+//!   port (an upgrade during an upgrade's grace period; the steering orders
+//!   two). That wait is an HTTP/3 gap, bridged by clients over TCP.
 //!
 //! Not supported: WebSocket over HTTP/3 (extended CONNECT), 0-RTT (refused so
 //! requests cannot be replayed), HTTP/3 trailers towards Phoenix.
 
 pub mod bridge;
 pub mod exchange;
+pub mod socket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,10 +75,18 @@ pub const STREAM_WINDOW: u32 = 256 * 1024;
 /// ... and per connection, across its streams: with the pipe buffers this
 /// bounds what one connection can make bext hold in memory.
 pub const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+/// After its last request, how long a connection that was sent GOAWAY waits
+/// for the client to close it before closing it itself: closing at once
+/// would drop the last response's unacknowledged packets.
+pub const LINGER: Duration = Duration::from_secs(1);
 /// A connection with no traffic for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a client gets to send a request's headers once its stream is open.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// RFC 9114 §8.1 error codes for closing a connection.
+const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
+const H3_REQUEST_CANCELLED: quinn::VarInt = quinn::VarInt::from_u32(0x10c);
 
 #[derive(Debug, thiserror::Error)]
 pub enum H3Error {
@@ -132,8 +159,12 @@ impl BackgroundService for H3Sidecar {
     }
 }
 
-/// Binds the UDP socket, retrying while another process (the one being
-/// upgraded) still holds it.
+/// Binds the UDP socket next to the old process's (see [`socket`]), waiting
+/// while that is not possible yet: another process without `SO_REUSEPORT`
+/// (a bext from before the shared socket, or not Linux) still holds the
+/// port, or two bext processes already do (an upgrade during an upgrade's
+/// grace period: the steering only orders two, so the newest waits for the
+/// oldest to let go; the middle one serves meanwhile).
 async fn bind(
     addr: SocketAddr,
     config: &quinn::ServerConfig,
@@ -141,7 +172,24 @@ async fn bind(
 ) -> Option<quinn::Endpoint> {
     let mut attempts = 0u32;
     loop {
-        match quinn::Endpoint::server(config.clone(), addr) {
+        let held = socket::holders(addr).unwrap_or(0);
+        let bound = if held >= 2 {
+            Err(format!(
+                "{held} processes hold it (an upgrade is still draining)"
+            ))
+        } else {
+            socket::bind(addr)
+                .and_then(|sock| {
+                    quinn::Endpoint::new(
+                        socket::endpoint_config(),
+                        Some(config.clone()),
+                        sock,
+                        Arc::new(quinn::TokioRuntime),
+                    )
+                })
+                .map_err(|e| e.to_string())
+        };
+        match bound {
             Ok(ep) => return Some(ep),
             Err(e) => {
                 if attempts % 20 == 0 {
@@ -173,10 +221,27 @@ async fn run_endpoint(
     log::info!("http3 listening on udp {local}");
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
+    // Set by the shutdown signal: the end of the drain.
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            _ = shutdown.changed() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = shutdown.changed(), if deadline.is_none() => {
+                // GOAWAY goes out on each connection (they watch the same
+                // signal). New connections are still accepted (and told
+                // GOAWAY after their first request): whoever still gets
+                // Initials is the only QUIC server a client can reach; once
+                // a successor has bound, the steering sends it the Initials.
+                deadline = Some(tokio::time::Instant::now() + DRAIN);
+                if conns.is_empty() {
+                    break;
+                }
+            }
+            _ = sleep_until(deadline), if deadline.is_some() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {
+                if deadline.is_some() && conns.is_empty() {
+                    break;
+                }
+            }
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -208,13 +273,20 @@ async fn run_endpoint(
             }
         }
     }
-    // Draining: no new connections; GOAWAY went out on each one (they watch
-    // the same shutdown signal); give in-flight requests a bounded time.
+    // What is still open after DRAIN is cut: not H3_NO_ERROR, which would
+    // tell clients their open requests were never processed.
     endpoint.set_server_config(None);
-    let _ = tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
-    endpoint.close(0u32.into(), b"shutdown");
+    endpoint.close(H3_REQUEST_CANCELLED, b"shutdown");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     log::info!("http3 on udp {local} closed");
+}
+
+/// Sleeps until `deadline`; never returns without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn serve_connection(
@@ -238,6 +310,7 @@ async fn serve_connection(
     limits.metrics.tls_handshake(Listener::Quic);
     let _open = limits.metrics.connection(Listener::Quic, Protocol::Http3);
     pipe.peer = conn.remote_address();
+    let quic = conn.clone();
     let mut h3 = ::h3::server::builder()
         .max_field_section_size(MAX_FIELD_SECTION)
         .build::<_, Bytes>(h3_quinn::Connection::new(conn))
@@ -272,6 +345,13 @@ async fn serve_connection(
     }
     // Keep the connection (and so its streams) alive until open requests end.
     while requests.join_next().await.is_some() {}
+    if quic.close_reason().is_none() {
+        // Every request it accepted is answered: a graceful close, which
+        // also tells the client that any request still open on its side was
+        // not processed (RFC 9114 §5.2) and can be retried elsewhere.
+        let _ = tokio::time::timeout(LINGER, quic.closed()).await;
+        quic.close(H3_NO_ERROR, b"");
+    }
     Ok(())
 }
 

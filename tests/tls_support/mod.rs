@@ -359,3 +359,54 @@ pub async fn send_garbage_datagrams(addr: SocketAddr, count: usize) {
         let _ = sock.send_to(&d, addr).await;
     }
 }
+
+/// Why an HTTP/3 request got no response.
+#[derive(Debug)]
+pub enum H3Failure {
+    /// The server said it did not process it (RFC 9114 §5.2, §4.1.1): sent
+    /// after the GOAWAY (the connection refused it locally), rejected with
+    /// H3_REQUEST_REJECTED, or left unanswered by a graceful (H3_NO_ERROR)
+    /// close. A browser retries such a request on a new connection.
+    Unprocessed(String),
+    /// Anything else: the request failed.
+    Failed(String),
+}
+
+/// A GET classified as a browser would: [`H3Failure::Unprocessed`] may be
+/// retried, [`H3Failure::Failed`] may not.
+pub async fn h3_try_get(send: &mut H3Send, url: &str) -> Result<H3Response, H3Failure> {
+    use h3::error::{Code, StreamError};
+    let unprocessed = |e: &StreamError| match e {
+        StreamError::RemoteClosing { .. } => true,
+        StreamError::RemoteTerminate { code, .. } => *code == Code::H3_REQUEST_REJECTED,
+        e => e.is_h3_no_error(),
+    };
+    let req = Request::get(url).body(()).unwrap();
+    let mut stream = match send.send_request(req).await {
+        Ok(s) => s,
+        Err(e) if unprocessed(&e) => return Err(H3Failure::Unprocessed(format!("send: {e}"))),
+        Err(e) => return Err(H3Failure::Failed(format!("send: {e}"))),
+    };
+    let head = async {
+        stream.finish().await?;
+        stream.recv_response().await
+    };
+    let head = match head.await {
+        Ok(h) => h,
+        Err(e) if unprocessed(&e) => return Err(H3Failure::Unprocessed(format!("head: {e}"))),
+        Err(e) => return Err(H3Failure::Failed(format!("head: {e}"))),
+    };
+    // Once a response has begun, the request was processed: any error is a failure.
+    let mut out = Vec::new();
+    loop {
+        match stream.recv_data().await {
+            Ok(Some(mut chunk)) => out.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining())),
+            Ok(None) => break,
+            Err(e) => return Err(H3Failure::Failed(format!("body: {e}"))),
+        }
+    }
+    Ok(H3Response {
+        head,
+        body: Bytes::from(out),
+    })
+}
