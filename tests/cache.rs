@@ -576,8 +576,10 @@ async fn eviction_keeps_memory_bounded() {
         grown_mb < 24,
         "RSS grew by {grown_mb} MiB for an 8 MiB cache"
     );
+    // Under a parallel test run the allocator's share varies by a few MiB
+    // (0–6 seen); unbounded growth would be ~24 MiB here.
     assert!(
-        regrown_mb < 8,
+        regrown_mb < 12,
         "RSS kept growing (+{regrown_mb} MiB) once the cache was full"
     );
 }

@@ -27,11 +27,11 @@ use std::os::unix::io::AsRawFd;
 use std::os::windows::io::AsRawSocket;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 #[cfg(target_os = "linux")]
 use tokio::io::Interest;
-use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
+use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
@@ -442,14 +442,14 @@ impl L4BufferSettings {
 /// connection up front).
 #[derive(Debug)]
 struct LazyBufReader {
-    inner: BufWriter<RawStreamWrapper>,
+    inner: LazyBufWriter<RawStreamWrapper>,
     buf: Vec<u8>,
     pos: usize,
     capacity: usize,
 }
 
 impl LazyBufReader {
-    fn with_capacity(capacity: usize, inner: BufWriter<RawStreamWrapper>) -> Self {
+    fn with_capacity(capacity: usize, inner: LazyBufWriter<RawStreamWrapper>) -> Self {
         LazyBufReader {
             inner,
             buf: Vec::new(),
@@ -512,20 +512,186 @@ impl AsyncRead for LazyBufReader {
     }
 }
 
+/// A write buffer that exists only while it holds data.
+///
+/// The same buffering as tokio's `BufWriter` (writes smaller than the capacity
+/// are gathered, e.g. a response head and a small body go out in one syscall;
+/// larger ones go straight through), but the buffer is allocated at the first
+/// buffered write and freed once a flush has written it all out, so an idle
+/// keep-alive connection or websocket tunnel holds no write buffer (tokio's
+/// allocates its full capacity per connection up front and keeps it).
+#[derive(Debug)]
+struct LazyBufWriter<W> {
+    inner: W,
+    buf: Vec<u8>,
+    written: usize,
+    capacity: usize,
+}
+
+impl<W: AsyncWrite + Unpin> LazyBufWriter<W> {
+    fn with_capacity(capacity: usize, inner: W) -> Self {
+        LazyBufWriter {
+            inner,
+            buf: Vec::new(),
+            written: 0,
+            capacity,
+        }
+    }
+
+    fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
+    fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    fn into_inner(self) -> W {
+        self.inner
+    }
+
+    fn room(&self) -> usize {
+        self.capacity - self.buf.len()
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        if self.buf.capacity() == 0 {
+            self.buf = Vec::with_capacity(self.capacity);
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    fn flush_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let len = self.buf.len();
+        let mut ret = Ok(());
+        while self.written < len {
+            match ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..])) {
+                Ok(0) => {
+                    ret = Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "failed to write the buffered data",
+                    ));
+                    break;
+                }
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    ret = Err(e);
+                    break;
+                }
+            }
+        }
+        if self.written == len {
+            // All out: nothing is held until the next buffered write.
+            self.buf = Vec::new();
+        } else if self.written > 0 {
+            self.buf.drain(..self.written);
+        }
+        self.written = 0;
+        Poll::Ready(ret)
+    }
+}
+
+impl<W: AsyncRead + Unpin> AsyncRead for LazyBufWriter<W> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for LazyBufWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = &mut *self;
+        if data.len() > me.room() {
+            ready!(me.flush_buf(cx))?;
+        }
+        if data.len() >= me.capacity {
+            Pin::new(&mut me.inner).poll_write(cx, data)
+        } else {
+            me.push(data);
+            Poll::Ready(Ok(data.len()))
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let me = &mut *self;
+        if me.inner.is_write_vectored() {
+            let total = bufs.iter().fold(0usize, |acc, b| acc.saturating_add(b.len()));
+            if total > me.room() {
+                ready!(me.flush_buf(cx))?;
+            }
+            if total >= me.capacity {
+                return Pin::new(&mut me.inner).poll_write_vectored(cx, bufs);
+            }
+            for b in bufs {
+                me.push(b);
+            }
+            return Poll::Ready(Ok(total));
+        }
+        while bufs.first().map(|b| b.len()) == Some(0) {
+            bufs = &bufs[1..];
+        }
+        let Some(first) = bufs.first() else {
+            return Poll::Ready(Ok(0));
+        };
+        if first.len() > me.room() {
+            ready!(me.flush_buf(cx))?;
+        }
+        if first.len() >= me.capacity {
+            return Pin::new(&mut me.inner).poll_write(cx, first);
+        }
+        me.push(first);
+        let mut total = first.len();
+        for b in &bufs[1..] {
+            if b.len() > me.room() {
+                break;
+            }
+            me.push(b);
+            total += b.len();
+        }
+        Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.flush_buf(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.flush_buf(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// The L4 buffers in front of a [`RawStreamWrapper`]: a read buffer over a write
 /// buffer, the same layering as tokio's [`BufStream`](tokio::io::BufStream).
 ///
 /// A zero read capacity leaves the read buffer out. Reads then go straight to the
-/// raw stream. [`BufWriter`] accepts a zero capacity and writes straight through.
+/// raw stream. The write buffer accepts a zero capacity and writes straight through.
 #[derive(Debug)]
 enum BufferedStream {
-    UnbufferedRead(BufWriter<RawStreamWrapper>),
+    UnbufferedRead(LazyBufWriter<RawStreamWrapper>),
     BufferedRead(LazyBufReader),
 }
 
 impl BufferedStream {
     fn with_capacity(read: usize, write: usize, stream: RawStreamWrapper) -> Self {
-        let writer = BufWriter::with_capacity(write, stream);
+        let writer = LazyBufWriter::with_capacity(write, stream);
         if read == 0 {
             BufferedStream::UnbufferedRead(writer)
         } else {
@@ -533,14 +699,14 @@ impl BufferedStream {
         }
     }
 
-    fn writer(&self) -> &BufWriter<RawStreamWrapper> {
+    fn writer(&self) -> &LazyBufWriter<RawStreamWrapper> {
         match self {
             BufferedStream::UnbufferedRead(writer) => writer,
             BufferedStream::BufferedRead(reader) => &reader.inner,
         }
     }
 
-    fn writer_mut(&mut self) -> &mut BufWriter<RawStreamWrapper> {
+    fn writer_mut(&mut self) -> &mut LazyBufWriter<RawStreamWrapper> {
         match self {
             BufferedStream::UnbufferedRead(writer) => writer,
             BufferedStream::BufferedRead(reader) => &mut reader.inner,
@@ -577,7 +743,7 @@ impl AsyncRead for BufferedStream {
     }
 }
 
-// The read buffer only forwards writes to the `BufWriter` under it, so write to the `BufWriter`
+// The read buffer only forwards writes to the write buffer under it, so write to the write buffer
 // directly.
 impl AsyncWrite for BufferedStream {
     fn poll_write(
