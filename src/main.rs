@@ -149,15 +149,19 @@ enum CacheCommand {
     },
 }
 
-/// mimalloc's `arena_eager_commit` (v2 option 4). Committing arenas lazily
-/// keeps bext's resident memory close to what it uses: eagerly committed
-/// arenas made a freshly started proxy ~20 MiB bigger and a filled cache look
-/// twice its budget.
+/// mimalloc's `arena_eager_commit` (option 4 in v2 and v3). Committing arenas
+/// lazily keeps bext's resident memory close to what it uses: eagerly
+/// committed arenas made a freshly started proxy ~16 MiB bigger and a filled
+/// cache look twice its budget. mimalloc reads its options when the process
+/// loads, so the default is set at build time (`.cargo/config.toml`); this
+/// call covers a build made with a CFLAGS of its own (arenas reserved from
+/// here on).
 #[cfg(feature = "mimalloc")]
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
 fn main() -> ExitCode {
-    // SAFETY: sets a mimalloc option before any thread or arena is created.
+    // SAFETY: mi_option_set has no preconditions; it runs before any thread
+    // is started.
     #[cfg(feature = "mimalloc")]
     unsafe {
         libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
